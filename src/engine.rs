@@ -1,0 +1,1165 @@
+//! The migration engine: drives the state machine with real I/O.
+//!
+//! [`Migrator::run`] loops: load the persisted state, perform the step that
+//! state calls for, persist the resulting transition, repeat until `Locked`.
+//! Each step is written so that a crash anywhere inside it leaves a state
+//! from which the same loop, run again, finishes correctly; the argument for
+//! each write is in `spec/state-machine.md` and next to the code below.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::codec;
+use crate::error::{Error, Mismatch, Result, Role};
+use crate::fsm::{self, Backend, Event, Refusal, State};
+use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, TombstoneOutcome};
+use crate::native::{self, NativeInvoice};
+use crate::store::{Persisted, SourceIdentity, Target};
+
+/// Default number of invoices per batch.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
+/// How many verification passes may repair source changes before giving up.
+const MAX_VERIFY_PASSES: u32 = 5;
+
+/// Where the stores are and how to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// lnd's KV store (e.g. `channel.sqlite`).
+    pub kv: PathBuf,
+    /// The native SQL store to create or continue.
+    pub sql: PathBuf,
+    /// Table prefix of the KV table (`channeldb` → `channeldb_kv`).
+    pub table_prefix: String,
+    /// Invoices per batch transaction.
+    pub batch_size: usize,
+}
+
+impl Options {
+    /// Options with lnd's prefix and the default batch size.
+    pub fn new(kv: impl Into<PathBuf>, sql: impl Into<PathBuf>) -> Options {
+        Options {
+            kv: kv.into(),
+            sql: sql.into(),
+            table_prefix: crate::kv::DEFAULT_PREFIX.to_string(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// A phase of the migration, for progress reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// Copying invoices in batches.
+    Copy,
+    /// Re-reading and comparing every invoice.
+    Verify,
+    /// Writing the tombstone.
+    Tombstone,
+}
+
+impl Phase {
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Copy => "copy",
+            Phase::Verify => "verify",
+            Phase::Tombstone => "tombstone",
+        }
+    }
+}
+
+/// Receives progress. The CLI draws a bar with it; embedders may log.
+pub trait Progress {
+    /// A phase starts with `total` units of work.
+    fn start(&self, phase: Phase, total: u64);
+    /// `n` more units are done.
+    fn advance(&self, n: u64);
+    /// The current phase is over.
+    fn finish(&self);
+}
+
+/// A [`Progress`] that reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: Phase, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// What a run of [`Migrator::run`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The final state (always `Locked` on success).
+    pub state: State,
+    /// True when the migration had already completed before this run.
+    pub already_completed: bool,
+    /// Invoices inserted or re-copied during this run.
+    pub copied_this_run: u64,
+    /// Invoices re-copied because the source changed after they were copied.
+    pub resynced: u64,
+    /// Invoices in the native store at the end.
+    pub invoices: u64,
+    /// Seconds spent per phase in this run.
+    pub seconds: PhaseTimes,
+}
+
+/// Wall time per phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseTimes {
+    /// Copy phase.
+    pub copy: f64,
+    /// Verification passes.
+    pub verify: f64,
+    /// Tombstone write and lock.
+    pub tombstone: f64,
+}
+
+/// The result of a verification pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Source invoices compared.
+    pub invoices: u64,
+    /// Invoices whose source bytes changed since they were copied (repaired
+    /// when the pass may write; reported otherwise).
+    pub outdated: u64,
+    /// Field mismatches in all.
+    pub mismatch_count: u64,
+    /// The first mismatches.
+    pub mismatches: Vec<Mismatch>,
+    /// Digest of the source invoice buckets.
+    pub source_digest: String,
+    /// Digest of the expected native rows.
+    pub target_digest: String,
+    /// Highest settle index in the source.
+    pub max_settle_index: u64,
+}
+
+impl VerifyReport {
+    /// True when nothing differs and nothing is outdated.
+    pub fn clean(&self) -> bool {
+        self.outdated == 0 && self.mismatch_count == 0
+    }
+}
+
+/// The state of a migration as `oneway status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// One of the five state names.
+    pub state: State,
+    /// The KV store path.
+    pub kv: PathBuf,
+    /// The native store path.
+    pub sql: PathBuf,
+    /// Whether the KV invoices bucket carries the tombstone.
+    pub tombstone_present: bool,
+    /// Invoices in the KV store.
+    pub source_invoices: u64,
+    /// Invoices copied (rows in the copy map).
+    pub copied: u64,
+    /// Invoices in the native `invoices` table.
+    pub native_invoices: u64,
+    /// The copy cursor: last copied invoice key, hex.
+    pub cursor: Option<String>,
+    /// Copy generation (1 + re-syncs).
+    pub pass: u64,
+    /// Batch size in use.
+    pub batch_size: Option<u64>,
+    /// Invoices counted at verification.
+    pub verified_count: Option<u64>,
+    /// Source digest recorded at verification.
+    pub source_digest: Option<String>,
+    /// Journal rows.
+    pub journal_entries: u64,
+    /// When the state last changed.
+    pub updated_at: Option<String>,
+}
+
+/// What the guard allowed.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardOutcome {
+    /// The backend asked for.
+    pub backend: Backend,
+    /// The state at the time (`None`: no native store).
+    pub state: Option<State>,
+    /// Whether the KV store carries the tombstone.
+    pub tombstone_present: bool,
+}
+
+/// A decoded source invoice, ready to write or compare.
+struct Prepared {
+    num: u32,
+    native: NativeInvoice,
+    /// SHA-256 over the raw source bytes (invoice, AMP sets, resolved hash).
+    digest: [u8; 32],
+}
+
+/// An exclusive claim on a native store, held for a whole run.
+///
+/// It is an OS file lock (`flock`) on `<sql>.lock`: the kernel drops it when
+/// the holding process dies, however it dies, so a killed migrator never
+/// leaves a stale lock behind. The file's text (pid, start time) is only for
+/// the message the loser prints.
+struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    fn acquire(sql: &Path) -> Result<RunLock> {
+        let mut name = sql.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let io = |action: &str, e| Error::Io {
+            path: path.clone(),
+            action: action.to_string(),
+            source: e,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io("creating the run lock", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let mut lines = text.lines();
+                return Err(Error::InProgress {
+                    path,
+                    pid: lines.next().unwrap_or("unknown").to_string(),
+                    since: lines.next().unwrap_or("unknown").to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the run lock", e)),
+        }
+        file.set_len(0).map_err(|e| io("writing the run lock", e))?;
+        file.rewind().map_err(|e| io("writing the run lock", e))?;
+        writeln!(file, "{}\n{}", std::process::id(), crate::store::now_text())
+            .map_err(|e| io("writing the run lock", e))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// The library entry point: a migration between one KV store and one native
+/// store.
+///
+/// ```
+/// use oneway::{fixture, Migrator, Options, State};
+///
+/// let dir = tempfile::tempdir()?;
+/// let kv = dir.path().join("channel.sqlite");
+/// let sql = dir.path().join("native.sqlite");
+/// fixture::write_fixture(&kv, &fixture::FixtureSpec { invoices: 50, ..Default::default() })?;
+///
+/// let migrator = Migrator::new(Options::new(&kv, &sql));
+/// let report = migrator.run()?;
+/// assert_eq!(report.state, State::Locked);
+/// assert_eq!(migrator.status()?.state, State::Locked);
+///
+/// // The KV backend is now refused, the SQL backend allowed.
+/// assert!(migrator.guard(oneway::Backend::Kv).is_err());
+/// assert!(migrator.guard(oneway::Backend::Sql).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Migrator {
+    opts: Options,
+    progress: Box<dyn Progress>,
+}
+
+impl Migrator {
+    /// A migrator that reports no progress.
+    pub fn new(opts: Options) -> Migrator {
+        Migrator {
+            opts,
+            progress: Box::new(NoProgress),
+        }
+    }
+
+    /// Reports progress to `progress`.
+    pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Migrator {
+        self.progress = progress;
+        self
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn open_kv(&self) -> Result<KvSource> {
+        let kv = KvSource::open(&self.opts.kv, &self.opts.table_prefix)?;
+        if let (Ok(a), Ok(b)) = (self.opts.kv.canonicalize(), self.opts.sql.canonicalize()) {
+            if a == b {
+                return Err(Error::NotOnewayStore {
+                    path: self.opts.sql.clone(),
+                    why: "is the KV store itself: give the native store a path of its own".into(),
+                });
+            }
+        }
+        Ok(kv)
+    }
+
+    /// Runs (or resumes) the migration until it is `Locked`.
+    ///
+    /// Safe to call at every start-up: once `Locked` it changes nothing and
+    /// returns a report with `already_completed = true`.
+    pub fn run(&self) -> Result<Report> {
+        if self.opts.batch_size == 0 {
+            return Err(Error::NotOnewayStore {
+                path: self.opts.sql.clone(),
+                why: "cannot be migrated with a batch size of 0".into(),
+            });
+        }
+        let kv = self.open_kv()?;
+        let _lock = RunLock::acquire(&self.opts.sql)?;
+        let mut run = Run {
+            m: self,
+            kv,
+            buckets: None,
+            hashes_built: false,
+            report: Report {
+                state: State::Fresh,
+                already_completed: false,
+                copied_this_run: 0,
+                resynced: 0,
+                invoices: 0,
+                seconds: PhaseTimes::default(),
+            },
+        };
+        run.buckets = run.kv.invoice_buckets()?;
+        run.drive()
+    }
+
+    /// Reports the persisted state and counts without changing anything.
+    pub fn status(&self) -> Result<Status> {
+        let kv = self.open_kv()?;
+        let buckets = kv.invoice_buckets()?;
+        let source_invoices = match &buckets {
+            Some(b) => kv.count_invoices(b)?,
+            None => 0,
+        };
+        let tombstone_present = kv.tombstone_present()?;
+        let target = Target::open(&self.opts.sql, false)?;
+        let persisted = match &target {
+            Some(t) => t.load()?,
+            None => None,
+        };
+        let (native_invoices, journal_entries) = match (&target, &persisted) {
+            (Some(t), Some(_)) => (t.count("invoices")?, t.count("oneway_journal")?),
+            _ => (0, 0),
+        };
+        Ok(Status {
+            state: persisted.as_ref().map_or(State::Fresh, |p| p.state),
+            kv: self.opts.kv.clone(),
+            sql: self.opts.sql.clone(),
+            tombstone_present,
+            source_invoices,
+            copied: persisted.as_ref().map_or(0, |p| p.copied),
+            native_invoices,
+            cursor: persisted.as_ref().and_then(|p| p.cursor).map(|c| format!("{c:08x}")),
+            pass: persisted.as_ref().map_or(0, |p| p.pass),
+            batch_size: persisted.as_ref().map(|p| p.batch_size),
+            verified_count: persisted.as_ref().and_then(|p| p.verified_count),
+            source_digest: persisted.as_ref().and_then(|p| p.source_digest.clone()),
+            journal_entries,
+            updated_at: persisted.as_ref().map(|p| p.updated_at.clone()),
+        })
+    }
+
+    /// Compares every source invoice with the native store without writing
+    /// anything (`oneway verify`).
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let kv = self.open_kv()?;
+        let Some(mut target) = Target::open(&self.opts.sql, false)? else {
+            return Err(Error::Missing {
+                role: Role::Native,
+                path: self.opts.sql.clone(),
+            });
+        };
+        let Some(p) = target.load()? else {
+            return Err(Error::NotOnewayStore {
+                path: self.opts.sql.clone(),
+                why: "has no migration yet: run `oneway migrate` first".into(),
+            });
+        };
+        let mut run = Run {
+            m: self,
+            kv,
+            buckets: None,
+            hashes_built: false,
+            report: Report {
+                state: p.state,
+                already_completed: false,
+                copied_this_run: 0,
+                resynced: 0,
+                invoices: 0,
+                seconds: PhaseTimes::default(),
+            },
+        };
+        run.buckets = run.kv.invoice_buckets()?;
+        run.check_identity(&p)?;
+        run.verify_pass(&mut target, false)
+    }
+
+    /// Decides whether the application may open `backend`.
+    ///
+    /// A refusal is returned as [`Error::Refused`] (exit code 3), logged as a
+    /// security event through `tracing` at WARN, and appended to the journal
+    /// when a native store exists.
+    pub fn guard(&self, backend: Backend) -> Result<GuardOutcome> {
+        let kv = self.open_kv()?;
+        let tombstone_present = kv.tombstone_present()?;
+        let target = Target::open(&self.opts.sql, false)?;
+        let persisted = match &target {
+            Some(t) => t.load()?,
+            None => None,
+        };
+        let state = persisted.as_ref().map(|p| p.state);
+        if let Some(p) = &persisted {
+            let run = Run {
+                m: self,
+                buckets: kv.invoice_buckets()?,
+                kv,
+                hashes_built: false,
+                report: Report {
+                    state: p.state,
+                    already_completed: false,
+                    copied_this_run: 0,
+                    resynced: 0,
+                    invoices: 0,
+                    seconds: PhaseTimes::default(),
+                },
+            };
+            if let Err(e) = run.check_identity(p) {
+                security_event(target.as_ref(), state, backend, tombstone_present, "source_mismatch", &e.to_string());
+                return Err(e);
+            }
+        }
+        match fsm::backend_decision(state, tombstone_present, backend) {
+            Ok(()) => Ok(GuardOutcome {
+                backend,
+                state,
+                tombstone_present,
+            }),
+            Err(refusal) => {
+                let err = refused(refusal, state, tombstone_present);
+                security_event(target.as_ref(), state, backend, tombstone_present, refusal.name(), &err.to_string());
+                Err(err)
+            }
+        }
+    }
+}
+
+fn refused(refusal: Refusal, state: Option<State>, tombstone_present: bool) -> Error {
+    Error::Refused {
+        refusal,
+        state: state.map_or("none (no native store)".to_string(), |s| s.name().to_string()),
+        extra: if tombstone_present {
+            "; the KV store carries the invoice-tombstone".into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// Logs a refused backend request as a security event and journals it.
+fn security_event(
+    target: Option<&Target>,
+    state: Option<State>,
+    backend: Backend,
+    tombstone_present: bool,
+    reason: &str,
+    message: &str,
+) {
+    tracing::warn!(
+        target: "oneway::security",
+        security_event = "backend_refused",
+        backend = %backend,
+        state = state.map_or("none", State::name),
+        tombstone_present,
+        reason,
+        "refused request for the {backend} backend: {message}"
+    );
+    if let Some(t) = target {
+        let details = serde_json::json!({
+            "backend": backend.name(),
+            "reason": reason,
+            "tombstone_present": tombstone_present,
+            "message": message,
+            "pid": std::process::id(),
+        });
+        if let Err(e) = t.security_event(state, "BackendRefused", details) {
+            tracing::warn!(error = %e, "could not journal the security event");
+        }
+    }
+}
+
+/// One invocation of [`Migrator::run`] (or of the read-only verification).
+struct Run<'a> {
+    m: &'a Migrator,
+    kv: KvSource,
+    buckets: Option<InvoiceBuckets>,
+    hashes_built: bool,
+    report: Report,
+}
+
+impl Run<'_> {
+    fn opts(&self) -> &Options {
+        &self.m.opts
+    }
+
+    fn drive(&mut self) -> Result<Report> {
+        let tombstone = self.kv.tombstone_present()?;
+        let mut target = Target::open(&self.opts().sql, false)?;
+        let mut persisted = match &target {
+            Some(t) => t.load()?,
+            None => None,
+        };
+        if let Some(p) = &persisted {
+            self.check_identity(p)?;
+        }
+        let state0 = persisted.as_ref().map(|p| p.state);
+        // A tombstoned KV store next to a missing or early native store means
+        // the native store was lost or replaced by an old backup. Starting
+        // afresh would copy from a sealed store that lnd may have stopped
+        // using long ago: refuse and say so.
+        if tombstone && matches!(state0, None | Some(State::Fresh) | Some(State::Migrating)) {
+            let err = refused(Refusal::NativeStoreMissing, state0, true);
+            security_event(target.as_ref(), state0, Backend::Sql, true, "native_store_missing", &err.to_string());
+            return Err(err);
+        }
+        if state0 == Some(State::Locked) {
+            tracing::info!("invoice migration already completed");
+            self.report.state = State::Locked;
+            self.report.already_completed = true;
+            self.report.invoices = target.as_ref().map_or(Ok(0), |t| t.count("invoices"))?;
+            return Ok(self.report.clone());
+        }
+        loop {
+            let state = persisted.as_ref().map_or(State::Fresh, |p| p.state);
+            tracing::debug!(state = %state, "step");
+            match state {
+                State::Fresh => {
+                    let t = match target.take() {
+                        Some(t) => t,
+                        None => Target::open(&self.opts().sql, true)?.expect("created"),
+                    };
+                    target = Some(self.begin(t)?);
+                }
+                State::Migrating => {
+                    let t = target.as_mut().expect("open in Migrating");
+                    let p = persisted.as_ref().expect("loaded");
+                    let started = Instant::now();
+                    self.copy(t, p)?;
+                    self.report.seconds.copy += started.elapsed().as_secs_f64();
+                    let started = Instant::now();
+                    let report = self.verify_until_clean(t)?;
+                    self.report.seconds.verify += started.elapsed().as_secs_f64();
+                    let details = serde_json::json!({
+                        "invoices": report.invoices,
+                        "source_digest": report.source_digest,
+                        "target_digest": report.target_digest,
+                        "max_settle_index": report.max_settle_index,
+                    });
+                    let settle = report.max_settle_index.max(self.settle_sequence()?);
+                    t.transition(State::Migrating, Event::VerificationPassed, details, "verify", |tx| {
+                        tx.execute(
+                            "UPDATE oneway_state SET verified_count = ?1, source_digest = ?2, target_digest = ?3
+                             WHERE singleton = 1",
+                            params![report.invoices as i64, report.source_digest, report.target_digest],
+                        )
+                        .and_then(|_| {
+                            tx.execute(
+                                "INSERT INTO invoice_sequences (name, current_value) VALUES ('settle_index', ?1)
+                                 ON CONFLICT(name) DO UPDATE SET current_value = excluded.current_value",
+                                [settle as i64],
+                            )
+                        })
+                        .map(|_| ())
+                        .map_err(|e| Error::sqlite(Role::Native, &self.m.opts.sql, "recording the verification", e))
+                    })?;
+                }
+                State::Verified => {
+                    let t = target.as_mut().expect("open in Verified");
+                    let p = persisted.as_ref().expect("loaded");
+                    let started = Instant::now();
+                    self.tombstone(t, p)?;
+                    self.report.seconds.tombstone += started.elapsed().as_secs_f64();
+                }
+                State::Tombstoned => {
+                    let t = target.as_mut().expect("open in Tombstoned");
+                    let details = serde_json::json!({ "lnd_migration_version": native::LND_INVOICE_MIGRATION_VERSION });
+                    let sql = self.m.opts.sql.clone();
+                    t.transition(State::Tombstoned, Event::Lock, details, "lock", |tx| {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO migration_tracker (version, migration_time) VALUES (?1, ?2)",
+                            params![
+                                native::LND_INVOICE_MIGRATION_VERSION,
+                                crate::timefmt::sql_time(now_nanos())
+                            ],
+                        )
+                        .map(|_| ())
+                        .map_err(|e| Error::sqlite(Role::Native, &sql, "recording the lock", e))
+                    })?;
+                }
+                State::Locked => {
+                    let t = target.as_ref().expect("open in Locked");
+                    self.report.state = State::Locked;
+                    self.report.invoices = t.count("invoices")?;
+                    tracing::info!(invoices = self.report.invoices, "invoice migration complete");
+                    return Ok(self.report.clone());
+                }
+            }
+            persisted = target.as_ref().expect("open").load()?;
+        }
+    }
+
+    fn settle_sequence(&self) -> Result<u64> {
+        match self.buckets.and_then(|b| b.settle_index) {
+            Some(b) => self.kv.sequence(b),
+            None => Ok(0),
+        }
+    }
+
+    /// The identity of the source as it is now.
+    fn identity(&mut self) -> Result<SourceIdentity> {
+        let anchor = match self.buckets {
+            Some(b) => match self.kv.read_invoices(&b, None, 1)?.into_iter().next() {
+                Some(raw) => Some((raw.num, self.fingerprint(&raw)?)),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(SourceIdentity {
+            kv_path: self.opts().kv.display().to_string(),
+            table_prefix: self.opts().table_prefix.clone(),
+            invoices_bucket_id: self.buckets.map(|b| b.invoices),
+            anchor,
+        })
+    }
+
+    /// A fingerprint of an invoice's immutable fields.
+    fn fingerprint(&self, raw: &RawInvoice) -> Result<String> {
+        let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
+            invoice_key: raw.key_hex(),
+            path: self.opts().kv.clone(),
+            source,
+        })?;
+        let mut h = Sha256::new();
+        h.update(inv.add_index.to_be_bytes());
+        h.update(inv.creation_date.unix_nanos().to_be_bytes());
+        h.update((inv.payment_request.len() as u64).to_be_bytes());
+        h.update(&inv.payment_request);
+        h.update((inv.memo.len() as u64).to_be_bytes());
+        h.update(&inv.memo);
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Refuses a native store that was made from a different KV store.
+    fn check_identity(&self, p: &Persisted) -> Result<()> {
+        let id = &p.identity;
+        let mismatch = |why: String| Error::SourceMismatch {
+            native: self.opts().sql.clone(),
+            kv: self.opts().kv.clone(),
+            why,
+        };
+        if id.table_prefix != self.opts().table_prefix {
+            return Err(mismatch(format!(
+                "it was made with table prefix {:?}, not {:?}",
+                id.table_prefix,
+                self.opts().table_prefix
+            )));
+        }
+        if let (Some(a), Some(b)) = (id.invoices_bucket_id, self.buckets.map(|b| b.invoices)) {
+            if a != b {
+                return Err(mismatch(format!("its invoices bucket was row {a}, this store's is row {b}")));
+            }
+        }
+        if let (Some((num, fp)), Some(b)) = (&id.anchor, self.buckets) {
+            let first = self.kv.read_invoices(&b, num.checked_sub(1), 1)?;
+            if let Some(raw) = first.into_iter().find(|r| r.num == *num) {
+                if &self.fingerprint(&raw)? != fp {
+                    return Err(mismatch(format!(
+                        "invoice {num:08x} has different immutable fields (add index, creation date, payment request, memo)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Fresh → Migrating`: schema, state row and journal in one transaction.
+    ///
+    /// Crash before the commit: the native file is empty or absent, which
+    /// loads as `Fresh`, and the rerun begins again. After: `Migrating` with
+    /// no cursor.
+    fn begin(&mut self, mut t: Target) -> Result<Target> {
+        let identity = self.identity()?;
+        let batch = self.opts().batch_size as u64;
+        let settle = self.settle_sequence()?;
+        let details = serde_json::json!({
+            "kv": self.opts().kv.display().to_string(),
+            "table_prefix": self.opts().table_prefix,
+            "batch_size": batch,
+            "invoices_bucket": self.buckets.is_some(),
+        });
+        let sql = self.opts().sql.clone();
+        t.transition(State::Fresh, Event::Begin, details, "begin", |tx| {
+            Target::create_schema(tx, &identity, batch, settle)
+                .map_err(|e| Error::sqlite(Role::Native, &sql, "creating the schema", e))
+        })?;
+        Ok(t)
+    }
+
+    fn ensure_hash_index(&mut self) -> Result<()> {
+        if !self.hashes_built {
+            if let Some(b) = self.buckets {
+                self.kv.build_hash_index(&b)?;
+            }
+            self.hashes_built = true;
+        }
+        Ok(())
+    }
+
+    /// Decodes one raw invoice into its native rows and source digest.
+    fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
+        let path = &self.m.opts.kv;
+        let key = raw.key_hex();
+        let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
+            invoice_key: key.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let mut sets = Vec::with_capacity(raw.amp_sets.len());
+        for (set_id, bytes) in &raw.amp_sets {
+            let htlcs = codec::decode_htlc_set(bytes).map_err(|source| Error::Codec {
+                invoice_key: format!("{key} (AMP set {})", hex::encode(set_id)),
+                path: path.clone(),
+                source,
+            })?;
+            sets.push((*set_id, htlcs));
+        }
+        let hash: [u8; 32] = match inv.preimage {
+            Some(p) => Sha256::digest(p).into(),
+            None => {
+                self.ensure_hash_index()?;
+                let found = self.kv.hashes_for(raw.num)?;
+                match found.as_slice() {
+                    [one] if one.len() == 32 => {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(one);
+                        h
+                    }
+                    [] => {
+                        return Err(Error::BadInvoice {
+                            invoice_key: key,
+                            path: path.clone(),
+                            reason: "its preimage is unknown and no entry of invoices/paymenthashes \
+                                     points to it, so its payment hash cannot be found (lnd would skip \
+                                     it silently; oneway stops instead)"
+                                .into(),
+                        })
+                    }
+                    many => {
+                        return Err(Error::BadInvoice {
+                            invoice_key: key,
+                            path: path.clone(),
+                            reason: format!(
+                                "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
+                                many.len()
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        let native = NativeInvoice::from_kv(&inv, hash, &sets).map_err(|reason| Error::BadInvoice {
+            invoice_key: raw.key_hex(),
+            path: path.clone(),
+            reason,
+        })?;
+        let mut h = Sha256::new();
+        h.update(raw.num.to_be_bytes());
+        h.update((raw.value.len() as u64).to_be_bytes());
+        h.update(&raw.value);
+        for (set_id, bytes) in &raw.amp_sets {
+            h.update(set_id);
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        h.update(hash);
+        Ok(Prepared {
+            num: raw.num,
+            native,
+            digest: h.finalize().into(),
+        })
+    }
+
+    fn read_batch(&mut self, after: Option<u32>) -> Result<Vec<Prepared>> {
+        let Some(b) = self.buckets else {
+            return Ok(Vec::new());
+        };
+        let raws = self.kv.read_invoices(&b, after, self.opts().batch_size)?;
+        raws.iter().map(|r| self.prepare(r)).collect()
+    }
+
+    /// Copies batches after the cursor until the source is exhausted.
+    ///
+    /// Each batch — its invoices' rows, their copy-map rows and the new
+    /// cursor — is one transaction. A crash before its commit loses the
+    /// batch and the cursor together, so the rerun copies exactly that batch
+    /// again; after the commit, the rerun starts after it. Nothing is copied
+    /// twice (the cursor and the copy map say what is there) and nothing is
+    /// skipped (keys are read in order, and the verification pass re-reads
+    /// them all).
+    fn copy(&mut self, t: &mut Target, p: &Persisted) -> Result<()> {
+        let total = match self.buckets {
+            Some(b) => self.kv.count_invoices(&b)?,
+            None => 0,
+        };
+        self.m.progress.start(Phase::Copy, total);
+        self.m.progress.advance(p.copied.min(total));
+        let mut cursor = p.cursor;
+        loop {
+            let batch = self.read_batch(cursor)?;
+            let Some(last) = batch.last().map(|b| b.num) else {
+                break;
+            };
+            let n = batch.len() as u64;
+            let (applied, _) = self.apply_batch(t, cursor, Some(last), &batch, true)?;
+            self.report.copied_this_run += applied;
+            cursor = Some(last);
+            self.m.progress.advance(n);
+        }
+        // Invoices deleted from the source after they were copied leave map
+        // rows beyond the last source key; drop them.
+        self.apply_batch(t, cursor, None, &[], true)?;
+        self.m.progress.finish();
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction: inserts new invoices, re-copies
+    /// invoices whose source digest changed, deletes copies of invoices that
+    /// are gone from the source in the key range `(lo, hi]` (`hi = None`:
+    /// unbounded), and, when `advance` is set, moves the cursor to `hi`.
+    /// Returns (invoices written, stale copies deleted).
+    fn apply_batch(
+        &mut self,
+        t: &mut Target,
+        lo: Option<u32>,
+        hi: Option<u32>,
+        batch: &[Prepared],
+        advance: bool,
+    ) -> Result<(u64, u64)> {
+        let kv_path = self.m.opts.kv.clone();
+        let sql_path = self.m.opts.sql.clone();
+        let tx = t.begin_batch()?;
+        let e = |action: &'static str| {
+            let sql_path = sql_path.clone();
+            move |err| Error::sqlite(Role::Native, sql_path, action, err)
+        };
+        let mut written = 0u64;
+        let mut resynced = 0u64;
+        let mut max_settle = 0i64;
+        for p in batch {
+            let existing: Option<(i64, Vec<u8>)> = tx
+                .prepare_cached("SELECT invoice_id, digest FROM oneway_invoice_map WHERE kv_num = ?1")
+                .and_then(|mut s| s.query_row([p.num], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(e("reading the copy map"))?;
+            match existing {
+                Some((id, d)) if id == p.native.id && d == p.digest => continue,
+                Some((id, _)) => {
+                    native::delete(&tx, id).map_err(e("removing an outdated copy"))?;
+                    tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")
+                        .and_then(|mut s| s.execute([p.num]))
+                        .map_err(e("removing an outdated copy"))?;
+                    resynced += 1;
+                }
+                None => {}
+            }
+            native::insert(&tx, &p.native).map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+            tx.prepare_cached("INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![p.num, p.native.id, p.digest.as_slice()]))
+                .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+            max_settle = max_settle.max(p.native.max_settle_index());
+            written += 1;
+        }
+        // Copies whose source invoice disappeared within (lo, hi].
+        let lo_i = lo.map_or(-1, i64::from);
+        let hi_i = hi.map_or(i64::MAX, i64::from);
+        let stale: Vec<(i64, i64)> = {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT kv_num, invoice_id FROM oneway_invoice_map WHERE kv_num > ?1 AND kv_num <= ?2",
+                )
+                .map_err(e("reading the copy map"))?;
+            let rows = st
+                .query_map([lo_i, hi_i], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|r| r.collect::<rusqlite::Result<Vec<(i64, i64)>>>())
+                .map_err(e("reading the copy map"))?;
+            let present: std::collections::HashSet<i64> = batch.iter().map(|p| i64::from(p.num)).collect();
+            rows.into_iter().filter(|(k, _)| !present.contains(k)).collect()
+        };
+        for (kv_num, id) in &stale {
+            native::delete(&tx, *id).map_err(e("removing a copy of a deleted invoice"))?;
+            tx.execute("DELETE FROM oneway_invoice_map WHERE kv_num = ?1", [kv_num])
+                .map_err(e("removing a copy of a deleted invoice"))?;
+        }
+        let delta = written as i64 - resynced as i64 - stale.len() as i64;
+        if advance || delta != 0 {
+            tx.prepare_cached(
+                "UPDATE oneway_state SET cursor = CASE WHEN ?1 THEN coalesce(?2, cursor) ELSE cursor END,
+                     copied = copied + ?3 WHERE singleton = 1",
+            )
+            .and_then(|mut s| s.execute(params![advance, hi.map(i64::from), delta]))
+            .map_err(e("moving the cursor"))?;
+        }
+        if max_settle > 0 {
+            tx.prepare_cached(
+                "UPDATE invoice_sequences SET current_value = max(current_value, ?1) WHERE name = 'settle_index'",
+            )
+            .and_then(|mut s| s.execute([max_settle]))
+            .map_err(e("updating the settle index sequence"))?;
+        }
+        crate::failpoint::hit("batch.before_commit");
+        tx.commit().map_err(e("committing a batch"))?;
+        crate::failpoint::hit("batch.after_commit");
+        self.report.resynced += resynced;
+        tracing::debug!(written, resynced, stale = stale.len(), cursor = ?hi, "batch committed");
+        Ok((written, stale.len() as u64))
+    }
+
+    /// Runs verification passes, repairing invoices that changed in the
+    /// source since they were copied, until a pass finds nothing to repair.
+    fn verify_until_clean(&mut self, t: &mut Target) -> Result<VerifyReport> {
+        for _ in 0..MAX_VERIFY_PASSES {
+            let report = self.verify_pass(t, true)?;
+            if report.mismatch_count > 0 {
+                return Err(Error::VerificationFailed {
+                    total: report.mismatch_count,
+                    mismatches: report.mismatches,
+                });
+            }
+            if report.outdated == 0 {
+                return Ok(report);
+            }
+            tracing::info!(repaired = report.outdated, "source changed during the migration; verifying again");
+        }
+        Err(Error::SourceUnstable {
+            path: self.opts().kv.clone(),
+            attempts: MAX_VERIFY_PASSES,
+        })
+    }
+
+    /// One verification pass over a consistent snapshot of the source: every
+    /// invoice is decoded again and compared, field by field, with the rows
+    /// read back from the native store. With `repair`, invoices whose source
+    /// bytes changed since they were copied (or that are new, or gone) are
+    /// re-copied in batch transactions and counted as `outdated`; without it
+    /// they are only counted.
+    fn verify_pass(&mut self, t: &mut Target, repair: bool) -> Result<VerifyReport> {
+        self.kv.begin_read()?;
+        // Rebuild the reverse hash index inside this snapshot.
+        self.hashes_built = false;
+        let result = self.verify_pass_in_snapshot(t, repair);
+        let end = self.kv.end_read();
+        let report = result?;
+        end?;
+        Ok(report)
+    }
+
+    fn verify_pass_in_snapshot(&mut self, t: &mut Target, repair: bool) -> Result<VerifyReport> {
+        let digest: SourceDigest = self.kv.digest()?;
+        self.m.progress.start(Phase::Verify, digest.invoices);
+        let mut report = VerifyReport {
+            invoices: 0,
+            outdated: 0,
+            mismatch_count: 0,
+            mismatches: Vec::new(),
+            source_digest: digest.sha256.clone(),
+            target_digest: String::new(),
+            max_settle_index: 0,
+        };
+        let mut target_hash = Sha256::new();
+        let mut cursor: Option<u32> = None;
+        loop {
+            let batch = self.read_batch(cursor)?;
+            let last = batch.last().map(|b| b.num);
+            let mut outdated: Vec<usize> = Vec::new();
+            for (i, p) in batch.iter().enumerate() {
+                report.invoices += 1;
+                report.max_settle_index = report.max_settle_index.max(p.native.max_settle_index() as u64);
+                p.native.feed_digest(&mut target_hash);
+                let mapped: Option<(i64, Vec<u8>)> = t
+                    .conn()
+                    .prepare_cached("SELECT invoice_id, digest FROM oneway_invoice_map WHERE kv_num = ?1")
+                    .and_then(|mut s| s.query_row([p.num], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .map_err(|e| t.err("reading the copy map", e))?;
+                match mapped {
+                    Some((id, d)) if id == p.native.id && d == p.digest => {
+                        let got = native::load(t.conn(), id).map_err(|e| t.err("reading an invoice back", e))?;
+                        let diffs = match &got {
+                            Some(got) => native::diff(&p.native, got),
+                            None => vec![format!("invoices row {id} is missing from the native store")],
+                        };
+                        for d in diffs {
+                            report.mismatch_count += 1;
+                            if report.mismatches.len() < 20 {
+                                report.mismatches.push(Mismatch {
+                                    invoice_key: format!("{:08x}", p.num),
+                                    detail: d,
+                                });
+                            }
+                        }
+                    }
+                    _ => outdated.push(i),
+                }
+            }
+            // Copies in (cursor, last] whose source invoice is gone.
+            let stale = self.count_stale(t, cursor, last, &batch)?;
+            report.outdated += outdated.len() as u64 + stale;
+            if repair && (!outdated.is_empty() || stale > 0) {
+                // The whole batch goes in, so that present invoices are not
+                // taken for deleted ones; unchanged ones are skipped there by
+                // their digest.
+                let (written, _) = self.apply_batch(t, cursor, last, &batch, false)?;
+                self.report.copied_this_run += written;
+            }
+            self.m.progress.advance(batch.len() as u64);
+            match last {
+                Some(l) => cursor = Some(l),
+                None => break,
+            }
+        }
+        self.m.progress.finish();
+        let native_count = t.count("invoices")?;
+        let map_count = t.count("oneway_invoice_map")?;
+        if report.outdated == 0 && (native_count != report.invoices || map_count != report.invoices) {
+            report.mismatch_count += 1;
+            report.mismatches.push(Mismatch {
+                invoice_key: "*".into(),
+                detail: format!(
+                    "the source has {} invoices but the native store has {native_count} (copy map {map_count})",
+                    report.invoices
+                ),
+            });
+        }
+        report.target_digest = hex::encode(target_hash.finalize());
+        Ok(report)
+    }
+
+    fn count_stale(&self, t: &Target, lo: Option<u32>, hi: Option<u32>, batch: &[Prepared]) -> Result<u64> {
+        let lo_i = lo.map_or(-1, i64::from);
+        let hi_i = hi.map_or(i64::MAX, i64::from);
+        let mut st = t
+            .conn()
+            .prepare_cached("SELECT kv_num FROM oneway_invoice_map WHERE kv_num > ?1 AND kv_num <= ?2")
+            .map_err(|e| t.err("reading the copy map", e))?;
+        let keys = st
+            .query_map([lo_i, hi_i], |r| r.get::<_, i64>(0))
+            .and_then(|r| r.collect::<rusqlite::Result<Vec<i64>>>())
+            .map_err(|e| t.err("reading the copy map", e))?;
+        let present: std::collections::HashSet<i64> = batch.iter().map(|p| i64::from(p.num)).collect();
+        Ok(keys.into_iter().filter(|k| !present.contains(k)).count() as u64)
+    }
+
+    /// `Verified → Tombstoned` (or back to `Migrating` when the source changed).
+    ///
+    /// The tombstone is written only now that `Verified` is durable, in its
+    /// own KV transaction that re-checks the source digest. Crash after the
+    /// KV commit but before `Tombstoned` is recorded: the rerun is still in
+    /// `Verified`, finds the tombstone, checks the digest again, and records
+    /// `Tombstoned` without writing anything to the KV store.
+    fn tombstone(&mut self, t: &mut Target, p: &Persisted) -> Result<()> {
+        let verified = SourceDigest {
+            invoices: p.verified_count.unwrap_or(0),
+            sha256: p.source_digest.clone().unwrap_or_default(),
+        };
+        self.m.progress.start(Phase::Tombstone, 1);
+        let outcome = self.kv.write_tombstone_if_unchanged(&verified)?;
+        self.m.progress.advance(1);
+        self.m.progress.finish();
+        match outcome {
+            TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true } => {
+                let details = serde_json::json!({
+                    "written_now": outcome == TombstoneOutcome::Written,
+                    "source_digest": verified.sha256,
+                    "invoices": verified.invoices,
+                });
+                t.transition(State::Verified, Event::TombstoneWritten, details, "tombstoned", |_| Ok(()))?;
+                tracing::info!(kv = %self.opts().kv.display(), "KV invoices bucket tombstoned");
+            }
+            TombstoneOutcome::AlreadyPresent { unchanged: false } => {
+                let err = Error::Refused {
+                    refusal: Refusal::SourceChangedAfterTombstone,
+                    state: State::Verified.name().into(),
+                    extra: "; the invoices changed after the tombstone was written: something ignored it \
+                            (restore the KV store from backup and investigate)"
+                        .into(),
+                };
+                security_event(Some(t), Some(State::Verified), Backend::Kv, true, "changed_after_tombstone", &err.to_string());
+                return Err(err);
+            }
+            TombstoneOutcome::SourceChanged(now) => {
+                let details = serde_json::json!({
+                    "verified_digest": verified.sha256,
+                    "current_digest": now.sha256,
+                    "verified_invoices": verified.invoices,
+                    "current_invoices": now.invoices,
+                });
+                tracing::warn!(
+                    verified = %verified.sha256,
+                    current = %now.sha256,
+                    "the source changed after verification; copying the difference before the tombstone"
+                );
+                let sql = self.opts().sql.clone();
+                t.transition(State::Verified, Event::SourceChanged, details, "resync", |tx| {
+                    tx.execute(
+                        "UPDATE oneway_state SET pass = pass + 1, verified_count = NULL, source_digest = NULL,
+                             target_digest = NULL WHERE singleton = 1",
+                        [],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| Error::sqlite(Role::Native, &sql, "recording the source change", e))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn insert_error(err: rusqlite::Error, kv: &Path, sql: &Path, p: &Prepared) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, msg) = &err {
+        if f.code == rusqlite::ErrorCode::ConstraintViolation {
+            return Error::BadInvoice {
+                invoice_key: format!("{:08x}", p.num),
+                path: kv.to_path_buf(),
+                reason: format!(
+                    "the native store refuses it ({}): another invoice has the same add index ({}), payment \
+                     hash ({}), payment address or HTLC circuit key",
+                    msg.as_deref().unwrap_or("constraint violation"),
+                    p.native.id,
+                    hex::encode(&p.native.hash)
+                ),
+            };
+        }
+    }
+    Error::sqlite(Role::Native, sql, "inserting an invoice", err)
+}
+
+fn now_nanos() -> i128 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i128::from(d.as_secs()) * 1_000_000_000 + i128::from(d.subsec_nanos())
+}

@@ -1,0 +1,68 @@
+//! Deterministic crash injection at durable-write boundaries.
+//!
+//! The engine calls [`hit`] with a name at every point where a crash would
+//! leave a distinct on-disk situation (before and after each transition's
+//! commit, each batch commit, the tombstone write, the lock). Normally this
+//! does nothing but one relaxed atomic load. When the environment variable
+//! `ONEWAY_FAILPOINT` is set to `NAME` or `NAME:N`, the N-th hit (default 1)
+//! of that failpoint aborts the process on the spot with
+//! [`std::process::abort`] — no destructors, no flushes, no rollback: the
+//! same thing a `SIGKILL` or a power cut does to SQLite's view of the world.
+//!
+//! The variable is read once. It exists for the crash tests
+//! (`tests/crash.rs`); production runs never set it. [`NAMES`] lists every
+//! failpoint so the tests can drive each one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Every failpoint the engine contains, in the order a migration passes them.
+pub const NAMES: &[&str] = &[
+    "begin.before_commit",
+    "begin.after_commit",
+    "batch.before_commit",
+    "batch.after_commit",
+    "verify.before_commit",
+    "verify.after_commit",
+    "tombstone.before_insert",
+    "tombstone.after_commit",
+    "tombstoned.before_commit",
+    "tombstoned.after_commit",
+    "lock.before_commit",
+    "lock.after_commit",
+];
+
+struct Armed {
+    name: String,
+    at: u64,
+    hits: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var("ONEWAY_FAILPOINT").ok()?;
+            let (name, at) = match spec.split_once(':') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (spec, 1),
+            };
+            Some(Armed {
+                name,
+                at: at.max(1),
+                hits: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Marks a failpoint; aborts the process if it is the armed one and this is
+/// the armed hit.
+pub fn hit(name: &str) {
+    if let Some(a) = armed() {
+        if a.name == name && a.hits.fetch_add(1, Ordering::Relaxed) + 1 == a.at {
+            eprintln!("oneway: failpoint {name} reached (hit {}), aborting", a.at);
+            std::process::abort();
+        }
+    }
+}

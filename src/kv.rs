@@ -1,0 +1,706 @@
+//! Reading lnd's KV store laid over SQLite (`<prefix>_kv`), and the one write
+//! oneway ever makes to it: the tombstone.
+//!
+//! The reader opens the file with `SQLITE_OPEN_READ_ONLY`, so no code path
+//! through [`KvSource`] can modify the source. The tombstone is written by
+//! [`KvSource::write_tombstone_if_unchanged`] through a second, short-lived
+//! read-write connection inside one `BEGIN IMMEDIATE` transaction that first
+//! re-computes the source digest: if the invoices changed since they were
+//! verified, nothing is written.
+//!
+//! Keys and values are bound as BLOBs throughout: lnd stores Go byte slices,
+//! and SQLite never finds a TEXT value equal to a BLOB.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, Role};
+
+/// Name of the top-level invoices bucket.
+pub const INVOICES_BUCKET: &[u8] = b"invoices";
+/// Sub-bucket: payment hash → invoice number.
+pub const PAYMENT_HASHES_BUCKET: &[u8] = b"paymenthashes";
+/// Sub-bucket: add index → invoice number.
+pub const ADD_INDEX_BUCKET: &[u8] = b"invoice-add-index";
+/// Sub-bucket: settle index → invoice number.
+pub const SETTLE_INDEX_BUCKET: &[u8] = b"invoice-settle-index";
+/// The tombstone key in the invoices bucket.
+pub const TOMBSTONE_KEY: &[u8] = b"invoice-tombstone";
+/// The tombstone value: one byte, ASCII '1'.
+pub const TOMBSTONE_VALUE: &[u8] = b"1";
+/// The key in `paymenthashes` holding the next invoice number.
+pub const NEXT_INVOICE_KEY: &[u8] = b"nik";
+/// lnd's prefix for the channel database.
+pub const DEFAULT_PREFIX: &str = "channeldb";
+
+/// Validates a table prefix and returns the KV table name `<prefix>_kv`.
+pub fn kv_table_name(prefix: &str) -> Result<String> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !prefix.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(format!("{prefix}_kv"))
+    } else {
+        Err(Error::BadPrefix {
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+/// Checks that `path` exists and starts with the SQLite header, without
+/// creating anything.
+pub fn check_sqlite_file(role: Role, path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Missing {
+                role,
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                action: format!("reading the metadata of the {role}"),
+                source: e,
+            }
+        }
+    })?;
+    if meta.is_dir() {
+        return Err(Error::NotSqlite {
+            role,
+            path: path.to_path_buf(),
+            why: "it is a directory".into(),
+        });
+    }
+    let mut header = [0u8; 16];
+    let mut f = std::fs::File::open(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        action: format!("opening the {role}"),
+        source: e,
+    })?;
+    let n = f.read(&mut header).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        action: format!("reading the {role}"),
+        source: e,
+    })?;
+    if n < 16 || &header != b"SQLite format 3\0" {
+        return Err(Error::NotSqlite {
+            role,
+            path: path.to_path_buf(),
+            why: if n == 0 {
+                "the file is empty".into()
+            } else {
+                "the file does not start with the SQLite header".into()
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The row ids of the invoice buckets, found once per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvoiceBuckets {
+    /// The top-level `invoices` bucket.
+    pub invoices: i64,
+    /// `invoices/paymenthashes`, if present.
+    pub payment_hashes: Option<i64>,
+    /// `invoices/invoice-settle-index`, if present.
+    pub settle_index: Option<i64>,
+}
+
+/// One invoice as stored: its number, its value and, for AMP invoices, the
+/// HTLC sets stored under number ‖ set id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawInvoice {
+    /// The invoice number (the 4-byte big-endian key).
+    pub num: u32,
+    /// The serialized invoice.
+    pub value: Vec<u8>,
+    /// (set id, serialized HTLC set) in key order.
+    pub amp_sets: Vec<([u8; 32], Vec<u8>)>,
+}
+
+impl RawInvoice {
+    /// The invoice key as 8 hex digits, for messages.
+    pub fn key_hex(&self) -> String {
+        format!("{:08x}", self.num)
+    }
+}
+
+/// A content digest of the invoice buckets: every key, value and sequence
+/// under `invoices` (recursively), except the tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDigest {
+    /// Number of invoices (4-byte keys) in the bucket.
+    pub invoices: u64,
+    /// SHA-256 over the canonical walk, hex.
+    pub sha256: String,
+}
+
+/// A read-only view of lnd's KV store.
+pub struct KvSource {
+    conn: Connection,
+    path: PathBuf,
+    table: String,
+}
+
+impl KvSource {
+    /// Opens the KV store read-only and checks that `<prefix>_kv` exists with
+    /// lnd's columns. Creates nothing: a missing path or a file that is not
+    /// SQLite is an error naming it.
+    pub fn open(path: &Path, prefix: &str) -> Result<KvSource> {
+        let table = kv_table_name(prefix)?;
+        check_sqlite_file(Role::Kv, path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::sqlite(Role::Kv, path, "opening read-only", e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| Error::sqlite(Role::Kv, path, "setting the busy timeout", e))?;
+        let src = KvSource {
+            conn,
+            path: path.to_path_buf(),
+            table,
+        };
+        src.check_table()?;
+        Ok(src)
+    }
+
+    /// The KV store's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The KV table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn err(&self, action: &str, e: rusqlite::Error) -> Error {
+        Error::sqlite(Role::Kv, &self.path, action, e)
+    }
+
+    fn check_table(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .map_err(|e| self.err("reading the schema", e))?;
+        let cols: Vec<String> = stmt
+            .query_map([&self.table], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err("reading the schema", e))?;
+        if cols.is_empty() {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .map_err(|e| self.err("listing tables", e))?;
+            let tables: Vec<String> = stmt
+                .query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err("listing tables", e))?;
+            let found = if tables.is_empty() {
+                "the database has no tables".to_string()
+            } else {
+                format!(
+                    "tables present: {}; is the table prefix right?",
+                    tables.join(", ")
+                )
+            };
+            return Err(Error::NoKvTable {
+                path: self.path.clone(),
+                table: self.table.clone(),
+                why: found,
+            });
+        }
+        for needed in ["key", "value", "parent_id", "id", "sequence"] {
+            if !cols.iter().any(|c| c == needed) {
+                return Err(Error::NoKvTable {
+                    path: self.path.clone(),
+                    table: self.table.clone(),
+                    why: format!("column {needed:?} is missing (columns: {})", cols.join(", ")),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a read transaction: everything read until [`KvSource::end_read`]
+    /// sees one consistent snapshot of the store.
+    pub fn begin_read(&self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(|e| self.err("starting a read transaction", e))
+    }
+
+    /// Ends the read transaction started by [`KvSource::begin_read`].
+    pub fn end_read(&self) -> Result<()> {
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| self.err("ending a read transaction", e))
+    }
+
+    /// The id of bucket `name` under `parent` (top level when `None`).
+    pub fn bucket(&self, parent: Option<i64>, name: &[u8]) -> Result<Option<i64>> {
+        bucket_id(&self.conn, &self.table, parent, name).map_err(|e| self.err("finding a bucket", e))
+    }
+
+    /// Finds the invoice buckets; `None` when the store has no `invoices`
+    /// bucket at all (a node that never created an invoice).
+    pub fn invoice_buckets(&self) -> Result<Option<InvoiceBuckets>> {
+        let Some(invoices) = self.bucket(None, INVOICES_BUCKET)? else {
+            return Ok(None);
+        };
+        Ok(Some(InvoiceBuckets {
+            invoices,
+            payment_hashes: self.bucket(Some(invoices), PAYMENT_HASHES_BUCKET)?,
+            settle_index: self.bucket(Some(invoices), SETTLE_INDEX_BUCKET)?,
+        }))
+    }
+
+    /// True when the invoices bucket carries the tombstone key (any value).
+    pub fn tombstone_present(&self) -> Result<bool> {
+        tombstone_present(&self.conn, &self.table).map_err(|e| self.err("looking for the tombstone", e))
+    }
+
+    /// The `sequence` of a bucket (0 when unset).
+    pub fn sequence(&self, bucket: i64) -> Result<u64> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                &format!("SELECT sequence FROM {} WHERE id = ?1", self.table),
+                [bucket],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err("reading a bucket sequence", e))?
+            .flatten();
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    /// Reads up to `max` invoices with number greater than `after` (from the
+    /// start when `None`), in key order, each with its AMP HTLC sets.
+    ///
+    /// Keys in the invoices bucket are classified by shape: 4 bytes is an
+    /// invoice, 36 bytes an AMP HTLC set of invoice (first 4 bytes), a NULL
+    /// value a sub-bucket, and `invoice-tombstone` the tombstone. Anything
+    /// else is an error: nothing in the bucket is silently ignored.
+    pub fn read_invoices(
+        &self,
+        buckets: &InvoiceBuckets,
+        after: Option<u32>,
+        max: usize,
+    ) -> Result<Vec<RawInvoice>> {
+        let mut out: Vec<RawInvoice> = Vec::with_capacity(max.min(4096));
+        let start_key: Vec<u8> = match after {
+            // Every key of invoice `n` (4 bytes, or 36 starting with them)
+            // sorts below the 4-byte key of `n + 1`, so ">= n+1" starts exactly
+            // after the last AMP set of `n`.
+            Some(n) => match n.checked_add(1) {
+                Some(next) => next.to_be_bytes().to_vec(),
+                None => return Ok(out),
+            },
+            None => Vec::new(),
+        };
+        let sql = format!(
+            "SELECT key, value FROM {} WHERE parent_id = ?1 AND key >= ?2 ORDER BY key",
+            self.table
+        );
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.err("reading invoices", e))?;
+        let mut rows = stmt
+            .query(params![buckets.invoices, start_key])
+            .map_err(|e| self.err("reading invoices", e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err("reading invoices", e))? {
+            let key = row
+                .get_ref(0)
+                .map_err(|e| self.err("reading invoices", e))?
+                .as_blob()
+                .map_err(|_| self.unexpected_text_key(row))?;
+            let value = row.get_ref(1).map_err(|e| self.err("reading invoices", e))?;
+            let is_bucket = matches!(value, rusqlite::types::ValueRef::Null);
+            match key.len() {
+                4 if !is_bucket => {
+                    if out.len() == max {
+                        break;
+                    }
+                    let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+                    out.push(RawInvoice {
+                        num,
+                        value: self.blob_value(key, value)?.to_vec(),
+                        amp_sets: Vec::new(),
+                    });
+                }
+                36 if !is_bucket => {
+                    let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+                    let mut set_id = [0u8; 32];
+                    set_id.copy_from_slice(&key[4..]);
+                    let value = self.blob_value(key, value)?.to_vec();
+                    match out.last_mut() {
+                        Some(inv) if inv.num == num => inv.amp_sets.push((set_id, value)),
+                        _ => {
+                            return Err(Error::UnexpectedKey {
+                                path: self.path.clone(),
+                                key: hex::encode(key),
+                                why: format!(
+                                    "an AMP HTLC set for invoice {num:08x}, which does not exist"
+                                ),
+                            })
+                        }
+                    }
+                }
+                _ if is_bucket => {}
+                _ if key == TOMBSTONE_KEY => {}
+                _ => {
+                    return Err(Error::UnexpectedKey {
+                        path: self.path.clone(),
+                        key: hex::encode(key),
+                        why: "it is neither an invoice (4 bytes), an AMP HTLC set (36 bytes), a \
+                              sub-bucket nor the tombstone"
+                            .into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn blob_value<'a>(
+        &self,
+        key: &[u8],
+        value: rusqlite::types::ValueRef<'a>,
+    ) -> Result<&'a [u8]> {
+        value.as_blob().map_err(|_| Error::UnexpectedKey {
+            path: self.path.clone(),
+            key: hex::encode(key),
+            why: format!(
+                "its value is stored as {:?}, not as a BLOB as lnd writes it",
+                value.data_type()
+            ),
+        })
+    }
+
+    fn unexpected_text_key(&self, row: &rusqlite::Row<'_>) -> Error {
+        let shown = row
+            .get_ref(0)
+            .ok()
+            .and_then(|v| v.as_str().ok().map(str::to_owned))
+            .unwrap_or_default();
+        Error::UnexpectedKey {
+            path: self.path.clone(),
+            key: format!("{shown:?} (TEXT)"),
+            why: "keys are BLOBs in lnd's store; a TEXT key is invisible to lnd".into(),
+        }
+    }
+
+    /// Streams every (payment hash, invoice number) pair of `paymenthashes`
+    /// (skipping `nik`) to `f`, in key order.
+    pub fn for_each_payment_hash(
+        &self,
+        buckets: &InvoiceBuckets,
+        mut f: impl FnMut([u8; 32], u32) -> Result<()>,
+    ) -> Result<()> {
+        let Some(bucket) = buckets.payment_hashes else {
+            return Ok(());
+        };
+        let sql = format!(
+            "SELECT key, value FROM {} WHERE parent_id = ?1 ORDER BY key",
+            self.table
+        );
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(|e| self.err("reading the payment-hash index", e))?;
+        let mut rows = stmt
+            .query([bucket])
+            .map_err(|e| self.err("reading the payment-hash index", e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| self.err("reading the payment-hash index", e))?
+        {
+            let key: Vec<u8> = row.get(0).map_err(|e| self.err("reading the payment-hash index", e))?;
+            let value: Option<Vec<u8>> = row
+                .get(1)
+                .map_err(|e| self.err("reading the payment-hash index", e))?;
+            if key == NEXT_INVOICE_KEY {
+                continue;
+            }
+            let (Ok(hash), Some(Ok(num))) = (
+                <[u8; 32]>::try_from(key.as_slice()),
+                value.as_deref().map(<[u8; 4]>::try_from),
+            ) else {
+                return Err(Error::UnexpectedKey {
+                    path: self.path.clone(),
+                    key: hex::encode(&key),
+                    why: "an entry of invoices/paymenthashes must map a 32-byte hash to a 4-byte \
+                          invoice number"
+                        .into(),
+                });
+            };
+            f(hash, u32::from_be_bytes(num))?;
+        }
+        Ok(())
+    }
+
+    /// Builds (or rebuilds) a temporary reverse index of `paymenthashes`,
+    /// invoice number → payment hash, in this connection's TEMP database (not
+    /// in the KV file). Needed for invoices whose preimage is unknown.
+    pub fn build_hash_index(&self, buckets: &InvoiceBuckets) -> Result<()> {
+        let e = |err| self.err("building the payment-hash reverse index", err);
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS oneway_hash_by_num (num BLOB NOT NULL, hash BLOB NOT NULL);
+                 DELETE FROM temp.oneway_hash_by_num;",
+            )
+            .map_err(e)?;
+        if let Some(bucket) = buckets.payment_hashes {
+            self.conn
+                .execute(
+                    &format!(
+                        "INSERT INTO temp.oneway_hash_by_num (num, hash)
+                         SELECT value, key FROM {} WHERE parent_id = ?1 AND value IS NOT NULL AND key != ?2",
+                        self.table
+                    ),
+                    params![bucket, NEXT_INVOICE_KEY],
+                )
+                .map_err(e)?;
+        }
+        self.conn
+            .execute_batch("CREATE INDEX IF NOT EXISTS temp.oneway_hash_by_num_idx ON oneway_hash_by_num (num)")
+            .map_err(e)?;
+        Ok(())
+    }
+
+    /// The payment hashes `paymenthashes` maps to invoice `num` (needs
+    /// [`KvSource::build_hash_index`] first). Usually one; none when lnd would
+    /// have skipped the invoice; more than one is an inconsistency.
+    pub fn hashes_for(&self, num: u32) -> Result<Vec<Vec<u8>>> {
+        let e = |err| self.err("looking up a payment hash", err);
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT hash FROM temp.oneway_hash_by_num WHERE num = ?1")
+            .map_err(e)?;
+        let rows = st
+            .query_map([num.to_be_bytes()], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(e)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
+    }
+
+    /// Counts the invoices (4-byte keys with a value) in the invoices bucket.
+    pub fn count_invoices(&self, buckets: &InvoiceBuckets) -> Result<u64> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE parent_id = ?1 AND length(key) = 4 AND value IS NOT NULL",
+                    self.table
+                ),
+                [buckets.invoices],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err("counting invoices", e))
+    }
+
+    /// Computes the [`SourceDigest`] of the invoice buckets.
+    pub fn digest(&self) -> Result<SourceDigest> {
+        source_digest(&self.conn, &self.table).map_err(|e| self.err("computing the source digest", e))
+    }
+
+    /// Writes the tombstone (`invoice-tombstone` = `1` in the top-level
+    /// `invoices` bucket) if, inside the same write transaction, the source
+    /// digest still equals `verified`.
+    ///
+    /// Crash safety: the digest check and the insert are one `BEGIN
+    /// IMMEDIATE` transaction on a connection with `synchronous=FULL`, so
+    /// either the tombstone is durably present and the invoices are exactly
+    /// those verified, or nothing was written. The caller records
+    /// `Tombstoned` only after this returns `Written`; a crash in between is
+    /// repaired on the next run, which finds the tombstone present in state
+    /// `Verified` (see `spec/state-machine.md`).
+    pub fn write_tombstone_if_unchanged(&self, verified: &SourceDigest) -> Result<TombstoneOutcome> {
+        let path = &self.path;
+        let rw = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::sqlite(Role::Kv, path, "opening read-write for the tombstone", e))?;
+        let e = |action: &'static str| move |err| Error::sqlite(Role::Kv, path, action, err);
+        rw.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(e("setting the busy timeout"))?;
+        rw.pragma_update(None, "synchronous", "FULL")
+            .map_err(e("setting synchronous=FULL"))?;
+        rw.execute_batch("BEGIN IMMEDIATE")
+            .map_err(e("starting the tombstone transaction"))?;
+        let result = (|| {
+            let present =
+                tombstone_present(&rw, &self.table).map_err(e("looking for the tombstone"))?;
+            let now = source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?;
+            if present {
+                return Ok(TombstoneOutcome::AlreadyPresent {
+                    unchanged: &now == verified,
+                });
+            }
+            if &now != verified {
+                return Ok(TombstoneOutcome::SourceChanged(now));
+            }
+            let invoices = bucket_id(&rw, &self.table, None, INVOICES_BUCKET)
+                .map_err(e("finding the invoices bucket"))?;
+            let invoices = match invoices {
+                Some(id) => id,
+                None => {
+                    // An empty node: create the bucket so the marker has a home,
+                    // exactly as lnd would (a bucket row with a NULL value).
+                    rw.execute(
+                        &format!("INSERT INTO {} (key, value, parent_id) VALUES (?1, NULL, NULL)", self.table),
+                        [INVOICES_BUCKET],
+                    )
+                    .map_err(e("creating the invoices bucket"))?;
+                    rw.last_insert_rowid()
+                }
+            };
+            crate::failpoint::hit("tombstone.before_insert");
+            rw.execute(
+                &format!("INSERT INTO {} (key, value, parent_id) VALUES (?1, ?2, ?3)", self.table),
+                params![TOMBSTONE_KEY, TOMBSTONE_VALUE, invoices],
+            )
+            .map_err(e("writing the tombstone"))?;
+            Ok(TombstoneOutcome::Written)
+        })();
+        match result {
+            Ok(TombstoneOutcome::Written) => {
+                rw.execute_batch("COMMIT").map_err(e("committing the tombstone"))?;
+                crate::failpoint::hit("tombstone.after_commit");
+                Ok(TombstoneOutcome::Written)
+            }
+            other => {
+                let _ = rw.execute_batch("ROLLBACK");
+                other
+            }
+        }
+    }
+}
+
+/// What [`KvSource::write_tombstone_if_unchanged`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TombstoneOutcome {
+    /// The tombstone was written and committed.
+    Written,
+    /// The tombstone was already there (a crash after its commit, before
+    /// `Tombstoned` was recorded); nothing written. `unchanged` tells
+    /// whether the invoices still match the verified digest.
+    AlreadyPresent {
+        /// True when the source digest still equals the verified one.
+        unchanged: bool,
+    },
+    /// The source differs from what was verified; nothing written.
+    SourceChanged(SourceDigest),
+}
+
+fn bucket_id(
+    conn: &Connection,
+    table: &str,
+    parent: Option<i64>,
+    name: &[u8],
+) -> rusqlite::Result<Option<i64>> {
+    match parent {
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT id FROM {table} WHERE parent_id IS NULL AND key = ?1 AND value IS NULL"
+            ))?
+            .query_row([name], |r| r.get(0))
+            .optional(),
+        Some(p) => conn
+            .prepare_cached(&format!(
+                "SELECT id FROM {table} WHERE parent_id = ?1 AND key = ?2 AND value IS NULL"
+            ))?
+            .query_row(params![p, name], |r| r.get(0))
+            .optional(),
+    }
+}
+
+fn tombstone_present(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    let Some(invoices) = bucket_id(conn, table, None, INVOICES_BUCKET)? else {
+        return Ok(false);
+    };
+    conn.prepare_cached(&format!(
+        "SELECT 1 FROM {table} WHERE parent_id = ?1 AND key = ?2"
+    ))?
+    .query_row(params![invoices, TOMBSTONE_KEY], |_| Ok(()))
+    .optional()
+    .map(|o| o.is_some())
+}
+
+/// The digest walk: buckets depth-first, keys in byte order, each row
+/// contributing (depth, key, value-or-bucket marker, sequence). The
+/// tombstone row of the invoices bucket is skipped so that the digest before
+/// and after the tombstone write compare equal.
+fn source_digest(conn: &Connection, table: &str) -> rusqlite::Result<SourceDigest> {
+    let mut hasher = Sha256::new();
+    let mut invoices = 0u64;
+    let Some(root) = bucket_id(conn, table, None, INVOICES_BUCKET)? else {
+        hasher.update(b"no-invoices-bucket");
+        return Ok(SourceDigest {
+            invoices: 0,
+            sha256: hex::encode(hasher.finalize()),
+        });
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT key, value, id, sequence FROM {table} WHERE parent_id = ?1 ORDER BY key"
+    ))?;
+    // (bucket id, depth); a stack keeps the walk iterative.
+    let mut stack = vec![(root, 0u8)];
+    while let Some((bucket, depth)) = stack.pop() {
+        let mut children = Vec::new();
+        let mut rows = stmt.query([bucket])?;
+        while let Some(row) = rows.next()? {
+            let key = row.get_ref(0)?;
+            let key_bytes: &[u8] = match key {
+                rusqlite::types::ValueRef::Blob(b) => b,
+                rusqlite::types::ValueRef::Text(t) => t,
+                _ => &[],
+            };
+            if depth == 0 && key_bytes == TOMBSTONE_KEY {
+                continue;
+            }
+            hasher.update([depth]);
+            hasher.update((key_bytes.len() as u64).to_be_bytes());
+            hasher.update(key_bytes);
+            match row.get_ref(1)? {
+                rusqlite::types::ValueRef::Null => {
+                    hasher.update([0xff]);
+                    let seq: Option<i64> = row.get(3)?;
+                    hasher.update(seq.unwrap_or(0).to_be_bytes());
+                    children.push((row.get::<_, i64>(2)?, depth.saturating_add(1)));
+                }
+                v => {
+                    let b: &[u8] = match v {
+                        rusqlite::types::ValueRef::Blob(b) => b,
+                        rusqlite::types::ValueRef::Text(t) => t,
+                        _ => &[],
+                    };
+                    if depth == 0 && key_bytes.len() == 4 {
+                        invoices += 1;
+                    }
+                    hasher.update([0x01]);
+                    hasher.update((b.len() as u64).to_be_bytes());
+                    hasher.update(b);
+                }
+            }
+        }
+        // Mark the end of this bucket so sibling/child boundaries are unambiguous.
+        hasher.update([0xfe, depth]);
+        children.reverse();
+        stack.extend(children);
+    }
+    Ok(SourceDigest {
+        invoices,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}

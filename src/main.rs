@@ -1,0 +1,403 @@
+//! The `oneway` command: a thin shell over the library.
+#![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use oneway::engine::{Phase, Progress};
+use oneway::{fixture, Backend, Error, Migrator, Options};
+
+/// Exit codes (also in README.md).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const USAGE: u8 = 2;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "oneway",
+    version,
+    about = "Migrate lnd's KV invoice store to lnd's native SQL schema, resumably and verifiably, then seal the KV store with a tombstone.",
+    after_help = "Exit codes: 0 success (or backend allowed), 1 error, 2 usage, 3 refused (guard, sealed store, wrong pairing), 4 another migration in progress.\nLogging: quiet by default; set RUST_LOG (e.g. RUST_LOG=oneway=info) for structured logs on stderr."
+)]
+struct Cli {
+    /// Write logs as JSON lines (to stderr).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Stores {
+    /// lnd's KV store (kvdb on SQLite, e.g. channel.sqlite).
+    #[arg(long, value_name = "PATH")]
+    kv: PathBuf,
+    /// The native SQL store to create or continue.
+    #[arg(long, value_name = "PATH")]
+    sql: PathBuf,
+    /// Prefix of the KV table (`<prefix>_kv`).
+    #[arg(long, default_value = oneway::kv::DEFAULT_PREFIX, value_name = "PREFIX")]
+    table_prefix: String,
+}
+
+impl Stores {
+    fn options(&self, batch_size: usize) -> Options {
+        Options {
+            kv: self.kv.clone(),
+            sql: self.sql.clone(),
+            table_prefix: self.table_prefix.clone(),
+            batch_size,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Kv,
+    Sql,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run or resume the migration until it is Locked.
+    Migrate {
+        #[command(flatten)]
+        stores: Stores,
+        /// Invoices per batch transaction.
+        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Print the result as JSON; no progress bar.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the migration's state, counts and cursor.
+    Status {
+        #[command(flatten)]
+        stores: Stores,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare every source invoice with the native store; writes nothing.
+    Verify {
+        #[command(flatten)]
+        stores: Stores,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// May the application open this backend? Exit 0 if so, 3 if refused.
+    Guard {
+        #[command(flatten)]
+        stores: Stores,
+        /// The backend the application is configured for.
+        #[arg(long, value_enum)]
+        backend: BackendArg,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a realistic lnd-format KV store for testing.
+    Fixture {
+        /// Where to write it (must not exist).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Number of invoices.
+        #[arg(long, default_value_t = 1000)]
+        invoices: u64,
+        /// Random seed; the same seed gives the same store.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Prefix of the KV table.
+        #[arg(long, default_value = oneway::kv::DEFAULT_PREFIX)]
+        table_prefix: String,
+    },
+    /// Build a sample lnd store in a temporary folder, migrate it with
+    /// progress, and show the final state and the guard's answers.
+    Demo {
+        /// Invoices in the sample store.
+        #[arg(long, default_value_t = 5000)]
+        invoices: u64,
+        /// Keep the files in this folder instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// Draws an indicatif bar on stderr, or prints one line per phase when
+/// `lines` is set and stderr is not a terminal.
+struct CliProgress {
+    bar: RefCell<Option<(ProgressBar, Phase, Instant, u64)>>,
+    tty: bool,
+    lines: bool,
+}
+
+impl CliProgress {
+    fn new(lines: bool) -> CliProgress {
+        CliProgress {
+            bar: RefCell::new(None),
+            tty: std::io::stderr().is_terminal(),
+            lines,
+        }
+    }
+}
+
+impl Progress for CliProgress {
+    fn start(&self, phase: Phase, total: u64) {
+        let bar = if self.tty {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>9} [{bar:40}] {pos}/{len} invoices  {per_sec}  eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(phase.label());
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        *self.bar.borrow_mut() = Some((bar, phase, Instant::now(), total));
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some((b, ..)) = self.bar.borrow().as_ref() {
+            b.inc(n);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some((b, phase, started, total)) = self.bar.borrow_mut().take() {
+            b.finish();
+            if !self.tty && self.lines {
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{:>9}: {} of {} done in {:.2} s ({:.0}/s)",
+                    phase.label(),
+                    b.position(),
+                    total,
+                    secs,
+                    b.position() as f64 / secs.max(1e-9)
+                );
+            }
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into()));
+}
+
+fn fail(e: &Error, json: bool) -> ExitCode {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let s = s.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        src = s_source(src);
+    }
+    if json {
+        print_json(&serde_json::json!({ "error": msg, "exit_code": e.exit_code() }));
+    }
+    eprintln!("oneway: error: {msg}");
+    ExitCode::from(e.exit_code() as u8)
+}
+
+fn s_source<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
+    e.and_then(|e| e.source())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    init_logging(cli.log_json);
+    match cli.cmd {
+        Cmd::Migrate { stores, batch_size, json } => {
+            let m = Migrator::new(stores.options(batch_size)).with_progress(Box::new(CliProgress::new(false)));
+            match m.run() {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else if r.already_completed {
+                        println!("invoice migration already completed: {} invoices, state {}", r.invoices, r.state);
+                    } else {
+                        println!(
+                            "migrated {} invoices ({} copied this run, {} re-synced); state {}",
+                            r.invoices, r.copied_this_run, r.resynced, r.state
+                        );
+                    }
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => fail(&e, json),
+            }
+        }
+        Cmd::Status { stores, json } => match Migrator::new(stores.options(1)).status() {
+            Ok(s) => {
+                if json {
+                    print_json(&s);
+                } else {
+                    println!("state:             {}", s.state);
+                    println!("tombstone present: {}", s.tombstone_present);
+                    println!("source invoices:   {}", s.source_invoices);
+                    println!("copied:            {}", s.copied);
+                    println!("native invoices:   {}", s.native_invoices);
+                    println!("cursor:            {}", s.cursor.as_deref().unwrap_or("-"));
+                    println!("journal entries:   {}", s.journal_entries);
+                }
+                ExitCode::from(exit::OK)
+            }
+            Err(e) => fail(&e, json),
+        },
+        Cmd::Verify { stores, json } => match Migrator::new(stores.options(oneway::engine::DEFAULT_BATCH_SIZE)).verify() {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    println!(
+                        "verified {} invoices: {} mismatching fields, {} changed in the source since copied",
+                        r.invoices, r.mismatch_count, r.outdated
+                    );
+                    for m in &r.mismatches {
+                        println!("  {m}");
+                    }
+                }
+                if r.clean() {
+                    ExitCode::from(exit::OK)
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => fail(&e, json),
+        },
+        Cmd::Guard { stores, backend, json } => {
+            let backend = match backend {
+                BackendArg::Kv => Backend::Kv,
+                BackendArg::Sql => Backend::Sql,
+            };
+            match Migrator::new(stores.options(1)).guard(backend) {
+                Ok(g) => {
+                    if json {
+                        print_json(&serde_json::json!({ "allowed": true, "backend": backend.name(), "state": g.state, "tombstone_present": g.tombstone_present }));
+                    } else {
+                        println!("backend {backend} allowed (state {})", g.state.map_or("none", |s| s.name()));
+                    }
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => fail(&e, json),
+            }
+        }
+        Cmd::Fixture { out, invoices, seed, table_prefix } => {
+            let spec = fixture::FixtureSpec { invoices, seed, table_prefix };
+            match fixture::write_fixture(&out, &spec) {
+                Ok(s) => {
+                    print_json(&s);
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => fail(&Error::from(e), false),
+            }
+        }
+        Cmd::Demo { invoices, keep } => demo(invoices, keep),
+    }
+}
+
+fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
+    let tmp;
+    let dir = match keep {
+        Some(d) => {
+            if let Err(e) = std::fs::create_dir_all(&d) {
+                eprintln!("oneway: error: cannot create {}: {e}", d.display());
+                return ExitCode::from(1);
+            }
+            d
+        }
+        None => match tempfile::tempdir() {
+            Ok(t) => {
+                tmp = t;
+                tmp.path().to_path_buf()
+            }
+            Err(e) => {
+                eprintln!("oneway: error: cannot create a temporary folder: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let kv = dir.join("channel.sqlite");
+    let sql = dir.join("native.sqlite");
+    for p in [&kv, &sql] {
+        let _ = std::fs::remove_file(p);
+    }
+    println!("1. writing a sample lnd KV store with {invoices} invoices: {}", kv.display());
+    let spec = fixture::FixtureSpec { invoices, seed: 1, ..Default::default() };
+    match fixture::write_fixture(&kv, &spec) {
+        Ok(s) => println!(
+            "   {} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",
+            s.invoices, s.settled, s.open, s.canceled, s.accepted, s.keysend, s.amp, s.legacy_amp, s.hodl_unknown_preimage, s.htlcs
+        ),
+        Err(e) => return fail(&Error::from(e), false),
+    }
+    println!("2. migrating to {}", sql.display());
+    let m = Migrator::new(Options::new(&kv, &sql)).with_progress(Box::new(CliProgress::new(true)));
+    match m.run() {
+        Ok(r) => println!(
+            "   copied {} invoices in {:.2} s, verified in {:.2} s, tombstoned in {:.3} s",
+            r.copied_this_run, r.seconds.copy, r.seconds.verify, r.seconds.tombstone
+        ),
+        Err(e) => return fail(&e, false),
+    }
+    println!("3. final state:");
+    match m.status() {
+        Ok(s) => println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
+        Err(e) => return fail(&e, false),
+    }
+    println!("4. the guard, asked for the KV backend (lnd's `db.backend` switched back):");
+    match m.guard(Backend::Kv) {
+        Ok(_) => {
+            eprintln!("oneway: error: the guard allowed the KV backend after the migration");
+            return ExitCode::from(1);
+        }
+        Err(e) => println!("   refused (exit code {}): {e}", e.exit_code()),
+    }
+    println!("5. the guard, asked for the native SQL backend:");
+    match m.guard(Backend::Sql) {
+        Ok(_) => println!("   allowed"),
+        Err(e) => return fail(&e, false),
+    }
+    println!("6. migrating again changes nothing:");
+    match m.run() {
+        Ok(r) if r.already_completed => println!("   invoice migration already completed"),
+        Ok(_) => {
+            eprintln!("oneway: error: a rerun did work after Locked");
+            return ExitCode::from(1);
+        }
+        Err(e) => return fail(&e, false),
+    }
+    ExitCode::from(exit::OK)
+}

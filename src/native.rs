@@ -1,0 +1,854 @@
+//! lnd's native SQL invoice schema, and the mapping of a decoded KV invoice
+//! onto its rows.
+//!
+//! [`NativeInvoice`] is the complete set of rows one invoice owns in the
+//! native store. It is built from the source by [`NativeInvoice::from_kv`],
+//! written by [`insert`], and read back by [`load`]; verification compares a
+//! freshly built value with a loaded one field by field ([`diff`]). The
+//! mapping rules (NULL for empty values, UTC timestamps, seconds for the
+//! expiry, legacy AMP reconstruction) are listed in `spec/formats.md`.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::model::{htlc_state, Htlc, Invoice};
+use crate::timefmt::sql_time;
+
+/// lnd's native invoice tables (as of migrations 000001–000007 and 000012),
+/// for SQLite.
+pub const LND_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS invoice_sequences (
+    name TEXT PRIMARY KEY,
+    current_value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS invoices (
+    id INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    preimage BLOB,
+    settle_index BIGINT,
+    settled_at TIMESTAMP,
+    memo TEXT,
+    amount_msat BIGINT NOT NULL,
+    cltv_delta INTEGER,
+    expiry INTEGER NOT NULL,
+    payment_addr BLOB UNIQUE,
+    payment_request TEXT,
+    payment_request_hash BLOB UNIQUE,
+    state SMALLINT NOT NULL,
+    amount_paid_msat BIGINT NOT NULL,
+    is_amp BOOLEAN NOT NULL,
+    is_hodl BOOLEAN NOT NULL,
+    is_keysend BOOLEAN NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invoices_hash_idx ON invoices(hash);
+CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
+CREATE INDEX IF NOT EXISTS invoices_payment_addr_idx ON invoices(payment_addr);
+CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
+CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
+CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
+CREATE TABLE IF NOT EXISTS invoice_features (
+    feature INTEGER NOT NULL,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    UNIQUE (feature, invoice_id)
+);
+CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
+CREATE TABLE IF NOT EXISTS invoice_htlcs (
+    id INTEGER PRIMARY KEY,
+    chan_id TEXT NOT NULL,
+    htlc_id BIGINT NOT NULL,
+    amount_msat BIGINT NOT NULL,
+    total_mpp_msat BIGINT,
+    accept_height INTEGER NOT NULL,
+    accept_time TIMESTAMP NOT NULL,
+    expiry_height INTEGER NOT NULL,
+    state SMALLINT NOT NULL,
+    resolve_time TIMESTAMP,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    UNIQUE (chan_id, htlc_id)
+);
+CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
+CREATE TABLE IF NOT EXISTS invoice_htlc_custom_records (
+    key BIGINT NOT NULL,
+    value BLOB NOT NULL,
+    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
+CREATE TABLE IF NOT EXISTS amp_sub_invoices (
+    set_id BLOB PRIMARY KEY,
+    state SMALLINT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    settled_at TIMESTAMP,
+    settle_index BIGINT,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
+CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    set_id BLOB NOT NULL REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE,
+    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE,
+    root_share BLOB NOT NULL,
+    child_index BIGINT NOT NULL,
+    hash BLOB NOT NULL,
+    preimage BLOB,
+    UNIQUE (set_id, htlc_id)
+);
+CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
+CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
+CREATE TABLE IF NOT EXISTS migration_tracker (
+    version INTEGER UNIQUE NOT NULL,
+    migration_time TIMESTAMP NOT NULL
+);
+";
+
+/// The `migration_tracker` version lnd gives its invoice migration.
+pub const LND_INVOICE_MIGRATION_VERSION: i64 = 7;
+
+fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(b))
+}
+
+fn hex_opt<S: serde::Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match b {
+        Some(b) => s.serialize_str(&hex::encode(b)),
+        None => s.serialize_none(),
+    }
+}
+
+fn lossy_opt<S: serde::Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match b {
+        Some(b) => s.serialize_str(&String::from_utf8_lossy(b)),
+        None => s.serialize_none(),
+    }
+}
+
+/// An AMP shard's row in `amp_sub_invoice_htlcs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NativeAmpHtlc {
+    /// The set id.
+    #[serde(serialize_with = "hex_bytes")]
+    pub set_id: Vec<u8>,
+    /// Root share.
+    #[serde(serialize_with = "hex_bytes")]
+    pub root_share: Vec<u8>,
+    /// Child index.
+    pub child_index: i64,
+    /// Shard hash.
+    #[serde(serialize_with = "hex_bytes")]
+    pub hash: Vec<u8>,
+    /// Shard preimage, if known.
+    #[serde(serialize_with = "hex_opt")]
+    pub preimage: Option<Vec<u8>>,
+}
+
+/// An HTLC's row in `invoice_htlcs`, its custom records and AMP row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NativeHtlc {
+    /// Short channel id, decimal.
+    pub chan_id: String,
+    /// HTLC id (u64 stored as two's-complement i64, as lnd does).
+    pub htlc_id: i64,
+    /// Amount, msat.
+    pub amount_msat: i64,
+    /// MPP total, NULL when 0.
+    pub total_mpp_msat: Option<i64>,
+    /// Accept height.
+    pub accept_height: i64,
+    /// Accept time, UTC text.
+    pub accept_time: String,
+    /// Expiry height.
+    pub expiry_height: i64,
+    /// HTLC state.
+    pub state: i64,
+    /// Resolve time, NULL when unresolved.
+    pub resolve_time: Option<String>,
+    /// Custom records (type, value), ascending.
+    pub custom_records: Vec<(i64, Vec<u8>)>,
+    /// The AMP row, for AMP invoices.
+    pub amp: Option<NativeAmpHtlc>,
+}
+
+impl NativeHtlc {
+    fn sort_key(&self) -> (u64, u64) {
+        (self.chan_id.parse().unwrap_or(u64::MAX), self.htlc_id as u64)
+    }
+}
+
+/// An AMP sub-invoice's row in `amp_sub_invoices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NativeAmpSet {
+    /// The set id.
+    #[serde(serialize_with = "hex_bytes")]
+    pub set_id: Vec<u8>,
+    /// Set state.
+    pub state: i64,
+    /// Earliest accept time of the set's HTLCs.
+    pub created_at: String,
+    /// Settle time, NULL when unsettled.
+    pub settled_at: Option<String>,
+    /// Settle index, NULL when unsettled.
+    pub settle_index: Option<i64>,
+}
+
+/// Every native row of one invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NativeInvoice {
+    /// `invoices.id`: the KV add index.
+    pub id: i64,
+    /// Payment hash.
+    #[serde(serialize_with = "hex_bytes")]
+    pub hash: Vec<u8>,
+    /// Preimage, NULL when unknown.
+    #[serde(serialize_with = "hex_opt")]
+    pub preimage: Option<Vec<u8>>,
+    /// Settle index, NULL when 0.
+    pub settle_index: Option<i64>,
+    /// Settle time, NULL when Go's zero time.
+    pub settled_at: Option<String>,
+    /// Memo bytes stored as TEXT, NULL when empty.
+    #[serde(serialize_with = "lossy_opt")]
+    pub memo: Option<Vec<u8>>,
+    /// Value, msat.
+    pub amount_msat: i64,
+    /// Final CLTV delta.
+    pub cltv_delta: i64,
+    /// Expiry, whole seconds.
+    pub expiry: i64,
+    /// Payment address, NULL when all zeros.
+    #[serde(serialize_with = "hex_opt")]
+    pub payment_addr: Option<Vec<u8>>,
+    /// Payment request bytes stored as TEXT, NULL when empty.
+    #[serde(serialize_with = "lossy_opt")]
+    pub payment_request: Option<Vec<u8>>,
+    /// SHA-256 of the payment request, NULL when empty.
+    #[serde(serialize_with = "hex_opt")]
+    pub payment_request_hash: Option<Vec<u8>>,
+    /// Invoice state.
+    pub state: i64,
+    /// Amount paid, msat.
+    pub amount_paid_msat: i64,
+    /// AMP flag.
+    pub is_amp: bool,
+    /// Hodl flag.
+    pub is_hodl: bool,
+    /// Keysend flag.
+    pub is_keysend: bool,
+    /// Creation time, UTC text.
+    pub created_at: String,
+    /// Feature bits, ascending.
+    pub features: Vec<i64>,
+    /// HTLCs ordered by (channel id, HTLC id).
+    pub htlcs: Vec<NativeHtlc>,
+    /// AMP sub-invoices ordered by set id.
+    pub amp_sets: Vec<NativeAmpSet>,
+}
+
+fn opt_nonzero(v: u64) -> Option<i64> {
+    (v != 0).then_some(v as i64)
+}
+
+fn opt_bytes(b: &[u8]) -> Option<Vec<u8>> {
+    (!b.is_empty()).then(|| b.to_vec())
+}
+
+fn htlc_time(ns: u64) -> String {
+    if ns == 0 {
+        sql_time(crate::model::GoTime::ZERO.unix_nanos())
+    } else {
+        sql_time(i128::from(ns))
+    }
+}
+
+fn native_htlc(h: &Htlc) -> NativeHtlc {
+    NativeHtlc {
+        chan_id: h.chan_id.to_string(),
+        htlc_id: h.htlc_id as i64,
+        amount_msat: h.amt_msat as i64,
+        total_mpp_msat: opt_nonzero(h.mpp_total_msat),
+        accept_height: i64::from(h.accept_height),
+        accept_time: htlc_time(h.accept_time_ns),
+        expiry_height: i64::from(h.expiry_height),
+        state: i64::from(h.state),
+        resolve_time: (h.resolve_time_ns != 0).then(|| sql_time(i128::from(h.resolve_time_ns))),
+        custom_records: h
+            .custom_records
+            .iter()
+            .map(|(k, v)| (*k as i64, v.clone()))
+            .collect(),
+        amp: None,
+    }
+}
+
+fn native_amp_htlc(h: &Htlc) -> Option<NativeAmpHtlc> {
+    h.amp.as_ref().map(|a| NativeAmpHtlc {
+        set_id: a.set_id.to_vec(),
+        root_share: a.root_share.to_vec(),
+        child_index: i64::from(a.child_index),
+        hash: a.hash.to_vec(),
+        preimage: a.preimage.map(|p| p.to_vec()),
+    })
+}
+
+/// The earliest accept time of `htlcs` (Go's zero time when there are none),
+/// as lnd picks `amp_sub_invoices.created_at`.
+fn earliest_accept(htlcs: &[&Htlc]) -> String {
+    htlcs
+        .iter()
+        .map(|h| h.accept_time_ns)
+        .min()
+        .map_or_else(|| htlc_time(0), htlc_time)
+}
+
+impl NativeInvoice {
+    /// Maps a decoded KV invoice onto its native rows.
+    ///
+    /// `hash` is the payment hash (SHA-256 of the preimage, or the
+    /// `paymenthashes` entry for invoices without one); `amp_sets` are the
+    /// decoded HTLC sets stored under invoice number ‖ set id. Returns a
+    /// sentence saying what is wrong when the invoice cannot be represented
+    /// faithfully: nothing is dropped silently.
+    pub fn from_kv(
+        inv: &Invoice,
+        hash: [u8; 32],
+        amp_sets: &[([u8; 32], Vec<Htlc>)],
+    ) -> Result<NativeInvoice, String> {
+        if inv.add_index == 0 {
+            return Err("it has no add index (0); lnd's native store keys invoices by add index".into());
+        }
+        if inv.expiry_ns % 1_000_000_000 != 0 {
+            return Err(format!(
+                "its expiry of {} ns is not a whole number of seconds, and lnd's native schema stores seconds",
+                inv.expiry_ns
+            ));
+        }
+        let is_amp = inv.is_amp();
+        let mut htlcs: Vec<NativeHtlc> = Vec::new();
+        let mut sets: Vec<NativeAmpSet> = Vec::new();
+
+        if !is_amp {
+            if !inv.amp_state.is_empty() || !amp_sets.is_empty() {
+                return Err("it carries AMP state or AMP HTLC sets but lacks the AMP feature bit 30".into());
+            }
+            for (i, h) in inv.htlcs.iter().enumerate() {
+                if h.amp.is_some() {
+                    return Err(format!("HTLC {i} carries an AMP record but the invoice is not AMP"));
+                }
+                htlcs.push(native_htlc(h));
+            }
+        } else if inv.amp_state.is_empty() && amp_sets.is_empty() {
+            // Legacy AMP: HTLCs inline, each with its AMP record, no AMP
+            // state. Group them by set id into sub-invoices: settled if any
+            // HTLC settled, else accepted if any accepted, else canceled.
+            let mut groups: BTreeMap<[u8; 32], Vec<&Htlc>> = BTreeMap::new();
+            for (i, h) in inv.htlcs.iter().enumerate() {
+                let Some(a) = &h.amp else {
+                    return Err(format!(
+                        "it is a legacy AMP invoice but inline HTLC {i} has no AMP record"
+                    ));
+                };
+                groups.entry(a.set_id).or_default().push(h);
+            }
+            for (set_id, members) in &groups {
+                let state = if members.iter().any(|h| h.state == htlc_state::SETTLED) {
+                    htlc_state::SETTLED
+                } else if members.iter().any(|h| h.state == htlc_state::ACCEPTED) {
+                    htlc_state::ACCEPTED
+                } else {
+                    htlc_state::CANCELED
+                };
+                sets.push(NativeAmpSet {
+                    set_id: set_id.to_vec(),
+                    state: i64::from(state),
+                    created_at: earliest_accept(members),
+                    settled_at: None,
+                    settle_index: None,
+                });
+                for h in members {
+                    let mut n = native_htlc(h);
+                    n.amp = native_amp_htlc(h);
+                    htlcs.push(n);
+                }
+            }
+        } else {
+            if !inv.htlcs.is_empty() {
+                return Err("it is an AMP invoice with AMP state but also has inline HTLCs".into());
+            }
+            let mut by_set: BTreeMap<[u8; 32], &Vec<Htlc>> = BTreeMap::new();
+            for (set_id, hs) in amp_sets {
+                by_set.insert(*set_id, hs);
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for st in &inv.amp_state {
+                if !seen.insert(st.set_id) {
+                    return Err(format!("AMP set {} appears twice in its AMP state", hex::encode(st.set_id)));
+                }
+                let members: Vec<&Htlc> = by_set
+                    .get(&st.set_id)
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default();
+                let mut keys: Vec<(u64, u64)> =
+                    members.iter().map(|h| (h.chan_id, h.htlc_id)).collect();
+                keys.sort_unstable();
+                let mut want = st.circuit_keys.clone();
+                want.sort_unstable();
+                if keys != want {
+                    return Err(format!(
+                        "AMP set {} lists circuit keys {:?} but its stored HTLC set holds {:?}",
+                        hex::encode(st.set_id),
+                        want,
+                        keys
+                    ));
+                }
+                sets.push(NativeAmpSet {
+                    set_id: st.set_id.to_vec(),
+                    state: i64::from(st.state),
+                    created_at: earliest_accept(&members),
+                    settled_at: (!st.settle_date.is_zero())
+                        .then(|| sql_time(st.settle_date.unix_nanos())),
+                    settle_index: opt_nonzero(st.settle_index),
+                });
+                for (i, h) in members.iter().enumerate() {
+                    let Some(a) = &h.amp else {
+                        return Err(format!(
+                            "HTLC {i} of AMP set {} has no AMP record",
+                            hex::encode(st.set_id)
+                        ));
+                    };
+                    if a.set_id != st.set_id {
+                        return Err(format!(
+                            "HTLC {i} stored under AMP set {} names set {}",
+                            hex::encode(st.set_id),
+                            hex::encode(a.set_id)
+                        ));
+                    }
+                    let mut n = native_htlc(h);
+                    n.amp = native_amp_htlc(h);
+                    htlcs.push(n);
+                }
+            }
+            for set_id in by_set.keys() {
+                if !seen.contains(set_id) {
+                    return Err(format!(
+                        "an HTLC set is stored for AMP set {} but the invoice's AMP state does not list it",
+                        hex::encode(set_id)
+                    ));
+                }
+            }
+        }
+        htlcs.sort_by_key(NativeHtlc::sort_key);
+        for w in htlcs.windows(2) {
+            if w[0].sort_key() == w[1].sort_key() {
+                return Err(format!(
+                    "two HTLCs share the circuit key ({}, {})",
+                    w[0].chan_id, w[0].htlc_id as u64
+                ));
+            }
+        }
+        sets.sort_by(|a, b| a.set_id.cmp(&b.set_id));
+
+        let payment_request_hash =
+            (!inv.payment_request.is_empty()).then(|| Sha256::digest(&inv.payment_request).to_vec());
+        Ok(NativeInvoice {
+            id: inv.add_index as i64,
+            hash: hash.to_vec(),
+            preimage: inv.preimage.map(|p| p.to_vec()),
+            settle_index: opt_nonzero(inv.settle_index),
+            settled_at: (!inv.settle_date.is_zero()).then(|| sql_time(inv.settle_date.unix_nanos())),
+            memo: opt_bytes(&inv.memo),
+            amount_msat: inv.value_msat as i64,
+            cltv_delta: i64::from(inv.cltv_delta),
+            expiry: (inv.expiry_ns / 1_000_000_000) as i64,
+            payment_addr: (inv.payment_addr != [0u8; 32]).then(|| inv.payment_addr.to_vec()),
+            payment_request: opt_bytes(&inv.payment_request),
+            payment_request_hash,
+            state: i64::from(inv.state),
+            amount_paid_msat: inv.amt_paid_msat as i64,
+            is_amp,
+            is_hodl: inv.hodl,
+            is_keysend: inv.is_keysend(),
+            created_at: sql_time(inv.creation_date.unix_nanos()),
+            features: inv.features.iter().map(|f| i64::from(*f)).collect(),
+            htlcs,
+            amp_sets: sets,
+        })
+    }
+
+    /// The highest settle index this invoice carries (itself or its AMP sets).
+    pub fn max_settle_index(&self) -> i64 {
+        self.amp_sets
+            .iter()
+            .filter_map(|s| s.settle_index)
+            .chain(self.settle_index)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Feeds a canonical, length-prefixed encoding of every row into `h`, so
+    /// that equal invoices give equal digests.
+    pub fn feed_digest(&self, h: &mut Sha256) {
+        fn b(h: &mut Sha256, v: &[u8]) {
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v);
+        }
+        fn ob(h: &mut Sha256, v: Option<&[u8]>) {
+            match v {
+                Some(v) => {
+                    h.update([1]);
+                    b(h, v);
+                }
+                None => h.update([0]),
+            }
+        }
+        fn i(h: &mut Sha256, v: i64) {
+            h.update(v.to_be_bytes());
+        }
+        fn oi(h: &mut Sha256, v: Option<i64>) {
+            match v {
+                Some(v) => {
+                    h.update([1]);
+                    i(h, v);
+                }
+                None => h.update([0]),
+            }
+        }
+        i(h, self.id);
+        b(h, &self.hash);
+        ob(h, self.preimage.as_deref());
+        oi(h, self.settle_index);
+        ob(h, self.settled_at.as_deref().map(str::as_bytes));
+        ob(h, self.memo.as_deref());
+        i(h, self.amount_msat);
+        i(h, self.cltv_delta);
+        i(h, self.expiry);
+        ob(h, self.payment_addr.as_deref());
+        ob(h, self.payment_request.as_deref());
+        ob(h, self.payment_request_hash.as_deref());
+        i(h, self.state);
+        i(h, self.amount_paid_msat);
+        h.update([u8::from(self.is_amp), u8::from(self.is_hodl), u8::from(self.is_keysend)]);
+        b(h, self.created_at.as_bytes());
+        i(h, self.features.len() as i64);
+        for f in &self.features {
+            i(h, *f);
+        }
+        i(h, self.htlcs.len() as i64);
+        for x in &self.htlcs {
+            b(h, x.chan_id.as_bytes());
+            i(h, x.htlc_id);
+            i(h, x.amount_msat);
+            oi(h, x.total_mpp_msat);
+            i(h, x.accept_height);
+            b(h, x.accept_time.as_bytes());
+            i(h, x.expiry_height);
+            i(h, x.state);
+            ob(h, x.resolve_time.as_deref().map(str::as_bytes));
+            i(h, x.custom_records.len() as i64);
+            for (k, v) in &x.custom_records {
+                i(h, *k);
+                b(h, v);
+            }
+            match &x.amp {
+                Some(a) => {
+                    h.update([1]);
+                    b(h, &a.set_id);
+                    b(h, &a.root_share);
+                    i(h, a.child_index);
+                    b(h, &a.hash);
+                    ob(h, a.preimage.as_deref());
+                }
+                None => h.update([0]),
+            }
+        }
+        i(h, self.amp_sets.len() as i64);
+        for s in &self.amp_sets {
+            b(h, &s.set_id);
+            i(h, s.state);
+            b(h, s.created_at.as_bytes());
+            ob(h, s.settled_at.as_deref().map(str::as_bytes));
+            oi(h, s.settle_index);
+        }
+    }
+}
+
+/// Binds bytes as TEXT without requiring UTF-8: lnd's memo and payment
+/// request are Go strings built from raw bytes, and SQLite keeps them as-is.
+struct RawText<'a>(&'a [u8]);
+
+impl rusqlite::ToSql for RawText<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(self.0),
+        ))
+    }
+}
+
+/// Inserts every row of `inv`. Runs inside the caller's transaction.
+pub fn insert(conn: &Connection, inv: &NativeInvoice) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO invoices (id, hash, preimage, settle_index, settled_at, memo, amount_msat,
+             cltv_delta, expiry, payment_addr, payment_request, payment_request_hash, state,
+             amount_paid_msat, is_amp, is_hodl, is_keysend, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?
+    .execute(params![
+        inv.id,
+        inv.hash,
+        inv.preimage,
+        inv.settle_index,
+        inv.settled_at,
+        inv.memo.as_deref().map(RawText),
+        inv.amount_msat,
+        inv.cltv_delta,
+        inv.expiry,
+        inv.payment_addr,
+        inv.payment_request.as_deref().map(RawText),
+        inv.payment_request_hash,
+        inv.state,
+        inv.amount_paid_msat,
+        inv.is_amp,
+        inv.is_hodl,
+        inv.is_keysend,
+        inv.created_at,
+    ])?;
+    if !inv.features.is_empty() {
+        let mut st =
+            conn.prepare_cached("INSERT INTO invoice_features (feature, invoice_id) VALUES (?1, ?2)")?;
+        for f in &inv.features {
+            st.execute(params![f, inv.id])?;
+        }
+    }
+    for s in &inv.amp_sets {
+        conn.prepare_cached(
+            "INSERT INTO amp_sub_invoices (set_id, state, created_at, settled_at, settle_index, invoice_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![s.set_id, s.state, s.created_at, s.settled_at, s.settle_index, inv.id])?;
+    }
+    for h in &inv.htlcs {
+        conn.prepare_cached(
+            "INSERT INTO invoice_htlcs (chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height,
+                 accept_time, expiry_height, state, resolve_time, invoice_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            h.chan_id,
+            h.htlc_id,
+            h.amount_msat,
+            h.total_mpp_msat,
+            h.accept_height,
+            h.accept_time,
+            h.expiry_height,
+            h.state,
+            h.resolve_time,
+            inv.id
+        ])?;
+        let row = conn.last_insert_rowid();
+        if !h.custom_records.is_empty() {
+            let mut st = conn.prepare_cached(
+                "INSERT INTO invoice_htlc_custom_records (key, value, htlc_id) VALUES (?1, ?2, ?3)",
+            )?;
+            for (k, v) in &h.custom_records {
+                st.execute(params![k, v, row])?;
+            }
+        }
+        if let Some(a) = &h.amp {
+            conn.prepare_cached(
+                "INSERT INTO amp_sub_invoice_htlcs (invoice_id, set_id, htlc_id, root_share, child_index, hash, preimage)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![inv.id, a.set_id, row, a.root_share, a.child_index, a.hash, a.preimage])?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every row of invoice `id` (children first, so it works with or
+/// without foreign-key cascades).
+pub fn delete(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    for sql in [
+        "DELETE FROM amp_sub_invoice_htlcs WHERE invoice_id = ?1",
+        "DELETE FROM invoice_htlc_custom_records WHERE htlc_id IN (SELECT id FROM invoice_htlcs WHERE invoice_id = ?1)",
+        "DELETE FROM invoice_htlcs WHERE invoice_id = ?1",
+        "DELETE FROM amp_sub_invoices WHERE invoice_id = ?1",
+        "DELETE FROM invoice_features WHERE invoice_id = ?1",
+        "DELETE FROM invoices WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)?.execute([id])?;
+    }
+    Ok(())
+}
+
+fn text_bytes(v: rusqlite::types::ValueRef<'_>) -> Option<Vec<u8>> {
+    match v {
+        rusqlite::types::ValueRef::Null => None,
+        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => Some(t.to_vec()),
+        rusqlite::types::ValueRef::Integer(i) => Some(i.to_string().into_bytes()),
+        rusqlite::types::ValueRef::Real(r) => Some(r.to_string().into_bytes()),
+    }
+}
+
+/// Reads every row of invoice `id` back; `None` when there is no such invoice.
+pub fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<NativeInvoice>> {
+    let inv = conn
+        .prepare_cached(
+            "SELECT hash, preimage, settle_index, settled_at, memo, amount_msat, cltv_delta, expiry,
+                    payment_addr, payment_request, payment_request_hash, state, amount_paid_msat,
+                    is_amp, is_hodl, is_keysend, created_at
+             FROM invoices WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(NativeInvoice {
+                id,
+                hash: r.get(0)?,
+                preimage: r.get(1)?,
+                settle_index: r.get(2)?,
+                settled_at: r.get(3)?,
+                memo: text_bytes(r.get_ref(4)?),
+                amount_msat: r.get(5)?,
+                cltv_delta: r.get::<_, Option<i64>>(6)?.unwrap_or(i64::MIN),
+                expiry: r.get(7)?,
+                payment_addr: r.get(8)?,
+                payment_request: text_bytes(r.get_ref(9)?),
+                payment_request_hash: r.get(10)?,
+                state: r.get(11)?,
+                amount_paid_msat: r.get(12)?,
+                is_amp: r.get(13)?,
+                is_hodl: r.get(14)?,
+                is_keysend: r.get(15)?,
+                created_at: r.get(16)?,
+                features: Vec::new(),
+                htlcs: Vec::new(),
+                amp_sets: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut inv) = inv else {
+        return Ok(None);
+    };
+    {
+        let mut st = conn
+            .prepare_cached("SELECT feature FROM invoice_features WHERE invoice_id = ?1 ORDER BY feature")?;
+        inv.features = st.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    }
+    let mut rows_by_id: BTreeMap<i64, NativeHtlc> = BTreeMap::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height, accept_time,
+                    expiry_height, state, resolve_time
+             FROM invoice_htlcs WHERE invoice_id = ?1",
+        )?;
+        let mut rows = st.query([id])?;
+        while let Some(r) = rows.next()? {
+            rows_by_id.insert(
+                r.get(0)?,
+                NativeHtlc {
+                    chan_id: r.get(1)?,
+                    htlc_id: r.get(2)?,
+                    amount_msat: r.get(3)?,
+                    total_mpp_msat: r.get(4)?,
+                    accept_height: r.get(5)?,
+                    accept_time: r.get(6)?,
+                    expiry_height: r.get(7)?,
+                    state: r.get(8)?,
+                    resolve_time: r.get(9)?,
+                    custom_records: Vec::new(),
+                    amp: None,
+                },
+            );
+        }
+    }
+    if !rows_by_id.is_empty() {
+        let mut st = conn.prepare_cached(
+            "SELECT c.htlc_id, c.key, c.value FROM invoice_htlc_custom_records c
+             JOIN invoice_htlcs h ON h.id = c.htlc_id WHERE h.invoice_id = ?1",
+        )?;
+        let mut rows = st.query([id])?;
+        while let Some(r) = rows.next()? {
+            if let Some(h) = rows_by_id.get_mut(&r.get::<_, i64>(0)?) {
+                h.custom_records.push((r.get(1)?, r.get(2)?));
+            }
+        }
+        let mut st = conn.prepare_cached(
+            "SELECT htlc_id, set_id, root_share, child_index, hash, preimage
+             FROM amp_sub_invoice_htlcs WHERE invoice_id = ?1",
+        )?;
+        let mut rows = st.query([id])?;
+        while let Some(r) = rows.next()? {
+            let amp = NativeAmpHtlc {
+                set_id: r.get(1)?,
+                root_share: r.get(2)?,
+                child_index: r.get(3)?,
+                hash: r.get(4)?,
+                preimage: r.get(5)?,
+            };
+            if let Some(h) = rows_by_id.get_mut(&r.get::<_, i64>(0)?) {
+                h.amp = Some(amp);
+            }
+        }
+    }
+    inv.htlcs = rows_by_id.into_values().collect();
+    for h in &mut inv.htlcs {
+        h.custom_records.sort();
+    }
+    inv.htlcs.sort_by_key(NativeHtlc::sort_key);
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT set_id, state, created_at, settled_at, settle_index
+             FROM amp_sub_invoices WHERE invoice_id = ?1 ORDER BY set_id",
+        )?;
+        inv.amp_sets = st
+            .query_map([id], |r| {
+                Ok(NativeAmpSet {
+                    set_id: r.get(0)?,
+                    state: r.get(1)?,
+                    created_at: r.get(2)?,
+                    settled_at: r.get(3)?,
+                    settle_index: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(Some(inv))
+}
+
+/// Lists the fields that differ between the invoice built from the source
+/// (`want`) and the one read from the native store (`got`), as
+/// `path: source X, native Y`. Empty when equal.
+pub fn diff(want: &NativeInvoice, got: &NativeInvoice) -> Vec<String> {
+    if want == got {
+        return Vec::new();
+    }
+    let a = serde_json::to_value(want).unwrap_or_default();
+    let b = serde_json::to_value(got).unwrap_or_default();
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    if out.is_empty() {
+        out.push("rows differ".into());
+    }
+    out
+}
+
+fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                walk(&p, va, y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                walk(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            out.push(format!("{path}: source has {} entries, native has {}", x.len(), y.len()));
+        }
+        _ if a != b => out.push(format!("{path}: source {a}, native {b}")),
+        _ => {}
+    }
+}

@@ -1,0 +1,459 @@
+//! The native store's own bookkeeping: the state row, the journal, the
+//! copy map, and the one-transaction-per-transition rule.
+//!
+//! The native SQLite file holds lnd's tables ([`crate::native`]) and three
+//! of oneway's:
+//! - `oneway_state`: one row (`singleton = 1`) with the machine's state, the
+//!   source identity, the copy cursor, and the verification record;
+//! - `oneway_journal`: append-only (triggers refuse UPDATE and DELETE), one
+//!   row per transition and per security event;
+//! - `oneway_invoice_map`: KV invoice number → native id and a digest of the
+//!   source bytes it was copied from, which makes a copy idempotent and lets a
+//!   re-sync copy only what changed.
+//!
+//! Durability: the connection runs in WAL mode. Transitions run with
+//! `synchronous=FULL`, so a transition is on disk when [`Target::transition`]
+//! returns. Batches run with `synchronous=NORMAL`: in WAL mode a process
+//! crash never loses a committed batch, and a power cut can lose only the
+//! last batches, together with the cursor that points past them (they are
+//! one transaction), so a rerun copies them again. See `spec/state-machine.md`.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, Role};
+use crate::fsm::{self, Event, State};
+use crate::native::LND_SCHEMA;
+
+/// Version of oneway's own tables; bumped on incompatible change.
+pub const FORMAT_VERSION: i64 = 1;
+
+const ONEWAY_SCHEMA: &str = "
+CREATE TABLE oneway_state (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    state TEXT NOT NULL,
+    format_version INTEGER NOT NULL,
+    source_identity TEXT NOT NULL,
+    batch_size INTEGER NOT NULL,
+    cursor INTEGER,
+    copied INTEGER NOT NULL DEFAULT 0,
+    pass INTEGER NOT NULL DEFAULT 1,
+    verified_count INTEGER,
+    source_digest TEXT,
+    target_digest TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE oneway_journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    event TEXT,
+    details TEXT NOT NULL
+);
+CREATE TRIGGER oneway_journal_no_update BEFORE UPDATE ON oneway_journal
+BEGIN SELECT RAISE(ABORT, 'oneway_journal is append-only'); END;
+CREATE TRIGGER oneway_journal_no_delete BEFORE DELETE ON oneway_journal
+BEGIN SELECT RAISE(ABORT, 'oneway_journal is append-only'); END;
+CREATE TABLE oneway_invoice_map (
+    kv_num INTEGER PRIMARY KEY,
+    invoice_id INTEGER NOT NULL UNIQUE,
+    digest BLOB NOT NULL
+);
+";
+
+/// What identifies the KV store a native store was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    /// The KV store's path when the migration began (informational).
+    pub kv_path: String,
+    /// The table prefix.
+    pub table_prefix: String,
+    /// Row id of the `invoices` bucket, if it existed.
+    pub invoices_bucket_id: Option<i64>,
+    /// The lowest invoice number at the start and a fingerprint of its
+    /// immutable fields (add index, creation date, payment request, memo).
+    pub anchor: Option<(u32, String)>,
+}
+
+/// The persisted state row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Persisted {
+    /// The machine's state.
+    pub state: State,
+    /// Where the source is and what it is.
+    pub identity: SourceIdentity,
+    /// Batch size the migration runs with.
+    pub batch_size: u64,
+    /// Last copied invoice number.
+    pub cursor: Option<u32>,
+    /// Invoices copied so far (rows in the copy map).
+    pub copied: u64,
+    /// Copy generation: 1, plus one for each re-sync after a source change.
+    pub pass: u64,
+    /// Invoices counted by the last successful verification.
+    pub verified_count: Option<u64>,
+    /// Source digest recorded at verification.
+    pub source_digest: Option<String>,
+    /// Target digest recorded at verification.
+    pub target_digest: Option<String>,
+    /// Time of the last change.
+    pub updated_at: String,
+}
+
+/// One journal row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalEntry {
+    /// Sequence number.
+    pub seq: i64,
+    /// When.
+    pub at: String,
+    /// `transition` or `security`.
+    pub kind: String,
+    /// State before.
+    pub from_state: Option<String>,
+    /// State after.
+    pub to_state: Option<String>,
+    /// The event or the security event's name.
+    pub event: Option<String>,
+    /// JSON details.
+    pub details: serde_json::Value,
+}
+
+/// Current UTC time, RFC 3339 with microseconds.
+pub fn now_text() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let t = crate::timefmt::sql_time(i128::from(d.as_secs()) * 1_000_000_000 + i128::from(d.subsec_micros()) * 1000);
+    // "YYYY-MM-DD HH:MM:SS.ffffff+00:00" -> "YYYY-MM-DDTHH:MM:SS.ffffffZ"
+    t.replacen(' ', "T", 1).replace("+00:00", "Z")
+}
+
+/// The native store, opened for oneway's work.
+pub struct Target {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Target {
+    /// Opens the native store at `path`. Returns `Ok(None)` when it does not
+    /// exist and `create` is false. An existing file must be SQLite; an empty
+    /// file is treated as a new store.
+    pub fn open(path: &Path, create: bool) -> Result<Option<Target>> {
+        let exists = path.exists();
+        if !exists && !create {
+            return Ok(None);
+        }
+        if exists && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
+            crate::kv::check_sqlite_file(Role::Native, path)?;
+        }
+        if !exists {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    return Err(Error::Missing {
+                        role: Role::Native,
+                        path: parent.to_path_buf(),
+                    });
+                }
+            }
+        }
+        let flags = if create {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| Error::sqlite(Role::Native, path, "opening", e))?;
+        let t = Target {
+            conn,
+            path: path.to_path_buf(),
+        };
+        t.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| t.err("setting the busy timeout", e))?;
+        t.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| t.err("switching to WAL", e))?;
+        t.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| t.err("enabling foreign keys", e))?;
+        if let Ok(pages) = std::env::var("ONEWAY_MAX_PAGE_COUNT") {
+            // A size limit for fault-injection tests: SQLite fails writes
+            // beyond it with SQLITE_FULL, exactly as on a full disk.
+            t.conn
+                .pragma_update(None, "max_page_count", pages)
+                .map_err(|e| t.err("setting max_page_count", e))?;
+        }
+        Ok(Some(t))
+    }
+
+    /// The underlying connection (for the engine's batch work).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The native store's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Wraps a SQLite error with this store's path and `action`.
+    pub fn err(&self, action: &str, e: rusqlite::Error) -> Error {
+        Error::sqlite(Role::Native, &self.path, action, e)
+    }
+
+    fn has_state_table(&self) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oneway_state'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err("reading the schema", e))
+    }
+
+    /// Loads the state row; `None` means `Fresh` (no oneway tables yet).
+    ///
+    /// A store that already has lnd's `invoices` table but no oneway state is
+    /// refused: oneway never merges into a store it did not create.
+    pub fn load(&self) -> Result<Option<Persisted>> {
+        if !self.has_state_table()? {
+            let foreign: bool = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| self.err("reading the schema", e))?
+                > 0;
+            if foreign {
+                return Err(Error::NotOnewayStore {
+                    path: self.path.clone(),
+                    why: "already has tables but no oneway state: refusing to migrate into a store \
+                          oneway did not create (give a new path)"
+                        .into(),
+                });
+            }
+            return Ok(None);
+        }
+        let row = self
+            .conn
+            .query_row(
+                "SELECT state, format_version, source_identity, batch_size, cursor, copied, pass,
+                        verified_count, source_digest, target_digest, updated_at
+                 FROM oneway_state WHERE singleton = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
+                        r.get::<_, String>(10)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.err("reading the state row", e))?;
+        let Some(r) = row else {
+            return Err(Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: "has oneway's tables but no state row: it was tampered with; restore it from backup".into(),
+            });
+        };
+        let state = State::from_name(&r.0).ok_or_else(|| Error::NotOnewayStore {
+            path: self.path.clone(),
+            why: format!("records an unknown state {:?}", r.0),
+        })?;
+        if r.1 != FORMAT_VERSION {
+            return Err(Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: format!("uses oneway format version {}, this oneway knows {FORMAT_VERSION}", r.1),
+            });
+        }
+        let identity: SourceIdentity = serde_json::from_str(&r.2).map_err(|e| Error::NotOnewayStore {
+            path: self.path.clone(),
+            why: format!("has an unreadable source identity: {e}"),
+        })?;
+        Ok(Some(Persisted {
+            state,
+            identity,
+            batch_size: r.3 as u64,
+            cursor: r.4.map(|c| c as u32),
+            copied: r.5 as u64,
+            pass: r.6 as u64,
+            verified_count: r.7.map(|c| c as u64),
+            source_digest: r.8,
+            target_digest: r.9,
+            updated_at: r.10,
+        }))
+    }
+
+    fn set_sync(&self, full: bool) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
+            .map_err(|e| self.err("setting synchronous", e))
+    }
+
+    /// Performs one transition as one SQLite transaction: checks the
+    /// persisted state is still `from`, asks the pure machine for the next
+    /// state, runs `apply` (which may write anything else belonging to the
+    /// step), updates the state row and appends the journal row, and commits
+    /// with `synchronous=FULL`.
+    ///
+    /// `Begin` is special: it creates the schema and inserts the state row.
+    /// The failpoints `<name>.before_commit` and `<name>.after_commit`
+    /// bracket the commit.
+    pub fn transition(
+        &mut self,
+        from: State,
+        event: Event,
+        details: serde_json::Value,
+        failpoint: &str,
+        apply: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<()>,
+    ) -> Result<State> {
+        let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
+            state: from,
+            event,
+            refusal,
+        })?;
+        self.set_sync(true)?;
+        let path = self.path.clone();
+        let path = &path;
+        let e = |action: &'static str| move |err| Error::sqlite(Role::Native, path, action, err);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e("starting a transition"))?;
+        if from != State::Fresh {
+            let current: String = tx
+                .query_row("SELECT state FROM oneway_state WHERE singleton = 1", [], |r| r.get(0))
+                .map_err(e("reading the state row"))?;
+            if current != from.name() {
+                return Err(Error::NotOnewayStore {
+                    path: self.path.clone(),
+                    why: format!("changed state under us: expected {from}, found {current}"),
+                });
+            }
+        }
+        apply(&tx)?;
+        let now = now_text();
+        tx.execute(
+            "UPDATE oneway_state SET state = ?1, updated_at = ?2 WHERE singleton = 1",
+            params![to.name(), now],
+        )
+        .map_err(e("updating the state row"))?;
+        tx.execute(
+            "INSERT INTO oneway_journal (at, kind, from_state, to_state, event, details)
+             VALUES (?1, 'transition', ?2, ?3, ?4, ?5)",
+            params![now, from.name(), to.name(), event.name(), details.to_string()],
+        )
+        .map_err(e("appending to the journal"))?;
+        crate::failpoint::hit(&format!("{failpoint}.before_commit"));
+        tx.commit().map_err(e("committing the transition"))?;
+        crate::failpoint::hit(&format!("{failpoint}.after_commit"));
+        tracing::info!(from = %from, to = %to, event = %event, "state transition");
+        Ok(to)
+    }
+
+    /// Creates lnd's schema, oneway's tables and the state row (in state
+    /// `Fresh`; [`Target::transition`] then moves it to `Migrating` in the
+    /// same transaction). For use inside the `Begin` transition's `apply`.
+    pub fn create_schema(
+        tx: &rusqlite::Transaction<'_>,
+        identity: &SourceIdentity,
+        batch_size: u64,
+        settle_sequence: u64,
+    ) -> rusqlite::Result<()> {
+        tx.execute_batch(LND_SCHEMA)?;
+        tx.execute_batch(ONEWAY_SCHEMA)?;
+        tx.execute(
+            "INSERT INTO oneway_state (singleton, state, format_version, source_identity, batch_size, updated_at)
+             VALUES (1, 'Fresh', ?1, ?2, ?3, ?4)",
+            params![
+                FORMAT_VERSION,
+                serde_json::to_string(identity).unwrap_or_default(),
+                batch_size as i64,
+                now_text()
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO invoice_sequences (name, current_value) VALUES ('settle_index', ?1)",
+            [settle_sequence as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Opens a batch transaction (`synchronous=NORMAL`; see the module docs).
+    pub fn begin_batch(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        self.set_sync(false)?;
+        let path = self.path.clone();
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| Error::sqlite(Role::Native, path, "starting a batch", e))
+    }
+
+    /// Appends a security event to the journal (its own small transaction).
+    pub fn security_event(&self, state: Option<State>, name: &str, details: serde_json::Value) -> Result<()> {
+        if !self.has_state_table()? {
+            return Ok(());
+        }
+        self.set_sync(true)?;
+        self.conn
+            .execute(
+                "INSERT INTO oneway_journal (at, kind, from_state, to_state, event, details)
+                 VALUES (?1, 'security', ?2, ?2, ?3, ?4)",
+                params![now_text(), state.map(State::name), name, details.to_string()],
+            )
+            .map_err(|e| self.err("appending a security event to the journal", e))?;
+        Ok(())
+    }
+
+    /// Every journal row, oldest first.
+    pub fn journal(&self) -> Result<Vec<JournalEntry>> {
+        if !self.has_state_table()? {
+            return Ok(Vec::new());
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, at, kind, from_state, to_state, event, details FROM oneway_journal ORDER BY seq")
+            .map_err(|e| self.err("reading the journal", e))?;
+        let rows = st
+            .query_map([], |r| {
+                let details: String = r.get(6)?;
+                Ok(JournalEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    from_state: r.get(3)?,
+                    to_state: r.get(4)?,
+                    event: r.get(5)?,
+                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err("reading the journal", e))?;
+        Ok(rows)
+    }
+
+    /// Counts rows of a native table (for status and tests).
+    pub fn count(&self, table: &str) -> Result<u64> {
+        self.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err("counting rows", e))
+    }
+}
