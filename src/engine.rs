@@ -11,7 +11,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -19,7 +19,8 @@ use crate::codec;
 use crate::error::{Error, Mismatch, Result, Role};
 use crate::fsm::{self, Backend, Event, Refusal, State};
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, TombstoneOutcome};
-use crate::native::{self, NativeInvoice};
+use crate::native;
+use crate::reader::{self, Msg, Prepared};
 use crate::store::{Persisted, SourceIdentity, Target};
 
 /// Default number of invoices per batch.
@@ -109,6 +110,22 @@ pub struct Report {
     pub invoices: u64,
     /// Seconds spent per phase in this run.
     pub seconds: PhaseTimes,
+    /// Peak resident memory of this process in KiB (Linux; `None` elsewhere).
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Report {
+    fn new(state: State) -> Report {
+        Report {
+            state,
+            already_completed: false,
+            copied_this_run: 0,
+            resynced: 0,
+            invoices: 0,
+            seconds: PhaseTimes::default(),
+            peak_rss_kib: None,
+        }
+    }
 }
 
 /// Wall time per phase.
@@ -191,14 +208,6 @@ pub struct GuardOutcome {
     pub state: Option<State>,
     /// Whether the KV store carries the tombstone.
     pub tombstone_present: bool,
-}
-
-/// A decoded source invoice, ready to write or compare.
-struct Prepared {
-    num: u32,
-    native: NativeInvoice,
-    /// SHA-256 over the raw source bytes (invoice, AMP sets, resolved hash).
-    digest: [u8; 32],
 }
 
 /// An exclusive claim on a native store, held for a whole run.
@@ -326,18 +335,12 @@ impl Migrator {
             m: self,
             kv,
             buckets: None,
-            hashes_built: false,
-            report: Report {
-                state: State::Fresh,
-                already_completed: false,
-                copied_this_run: 0,
-                resynced: 0,
-                invoices: 0,
-                seconds: PhaseTimes::default(),
-            },
+            report: Report::new(State::Fresh),
         };
         run.buckets = run.kv.invoice_buckets()?;
-        run.drive()
+        let mut report = run.drive()?;
+        report.peak_rss_kib = peak_rss_kib();
+        Ok(report)
     }
 
     /// Reports the persisted state and counts without changing anything.
@@ -366,7 +369,10 @@ impl Migrator {
             source_invoices,
             copied: persisted.as_ref().map_or(0, |p| p.copied),
             native_invoices,
-            cursor: persisted.as_ref().and_then(|p| p.cursor).map(|c| format!("{c:08x}")),
+            cursor: persisted
+                .as_ref()
+                .and_then(|p| p.cursor)
+                .map(|c| format!("{c:08x}")),
             pass: persisted.as_ref().map_or(0, |p| p.pass),
             batch_size: persisted.as_ref().map(|p| p.batch_size),
             verified_count: persisted.as_ref().and_then(|p| p.verified_count),
@@ -396,15 +402,7 @@ impl Migrator {
             m: self,
             kv,
             buckets: None,
-            hashes_built: false,
-            report: Report {
-                state: p.state,
-                already_completed: false,
-                copied_this_run: 0,
-                resynced: 0,
-                invoices: 0,
-                seconds: PhaseTimes::default(),
-            },
+            report: Report::new(p.state),
         };
         run.buckets = run.kv.invoice_buckets()?;
         run.check_identity(&p)?;
@@ -430,18 +428,17 @@ impl Migrator {
                 m: self,
                 buckets: kv.invoice_buckets()?,
                 kv,
-                hashes_built: false,
-                report: Report {
-                    state: p.state,
-                    already_completed: false,
-                    copied_this_run: 0,
-                    resynced: 0,
-                    invoices: 0,
-                    seconds: PhaseTimes::default(),
-                },
+                report: Report::new(p.state),
             };
             if let Err(e) = run.check_identity(p) {
-                security_event(target.as_ref(), state, backend, tombstone_present, "source_mismatch", &e.to_string());
+                security_event(
+                    target.as_ref(),
+                    state,
+                    backend,
+                    tombstone_present,
+                    "source_mismatch",
+                    &e.to_string(),
+                );
                 return Err(e);
             }
         }
@@ -453,7 +450,14 @@ impl Migrator {
             }),
             Err(refusal) => {
                 let err = refused(refusal, state, tombstone_present);
-                security_event(target.as_ref(), state, backend, tombstone_present, refusal.name(), &err.to_string());
+                security_event(
+                    target.as_ref(),
+                    state,
+                    backend,
+                    tombstone_present,
+                    refusal.name(),
+                    &err.to_string(),
+                );
                 Err(err)
             }
         }
@@ -463,7 +467,9 @@ impl Migrator {
 fn refused(refusal: Refusal, state: Option<State>, tombstone_present: bool) -> Error {
     Error::Refused {
         refusal,
-        state: state.map_or("none (no native store)".to_string(), |s| s.name().to_string()),
+        state: state.map_or("none (no native store)".to_string(), |s| {
+            s.name().to_string()
+        }),
         extra: if tombstone_present {
             "; the KV store carries the invoice-tombstone".into()
         } else {
@@ -509,7 +515,6 @@ struct Run<'a> {
     m: &'a Migrator,
     kv: KvSource,
     buckets: Option<InvoiceBuckets>,
-    hashes_built: bool,
     report: Report,
 }
 
@@ -535,7 +540,14 @@ impl Run<'_> {
         // using long ago: refuse and say so.
         if tombstone && matches!(state0, None | Some(State::Fresh) | Some(State::Migrating)) {
             let err = refused(Refusal::NativeStoreMissing, state0, true);
-            security_event(target.as_ref(), state0, Backend::Sql, true, "native_store_missing", &err.to_string());
+            security_event(
+                target.as_ref(),
+                state0,
+                Backend::Sql,
+                true,
+                "native_store_missing",
+                &err.to_string(),
+            );
             return Err(err);
         }
         if state0 == Some(State::Locked) {
@@ -561,6 +573,7 @@ impl Run<'_> {
                     let p = persisted.as_ref().expect("loaded");
                     let started = Instant::now();
                     self.copy(t, p)?;
+                    self.build_indexes(t)?;
                     self.report.seconds.copy += started.elapsed().as_secs_f64();
                     let started = Instant::now();
                     let report = self.verify_until_clean(t)?;
@@ -616,7 +629,10 @@ impl Run<'_> {
                     let t = target.as_ref().expect("open in Locked");
                     self.report.state = State::Locked;
                     self.report.invoices = t.count("invoices")?;
-                    tracing::info!(invoices = self.report.invoices, "invoice migration complete");
+                    tracing::info!(
+                        invoices = self.report.invoices,
+                        "invoice migration complete"
+                    );
                     return Ok(self.report.clone());
                 }
             }
@@ -682,7 +698,9 @@ impl Run<'_> {
         }
         if let (Some(a), Some(b)) = (id.invoices_bucket_id, self.buckets.map(|b| b.invoices)) {
             if a != b {
-                return Err(mismatch(format!("its invoices bucket was row {a}, this store's is row {b}")));
+                return Err(mismatch(format!(
+                    "its invoices bucket was row {a}, this store's is row {b}"
+                )));
             }
         }
         if let (Some((num, fp)), Some(b)) = (&id.anchor, self.buckets) {
@@ -721,98 +739,6 @@ impl Run<'_> {
         Ok(t)
     }
 
-    fn ensure_hash_index(&mut self) -> Result<()> {
-        if !self.hashes_built {
-            if let Some(b) = self.buckets {
-                self.kv.build_hash_index(&b)?;
-            }
-            self.hashes_built = true;
-        }
-        Ok(())
-    }
-
-    /// Decodes one raw invoice into its native rows and source digest.
-    fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
-        let path = &self.m.opts.kv;
-        let key = raw.key_hex();
-        let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
-            invoice_key: key.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        let mut sets = Vec::with_capacity(raw.amp_sets.len());
-        for (set_id, bytes) in &raw.amp_sets {
-            let htlcs = codec::decode_htlc_set(bytes).map_err(|source| Error::Codec {
-                invoice_key: format!("{key} (AMP set {})", hex::encode(set_id)),
-                path: path.clone(),
-                source,
-            })?;
-            sets.push((*set_id, htlcs));
-        }
-        let hash: [u8; 32] = match inv.preimage {
-            Some(p) => Sha256::digest(p).into(),
-            None => {
-                self.ensure_hash_index()?;
-                let found = self.kv.hashes_for(raw.num)?;
-                match found.as_slice() {
-                    [one] if one.len() == 32 => {
-                        let mut h = [0u8; 32];
-                        h.copy_from_slice(one);
-                        h
-                    }
-                    [] => {
-                        return Err(Error::BadInvoice {
-                            invoice_key: key,
-                            path: path.clone(),
-                            reason: "its preimage is unknown and no entry of invoices/paymenthashes \
-                                     points to it, so its payment hash cannot be found (lnd would skip \
-                                     it silently; oneway stops instead)"
-                                .into(),
-                        })
-                    }
-                    many => {
-                        return Err(Error::BadInvoice {
-                            invoice_key: key,
-                            path: path.clone(),
-                            reason: format!(
-                                "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
-                                many.len()
-                            ),
-                        })
-                    }
-                }
-            }
-        };
-        let native = NativeInvoice::from_kv(&inv, hash, &sets).map_err(|reason| Error::BadInvoice {
-            invoice_key: raw.key_hex(),
-            path: path.clone(),
-            reason,
-        })?;
-        let mut h = Sha256::new();
-        h.update(raw.num.to_be_bytes());
-        h.update((raw.value.len() as u64).to_be_bytes());
-        h.update(&raw.value);
-        for (set_id, bytes) in &raw.amp_sets {
-            h.update(set_id);
-            h.update((bytes.len() as u64).to_be_bytes());
-            h.update(bytes);
-        }
-        h.update(hash);
-        Ok(Prepared {
-            num: raw.num,
-            native,
-            digest: h.finalize().into(),
-        })
-    }
-
-    fn read_batch(&mut self, after: Option<u32>) -> Result<Vec<Prepared>> {
-        let Some(b) = self.buckets else {
-            return Ok(Vec::new());
-        };
-        let raws = self.kv.read_invoices(&b, after, self.opts().batch_size)?;
-        raws.iter().map(|r| self.prepare(r)).collect()
-    }
-
     /// Copies batches after the cursor until the source is exhausted.
     ///
     /// Each batch — its invoices' rows, their copy-map rows and the new
@@ -830,8 +756,14 @@ impl Run<'_> {
         self.m.progress.start(Phase::Copy, total);
         self.m.progress.advance(p.copied.min(total));
         let mut cursor = p.cursor;
+        let mut stream = self.stream(cursor, false)?;
         loop {
-            let batch = self.read_batch(cursor)?;
+            let batch = match stream.next() {
+                Some(Ok(Msg::Batch(b))) => b,
+                Some(Ok(Msg::Digest(_))) => continue,
+                Some(Err(e)) => return Err(e),
+                None => break,
+            };
             let Some(last) = batch.last().map(|b| b.num) else {
                 break;
             };
@@ -871,15 +803,12 @@ impl Run<'_> {
         let mut written = 0u64;
         let mut resynced = 0u64;
         let mut max_settle = 0i64;
+        let mapped = map_range(&tx, lo, hi).map_err(e("reading the copy map"))?;
         for p in batch {
-            let existing: Option<(i64, Vec<u8>)> = tx
-                .prepare_cached("SELECT invoice_id, digest FROM oneway_invoice_map WHERE kv_num = ?1")
-                .and_then(|mut s| s.query_row([p.num], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-                .map_err(e("reading the copy map"))?;
-            match existing {
-                Some((id, d)) if id == p.native.id && d == p.digest => continue,
+            match mapped.get(&p.num) {
+                Some((id, d)) if *id == p.native.id && d == &p.digest => continue,
                 Some((id, _)) => {
-                    native::delete(&tx, id).map_err(e("removing an outdated copy"))?;
+                    native::delete(&tx, *id).map_err(e("removing an outdated copy"))?;
                     tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")
                         .and_then(|mut s| s.execute([p.num]))
                         .map_err(e("removing an outdated copy"))?;
@@ -887,29 +816,23 @@ impl Run<'_> {
                 }
                 None => {}
             }
-            native::insert(&tx, &p.native).map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
-            tx.prepare_cached("INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)")
-                .and_then(|mut s| s.execute(params![p.num, p.native.id, p.digest.as_slice()]))
+            native::insert(&tx, &p.native)
                 .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+            tx.prepare_cached(
+                "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![p.num, p.native.id, p.digest.as_slice()]))
+            .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
             max_settle = max_settle.max(p.native.max_settle_index());
             written += 1;
         }
         // Copies whose source invoice disappeared within (lo, hi].
-        let lo_i = lo.map_or(-1, i64::from);
-        let hi_i = hi.map_or(i64::MAX, i64::from);
-        let stale: Vec<(i64, i64)> = {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT kv_num, invoice_id FROM oneway_invoice_map WHERE kv_num > ?1 AND kv_num <= ?2",
-                )
-                .map_err(e("reading the copy map"))?;
-            let rows = st
-                .query_map([lo_i, hi_i], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|r| r.collect::<rusqlite::Result<Vec<(i64, i64)>>>())
-                .map_err(e("reading the copy map"))?;
-            let present: std::collections::HashSet<i64> = batch.iter().map(|p| i64::from(p.num)).collect();
-            rows.into_iter().filter(|(k, _)| !present.contains(k)).collect()
-        };
+        let present: std::collections::HashSet<u32> = batch.iter().map(|p| p.num).collect();
+        let stale: Vec<(u32, i64)> = mapped
+            .iter()
+            .filter(|(k, _)| !present.contains(k))
+            .map(|(k, (id, _))| (*k, *id))
+            .collect();
         for (kv_num, id) in &stale {
             native::delete(&tx, *id).map_err(e("removing a copy of a deleted invoice"))?;
             tx.execute("DELETE FROM oneway_invoice_map WHERE kv_num = ?1", [kv_num])
@@ -939,6 +862,43 @@ impl Run<'_> {
         Ok((written, stale.len() as u64))
     }
 
+    /// Creates lnd's unique constraints and indexes once the bulk copy is
+    /// done, in one transaction (idempotent: `IF NOT EXISTS`). A crash
+    /// before the commit leaves no index; the rerun builds them again. A
+    /// violated unique constraint is reported naming both invoices.
+    fn build_indexes(&mut self, t: &mut Target) -> Result<()> {
+        let kv = self.opts().kv.clone();
+        let sql = self.opts().sql.clone();
+        let tx = t.begin_batch()?;
+        if let Err(err) = tx.execute_batch(native::LND_INDEXES) {
+            if let rusqlite::Error::SqliteFailure(f, _) = &err {
+                if f.code == rusqlite::ErrorCode::ConstraintViolation {
+                    let dup = native::find_duplicate(&tx).map_err(|e| {
+                        Error::sqlite(Role::Native, &sql, "looking for duplicates", e)
+                    })?;
+                    if let Some((num, reason)) = dup {
+                        return Err(Error::BadInvoice {
+                            invoice_key: format!("{num:08x}"),
+                            path: kv,
+                            reason,
+                        });
+                    }
+                }
+            }
+            return Err(Error::sqlite(
+                Role::Native,
+                &sql,
+                "creating lnd's indexes",
+                err,
+            ));
+        }
+        crate::failpoint::hit("indexes.before_commit");
+        tx.commit()
+            .map_err(|e| Error::sqlite(Role::Native, &sql, "committing lnd's indexes", e))?;
+        crate::failpoint::hit("indexes.after_commit");
+        Ok(())
+    }
+
     /// Runs verification passes, repairing invoices that changed in the
     /// source since they were copied, until a pass finds nothing to repair.
     fn verify_until_clean(&mut self, t: &mut Target) -> Result<VerifyReport> {
@@ -953,7 +913,10 @@ impl Run<'_> {
             if report.outdated == 0 {
                 return Ok(report);
             }
-            tracing::info!(repaired = report.outdated, "source changed during the migration; verifying again");
+            tracing::info!(
+                repaired = report.outdated,
+                "source changed during the migration; verifying again"
+            );
         }
         Err(Error::SourceUnstable {
             path: self.opts().kv.clone(),
@@ -968,18 +931,37 @@ impl Run<'_> {
     /// re-copied in batch transactions and counted as `outdated`; without it
     /// they are only counted.
     fn verify_pass(&mut self, t: &mut Target, repair: bool) -> Result<VerifyReport> {
-        self.kv.begin_read()?;
-        // Rebuild the reverse hash index inside this snapshot.
-        self.hashes_built = false;
-        let result = self.verify_pass_in_snapshot(t, repair);
-        let end = self.kv.end_read();
-        let report = result?;
-        end?;
-        Ok(report)
+        let mut stream = self.stream(None, true)?;
+        let digest: SourceDigest = match stream.next() {
+            Some(Ok(Msg::Digest(d))) => d,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Error::NotOnewayStore {
+                    path: self.opts().kv.clone(),
+                    why: "could not be read: the decoder thread ended early".into(),
+                })
+            }
+        };
+        self.verify_stream(t, repair, digest, &mut stream)
     }
 
-    fn verify_pass_in_snapshot(&mut self, t: &mut Target, repair: bool) -> Result<VerifyReport> {
-        let digest: SourceDigest = self.kv.digest()?;
+    fn stream(&self, after: Option<u32>, snapshot: bool) -> Result<reader::Stream> {
+        reader::stream(
+            self.opts().kv.clone(),
+            self.opts().table_prefix.clone(),
+            self.opts().batch_size,
+            after,
+            snapshot,
+        )
+    }
+
+    fn verify_stream(
+        &mut self,
+        t: &mut Target,
+        repair: bool,
+        digest: SourceDigest,
+        stream: &mut reader::Stream,
+    ) -> Result<VerifyReport> {
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut report = VerifyReport {
             invoices: 0,
@@ -993,42 +975,54 @@ impl Run<'_> {
         let mut target_hash = Sha256::new();
         let mut cursor: Option<u32> = None;
         loop {
-            let batch = self.read_batch(cursor)?;
+            let batch = match stream.next() {
+                Some(Ok(Msg::Batch(b))) => b,
+                Some(Ok(Msg::Digest(_))) => continue,
+                Some(Err(e)) => return Err(e),
+                None => Vec::new(),
+            };
             let last = batch.last().map(|b| b.num);
-            let mut outdated: Vec<usize> = Vec::new();
-            for (i, p) in batch.iter().enumerate() {
+            let mapped =
+                map_range(t.conn(), cursor, last).map_err(|e| t.err("reading the copy map", e))?;
+            let present: std::collections::HashSet<u32> = batch.iter().map(|p| p.num).collect();
+            let stale = mapped.keys().filter(|k| !present.contains(k)).count() as u64;
+            let mut outdated = 0u64;
+            let mut matched: Vec<&Prepared> = Vec::with_capacity(batch.len());
+            for p in &batch {
                 report.invoices += 1;
-                report.max_settle_index = report.max_settle_index.max(p.native.max_settle_index() as u64);
+                report.max_settle_index = report
+                    .max_settle_index
+                    .max(p.native.max_settle_index() as u64);
                 p.native.feed_digest(&mut target_hash);
-                let mapped: Option<(i64, Vec<u8>)> = t
-                    .conn()
-                    .prepare_cached("SELECT invoice_id, digest FROM oneway_invoice_map WHERE kv_num = ?1")
-                    .and_then(|mut s| s.query_row([p.num], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-                    .map_err(|e| t.err("reading the copy map", e))?;
-                match mapped {
-                    Some((id, d)) if id == p.native.id && d == p.digest => {
-                        let got = native::load(t.conn(), id).map_err(|e| t.err("reading an invoice back", e))?;
-                        let diffs = match &got {
-                            Some(got) => native::diff(&p.native, got),
-                            None => vec![format!("invoices row {id} is missing from the native store")],
-                        };
-                        for d in diffs {
-                            report.mismatch_count += 1;
-                            if report.mismatches.len() < 20 {
-                                report.mismatches.push(Mismatch {
-                                    invoice_key: format!("{:08x}", p.num),
-                                    detail: d,
-                                });
-                            }
-                        }
-                    }
-                    _ => outdated.push(i),
+                match mapped.get(&p.num) {
+                    Some((id, d)) if *id == p.native.id && d == &p.digest => matched.push(p),
+                    _ => outdated += 1,
                 }
             }
-            // Copies in (cursor, last] whose source invoice is gone.
-            let stale = self.count_stale(t, cursor, last, &batch)?;
-            report.outdated += outdated.len() as u64 + stale;
-            if repair && (!outdated.is_empty() || stale > 0) {
+            let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
+            let loaded =
+                native::load_many(t.conn(), &ids).map_err(|e| t.err("reading invoices back", e))?;
+            for p in matched {
+                let diffs = match loaded.get(&p.native.id) {
+                    Some(got) => native::diff(&p.native, got),
+                    None => vec![format!(
+                        "invoices row {} is missing from the native store",
+                        p.native.id
+                    )],
+                };
+                for d in diffs {
+                    report.mismatch_count += 1;
+                    if report.mismatches.len() < 20 {
+                        report.mismatches.push(Mismatch {
+                            invoice_key: format!("{:08x}", p.num),
+                            detail: d,
+                        });
+                    }
+                }
+            }
+            // Copies in (cursor, last] whose source invoice is gone count too.
+            report.outdated += outdated + stale;
+            if repair && (outdated > 0 || stale > 0) {
                 // The whole batch goes in, so that present invoices are not
                 // taken for deleted ones; unchanged ones are skipped there by
                 // their digest.
@@ -1044,7 +1038,8 @@ impl Run<'_> {
         self.m.progress.finish();
         let native_count = t.count("invoices")?;
         let map_count = t.count("oneway_invoice_map")?;
-        if report.outdated == 0 && (native_count != report.invoices || map_count != report.invoices) {
+        if report.outdated == 0 && (native_count != report.invoices || map_count != report.invoices)
+        {
             report.mismatch_count += 1;
             report.mismatches.push(Mismatch {
                 invoice_key: "*".into(),
@@ -1054,23 +1049,33 @@ impl Run<'_> {
                 ),
             });
         }
+        if report.outdated == 0 {
+            // Referential integrity of the whole store, checked once (see the
+            // note on foreign keys in store.rs).
+            let violations: Vec<(String, i64, String)> = t
+                .conn()
+                .prepare("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check LIMIT 5")
+                .and_then(|mut st| {
+                    st.query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get::<_, Option<i64>>(1)?.unwrap_or(-1),
+                            r.get(2)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| t.err("checking foreign keys", e))?;
+            for (table, rowid, parent) in violations {
+                report.mismatch_count += 1;
+                report.mismatches.push(Mismatch {
+                    invoice_key: "*".into(),
+                    detail: format!("{table} row {rowid} refers to a missing {parent} row"),
+                });
+            }
+        }
         report.target_digest = hex::encode(target_hash.finalize());
         Ok(report)
-    }
-
-    fn count_stale(&self, t: &Target, lo: Option<u32>, hi: Option<u32>, batch: &[Prepared]) -> Result<u64> {
-        let lo_i = lo.map_or(-1, i64::from);
-        let hi_i = hi.map_or(i64::MAX, i64::from);
-        let mut st = t
-            .conn()
-            .prepare_cached("SELECT kv_num FROM oneway_invoice_map WHERE kv_num > ?1 AND kv_num <= ?2")
-            .map_err(|e| t.err("reading the copy map", e))?;
-        let keys = st
-            .query_map([lo_i, hi_i], |r| r.get::<_, i64>(0))
-            .and_then(|r| r.collect::<rusqlite::Result<Vec<i64>>>())
-            .map_err(|e| t.err("reading the copy map", e))?;
-        let present: std::collections::HashSet<i64> = batch.iter().map(|p| i64::from(p.num)).collect();
-        Ok(keys.into_iter().filter(|k| !present.contains(k)).count() as u64)
     }
 
     /// `Verified → Tombstoned` (or back to `Migrating` when the source changed).
@@ -1096,7 +1101,13 @@ impl Run<'_> {
                     "source_digest": verified.sha256,
                     "invoices": verified.invoices,
                 });
-                t.transition(State::Verified, Event::TombstoneWritten, details, "tombstoned", |_| Ok(()))?;
+                t.transition(
+                    State::Verified,
+                    Event::TombstoneWritten,
+                    details,
+                    "tombstoned",
+                    |_| Ok(()),
+                )?;
                 tracing::info!(kv = %self.opts().kv.display(), "KV invoices bucket tombstoned");
             }
             TombstoneOutcome::AlreadyPresent { unchanged: false } => {
@@ -1107,7 +1118,14 @@ impl Run<'_> {
                             (restore the KV store from backup and investigate)"
                         .into(),
                 };
-                security_event(Some(t), Some(State::Verified), Backend::Kv, true, "changed_after_tombstone", &err.to_string());
+                security_event(
+                    Some(t),
+                    Some(State::Verified),
+                    Backend::Kv,
+                    true,
+                    "changed_after_tombstone",
+                    &err.to_string(),
+                );
                 return Err(err);
             }
             TombstoneOutcome::SourceChanged(now) => {
@@ -1138,6 +1156,24 @@ impl Run<'_> {
     }
 }
 
+/// The copy-map rows with `lo < kv_num <= hi` (`None`: unbounded), as
+/// kv_num → (native id, source digest).
+fn map_range(
+    conn: &rusqlite::Connection,
+    lo: Option<u32>,
+    hi: Option<u32>,
+) -> rusqlite::Result<std::collections::BTreeMap<u32, (i64, Vec<u8>)>> {
+    let lo = lo.map_or(-1, i64::from);
+    let hi = hi.map_or(i64::MAX, i64::from);
+    let mut st = conn.prepare_cached(
+        "SELECT kv_num, invoice_id, digest FROM oneway_invoice_map WHERE kv_num > ?1 AND kv_num <= ?2",
+    )?;
+    let rows = st.query_map([lo, hi], |r| {
+        Ok((r.get::<_, i64>(0)? as u32, (r.get(1)?, r.get(2)?)))
+    })?;
+    rows.collect()
+}
+
 fn insert_error(err: rusqlite::Error, kv: &Path, sql: &Path, p: &Prepared) -> Error {
     if let rusqlite::Error::SqliteFailure(f, msg) = &err {
         if f.code == rusqlite::ErrorCode::ConstraintViolation {
@@ -1155,6 +1191,13 @@ fn insert_error(err: rusqlite::Error, kv: &Path, sql: &Path, p: &Prepared) -> Er
         }
     }
     Error::sqlite(Role::Native, sql, "inserting an invoice", err)
+}
+
+/// Peak resident set size of this process (`VmHWM`), in KiB, on Linux.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn now_nanos() -> i128 {

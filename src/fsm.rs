@@ -175,7 +175,9 @@ impl fmt::Display for Refusal {
                 "invoice migration already completed and the KV store is tombstoned: \
                  use the native SQL backend"
             }
-            Refusal::SqlNotReady => "the native SQL store is not complete yet: run `oneway migrate`",
+            Refusal::SqlNotReady => {
+                "the native SQL store is not complete yet: run `oneway migrate`"
+            }
             Refusal::NativeStoreMissing => {
                 "the KV store is tombstoned but the native SQL store is missing or does not \
                  record a completed migration: restore the native store from backup \
@@ -332,7 +334,13 @@ mod tests {
         for st in [None, Some(State::Verified), Some(State::Locked)] {
             assert!(backend_decision(st, true, Backend::Kv).is_err());
         }
-        assert_eq!(backend_decision(Some(State::Migrating), false, Backend::Kv), Ok(()));
-        assert_eq!(backend_decision(Some(State::Locked), true, Backend::Sql), Ok(()));
+        assert_eq!(
+            backend_decision(Some(State::Migrating), false, Backend::Kv),
+            Ok(())
+        );
+        assert_eq!(
+            backend_decision(Some(State::Locked), true, Backend::Sql),
+            Ok(())
+        );
     }
 }

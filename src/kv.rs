@@ -223,7 +223,10 @@ impl KvSource {
                 return Err(Error::NoKvTable {
                     path: self.path.clone(),
                     table: self.table.clone(),
-                    why: format!("column {needed:?} is missing (columns: {})", cols.join(", ")),
+                    why: format!(
+                        "column {needed:?} is missing (columns: {})",
+                        cols.join(", ")
+                    ),
                 });
             }
         }
@@ -247,7 +250,8 @@ impl KvSource {
 
     /// The id of bucket `name` under `parent` (top level when `None`).
     pub fn bucket(&self, parent: Option<i64>, name: &[u8]) -> Result<Option<i64>> {
-        bucket_id(&self.conn, &self.table, parent, name).map_err(|e| self.err("finding a bucket", e))
+        bucket_id(&self.conn, &self.table, parent, name)
+            .map_err(|e| self.err("finding a bucket", e))
     }
 
     /// Finds the invoice buckets; `None` when the store has no `invoices`
@@ -265,7 +269,8 @@ impl KvSource {
 
     /// True when the invoices bucket carries the tombstone key (any value).
     pub fn tombstone_present(&self) -> Result<bool> {
-        tombstone_present(&self.conn, &self.table).map_err(|e| self.err("looking for the tombstone", e))
+        tombstone_present(&self.conn, &self.table)
+            .map_err(|e| self.err("looking for the tombstone", e))
     }
 
     /// The `sequence` of a bucket (0 when unset).
@@ -324,7 +329,9 @@ impl KvSource {
                 .map_err(|e| self.err("reading invoices", e))?
                 .as_blob()
                 .map_err(|_| self.unexpected_text_key(row))?;
-            let value = row.get_ref(1).map_err(|e| self.err("reading invoices", e))?;
+            let value = row
+                .get_ref(1)
+                .map_err(|e| self.err("reading invoices", e))?;
             let is_bucket = matches!(value, rusqlite::types::ValueRef::Null);
             match key.len() {
                 4 if !is_bucket => {
@@ -372,11 +379,7 @@ impl KvSource {
         Ok(out)
     }
 
-    fn blob_value<'a>(
-        &self,
-        key: &[u8],
-        value: rusqlite::types::ValueRef<'a>,
-    ) -> Result<&'a [u8]> {
+    fn blob_value<'a>(&self, key: &[u8], value: rusqlite::types::ValueRef<'a>) -> Result<&'a [u8]> {
         value.as_blob().map_err(|_| Error::UnexpectedKey {
             path: self.path.clone(),
             key: hex::encode(key),
@@ -425,7 +428,9 @@ impl KvSource {
             .next()
             .map_err(|e| self.err("reading the payment-hash index", e))?
         {
-            let key: Vec<u8> = row.get(0).map_err(|e| self.err("reading the payment-hash index", e))?;
+            let key: Vec<u8> = row
+                .get(0)
+                .map_err(|e| self.err("reading the payment-hash index", e))?;
             let value: Option<Vec<u8>> = row
                 .get(1)
                 .map_err(|e| self.err("reading the payment-hash index", e))?;
@@ -510,7 +515,8 @@ impl KvSource {
 
     /// Computes the [`SourceDigest`] of the invoice buckets.
     pub fn digest(&self) -> Result<SourceDigest> {
-        source_digest(&self.conn, &self.table).map_err(|e| self.err("computing the source digest", e))
+        source_digest(&self.conn, &self.table)
+            .map_err(|e| self.err("computing the source digest", e))
     }
 
     /// Writes the tombstone (`invoice-tombstone` = `1` in the top-level
@@ -524,7 +530,10 @@ impl KvSource {
     /// `Tombstoned` only after this returns `Written`; a crash in between is
     /// repaired on the next run, which finds the tombstone present in state
     /// `Verified` (see `spec/state-machine.md`).
-    pub fn write_tombstone_if_unchanged(&self, verified: &SourceDigest) -> Result<TombstoneOutcome> {
+    pub fn write_tombstone_if_unchanged(
+        &self,
+        verified: &SourceDigest,
+    ) -> Result<TombstoneOutcome> {
         let path = &self.path;
         let rw = Connection::open_with_flags(
             path,
@@ -541,7 +550,8 @@ impl KvSource {
         let result = (|| {
             let present =
                 tombstone_present(&rw, &self.table).map_err(e("looking for the tombstone"))?;
-            let now = source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?;
+            let now =
+                source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?;
             if present {
                 return Ok(TombstoneOutcome::AlreadyPresent {
                     unchanged: &now == verified,
@@ -558,7 +568,10 @@ impl KvSource {
                     // An empty node: create the bucket so the marker has a home,
                     // exactly as lnd would (a bucket row with a NULL value).
                     rw.execute(
-                        &format!("INSERT INTO {} (key, value, parent_id) VALUES (?1, NULL, NULL)", self.table),
+                        &format!(
+                            "INSERT INTO {} (key, value, parent_id) VALUES (?1, NULL, NULL)",
+                            self.table
+                        ),
                         [INVOICES_BUCKET],
                     )
                     .map_err(e("creating the invoices bucket"))?;
@@ -567,7 +580,10 @@ impl KvSource {
             };
             crate::failpoint::hit("tombstone.before_insert");
             rw.execute(
-                &format!("INSERT INTO {} (key, value, parent_id) VALUES (?1, ?2, ?3)", self.table),
+                &format!(
+                    "INSERT INTO {} (key, value, parent_id) VALUES (?1, ?2, ?3)",
+                    self.table
+                ),
                 params![TOMBSTONE_KEY, TOMBSTONE_VALUE, invoices],
             )
             .map_err(e("writing the tombstone"))?;
@@ -575,7 +591,8 @@ impl KvSource {
         })();
         match result {
             Ok(TombstoneOutcome::Written) => {
-                rw.execute_batch("COMMIT").map_err(e("committing the tombstone"))?;
+                rw.execute_batch("COMMIT")
+                    .map_err(e("committing the tombstone"))?;
                 crate::failpoint::hit("tombstone.after_commit");
                 Ok(TombstoneOutcome::Written)
             }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod codec;
 pub mod engine;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod fsm;
 pub mod kv;
 pub mod model;
 pub mod native;
+pub mod reader;
 pub mod store;
 pub mod timefmt;
 

@@ -118,6 +118,21 @@ enum Cmd {
         #[arg(long, default_value = oneway::kv::DEFAULT_PREFIX)]
         table_prefix: String,
     },
+    /// Benchmark the migration against the raw-copy floor (see BENCHMARKS.md).
+    Bench {
+        /// Store sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "20000,200000,1000000")]
+        sizes: Vec<u64>,
+        /// Work in this folder instead of a temporary one (needs ~1 KiB per invoice, twice).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Invoices per batch transaction.
+        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Print the rows as JSON instead of a markdown table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a sample lnd store in a temporary folder, migrate it with
     /// progress, and show the final state and the guard's answers.
     Demo {
@@ -196,7 +211,8 @@ fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
@@ -205,7 +221,10 @@ fn init_logging(json: bool) {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into())
+    );
 }
 
 fn fail(e: &Error, json: bool) -> ExitCode {
@@ -226,7 +245,9 @@ fn fail(e: &Error, json: bool) -> ExitCode {
     ExitCode::from(e.exit_code() as u8)
 }
 
-fn s_source<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
+fn s_source<'a>(
+    e: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
     e.and_then(|e| e.source())
 }
 
@@ -235,19 +256,31 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     init_logging(cli.log_json);
     match cli.cmd {
-        Cmd::Migrate { stores, batch_size, json } => {
-            let m = Migrator::new(stores.options(batch_size)).with_progress(Box::new(CliProgress::new(false)));
+        Cmd::Migrate {
+            stores,
+            batch_size,
+            json,
+        } => {
+            let m = Migrator::new(stores.options(batch_size))
+                .with_progress(Box::new(CliProgress::new(false)));
             match m.run() {
                 Ok(r) => {
                     if json {
                         print_json(&r);
                     } else if r.already_completed {
-                        println!("invoice migration already completed: {} invoices, state {}", r.invoices, r.state);
+                        println!(
+                            "invoice migration already completed: {} invoices, state {}",
+                            r.invoices, r.state
+                        );
                     } else {
                         println!(
                             "migrated {} invoices ({} copied this run, {} re-synced); state {}",
@@ -276,28 +309,34 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e, json),
         },
-        Cmd::Verify { stores, json } => match Migrator::new(stores.options(oneway::engine::DEFAULT_BATCH_SIZE)).verify() {
-            Ok(r) => {
-                if json {
-                    print_json(&r);
-                } else {
-                    println!(
+        Cmd::Verify { stores, json } => {
+            match Migrator::new(stores.options(oneway::engine::DEFAULT_BATCH_SIZE)).verify() {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else {
+                        println!(
                         "verified {} invoices: {} mismatching fields, {} changed in the source since copied",
                         r.invoices, r.mismatch_count, r.outdated
                     );
-                    for m in &r.mismatches {
-                        println!("  {m}");
+                        for m in &r.mismatches {
+                            println!("  {m}");
+                        }
+                    }
+                    if r.clean() {
+                        ExitCode::from(exit::OK)
+                    } else {
+                        ExitCode::from(1)
                     }
                 }
-                if r.clean() {
-                    ExitCode::from(exit::OK)
-                } else {
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(&e, json),
             }
-            Err(e) => fail(&e, json),
-        },
-        Cmd::Guard { stores, backend, json } => {
+        }
+        Cmd::Guard {
+            stores,
+            backend,
+            json,
+        } => {
             let backend = match backend {
                 BackendArg::Kv => Backend::Kv,
                 BackendArg::Sql => Backend::Sql,
@@ -305,17 +344,31 @@ fn main() -> ExitCode {
             match Migrator::new(stores.options(1)).guard(backend) {
                 Ok(g) => {
                     if json {
-                        print_json(&serde_json::json!({ "allowed": true, "backend": backend.name(), "state": g.state, "tombstone_present": g.tombstone_present }));
+                        print_json(
+                            &serde_json::json!({ "allowed": true, "backend": backend.name(), "state": g.state, "tombstone_present": g.tombstone_present }),
+                        );
                     } else {
-                        println!("backend {backend} allowed (state {})", g.state.map_or("none", |s| s.name()));
+                        println!(
+                            "backend {backend} allowed (state {})",
+                            g.state.map_or("none", |s| s.name())
+                        );
                     }
                     ExitCode::from(exit::OK)
                 }
                 Err(e) => fail(&e, json),
             }
         }
-        Cmd::Fixture { out, invoices, seed, table_prefix } => {
-            let spec = fixture::FixtureSpec { invoices, seed, table_prefix };
+        Cmd::Fixture {
+            out,
+            invoices,
+            seed,
+            table_prefix,
+        } => {
+            let spec = fixture::FixtureSpec {
+                invoices,
+                seed,
+                table_prefix,
+            };
             match fixture::write_fixture(&out, &spec) {
                 Ok(s) => {
                     print_json(&s);
@@ -325,6 +378,36 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo { invoices, keep } => demo(invoices, keep),
+        Cmd::Bench {
+            sizes,
+            dir,
+            batch_size,
+            json,
+        } => {
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("oneway: error: cannot find my own executable: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if !json {
+                println!("{}", oneway::bench::MARKDOWN_HEADER);
+            }
+            match oneway::bench::run(&exe, dir, &sizes, batch_size, |row| {
+                if !json {
+                    println!("{}", oneway::bench::markdown_row(row));
+                }
+            }) {
+                Ok(rows) => {
+                    if json {
+                        print_json(&rows);
+                    }
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => fail(&e, json),
+            }
+        }
     }
 }
 
@@ -354,8 +437,15 @@ fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
     for p in [&kv, &sql] {
         let _ = std::fs::remove_file(p);
     }
-    println!("1. writing a sample lnd KV store with {invoices} invoices: {}", kv.display());
-    let spec = fixture::FixtureSpec { invoices, seed: 1, ..Default::default() };
+    println!(
+        "1. writing a sample lnd KV store with {invoices} invoices: {}",
+        kv.display()
+    );
+    let spec = fixture::FixtureSpec {
+        invoices,
+        seed: 1,
+        ..Default::default()
+    };
     match fixture::write_fixture(&kv, &spec) {
         Ok(s) => println!(
             "   {} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",

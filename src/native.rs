@@ -18,15 +18,24 @@ use crate::model::{htlc_state, Htlc, Invoice};
 use crate::timefmt::sql_time;
 
 /// lnd's native invoice tables (as of migrations 000001–000007 and 000012),
-/// for SQLite.
-pub const LND_SCHEMA: &str = "
+/// for SQLite, without their secondary indexes.
+///
+/// lnd declares `UNIQUE` on `invoices.hash`, `payment_addr`,
+/// `payment_request_hash`, `invoice_features (feature, invoice_id)` and
+/// `invoice_htlcs (chan_id, htlc_id)`; oneway creates exactly those
+/// constraints as unique indexes in [`LND_INDEXES`], after the bulk copy:
+/// building an index from sorted data once is far cheaper than updating ten
+/// b-trees on every insert. Nothing is verified before they exist, so a
+/// duplicate still stops the migration before `Verified` (see
+/// [`find_duplicate`]).
+pub const LND_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS invoice_sequences (
     name TEXT PRIMARY KEY,
     current_value BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS invoices (
     id INTEGER PRIMARY KEY,
-    hash BLOB NOT NULL UNIQUE,
+    hash BLOB NOT NULL,
     preimage BLOB,
     settle_index BIGINT,
     settled_at TIMESTAMP,
@@ -34,9 +43,9 @@ CREATE TABLE IF NOT EXISTS invoices (
     amount_msat BIGINT NOT NULL,
     cltv_delta INTEGER,
     expiry INTEGER NOT NULL,
-    payment_addr BLOB UNIQUE,
+    payment_addr BLOB,
     payment_request TEXT,
-    payment_request_hash BLOB UNIQUE,
+    payment_request_hash BLOB,
     state SMALLINT NOT NULL,
     amount_paid_msat BIGINT NOT NULL,
     is_amp BOOLEAN NOT NULL,
@@ -44,18 +53,10 @@ CREATE TABLE IF NOT EXISTS invoices (
     is_keysend BOOLEAN NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
-CREATE INDEX IF NOT EXISTS invoices_hash_idx ON invoices(hash);
-CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
-CREATE INDEX IF NOT EXISTS invoices_payment_addr_idx ON invoices(payment_addr);
-CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
-CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
-CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
 CREATE TABLE IF NOT EXISTS invoice_features (
     feature INTEGER NOT NULL,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    UNIQUE (feature, invoice_id)
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
 CREATE TABLE IF NOT EXISTS invoice_htlcs (
     id INTEGER PRIMARY KEY,
     chan_id TEXT NOT NULL,
@@ -67,16 +68,13 @@ CREATE TABLE IF NOT EXISTS invoice_htlcs (
     expiry_height INTEGER NOT NULL,
     state SMALLINT NOT NULL,
     resolve_time TIMESTAMP,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    UNIQUE (chan_id, htlc_id)
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
 CREATE TABLE IF NOT EXISTS invoice_htlc_custom_records (
     key BIGINT NOT NULL,
     value BLOB NOT NULL,
     htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
 CREATE TABLE IF NOT EXISTS amp_sub_invoices (
     set_id BLOB PRIMARY KEY,
     state SMALLINT NOT NULL,
@@ -85,7 +83,6 @@ CREATE TABLE IF NOT EXISTS amp_sub_invoices (
     settle_index BIGINT,
     invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
 CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
     invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
     set_id BLOB NOT NULL REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE,
@@ -93,16 +90,74 @@ CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
     root_share BLOB NOT NULL,
     child_index BIGINT NOT NULL,
     hash BLOB NOT NULL,
-    preimage BLOB,
-    UNIQUE (set_id, htlc_id)
+    preimage BLOB
 );
-CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
-CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
 CREATE TABLE IF NOT EXISTS migration_tracker (
     version INTEGER UNIQUE NOT NULL,
     migration_time TIMESTAMP NOT NULL
 );
 ";
+
+/// The unique constraints and indexes of lnd's invoice schema, created once
+/// the bulk copy is done ([`LND_TABLES`] explains why).
+pub const LND_INDEXES: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS invoices_hash_unique ON invoices(hash);
+CREATE UNIQUE INDEX IF NOT EXISTS invoices_payment_addr_unique ON invoices(payment_addr);
+CREATE UNIQUE INDEX IF NOT EXISTS invoices_payment_request_hash_unique ON invoices(payment_request_hash);
+CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
+CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
+CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
+CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
+CREATE UNIQUE INDEX IF NOT EXISTS invoice_features_unique ON invoice_features(feature, invoice_id);
+CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
+CREATE UNIQUE INDEX IF NOT EXISTS invoice_htlcs_unique ON invoice_htlcs(chan_id, htlc_id);
+CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
+CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
+CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
+CREATE UNIQUE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_unique ON amp_sub_invoice_htlcs(set_id, htlc_id);
+CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
+CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
+";
+
+/// Finds two invoices that break one of lnd's unique constraints, as
+/// (KV invoice number of the later one, sentence naming the other and the
+/// shared value). Used to turn a failed unique-index build into an error that
+/// names the invoices.
+pub fn find_duplicate(conn: &Connection) -> rusqlite::Result<Option<(u32, String)>> {
+    let checks: [(&str, &str); 4] = [
+        ("payment hash", "SELECT i.id, hex(i.hash) FROM invoices i WHERE i.hash IN (SELECT hash FROM invoices GROUP BY hash HAVING count(*) > 1) ORDER BY i.hash, i.id LIMIT 2"),
+        ("payment address", "SELECT i.id, hex(i.payment_addr) FROM invoices i WHERE i.payment_addr IN (SELECT payment_addr FROM invoices WHERE payment_addr IS NOT NULL GROUP BY payment_addr HAVING count(*) > 1) ORDER BY i.payment_addr, i.id LIMIT 2"),
+        ("payment request", "SELECT i.id, hex(i.payment_request_hash) FROM invoices i WHERE i.payment_request_hash IN (SELECT payment_request_hash FROM invoices WHERE payment_request_hash IS NOT NULL GROUP BY payment_request_hash HAVING count(*) > 1) ORDER BY i.payment_request_hash, i.id LIMIT 2"),
+        ("HTLC circuit key (channel id, HTLC id)", "SELECT h.invoice_id, h.chan_id || ':' || h.htlc_id FROM invoice_htlcs h WHERE (h.chan_id, h.htlc_id) IN (SELECT chan_id, htlc_id FROM invoice_htlcs GROUP BY chan_id, htlc_id HAVING count(*) > 1) ORDER BY h.chan_id, h.htlc_id, h.invoice_id LIMIT 2"),
+    ];
+    for (what, sql) in checks {
+        let rows: Vec<(i64, String)> = conn
+            .prepare(sql)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if let [(first, value), (second, _)] = rows.as_slice() {
+            let num = |id: i64| -> rusqlite::Result<Option<i64>> {
+                conn.query_row(
+                    "SELECT kv_num FROM oneway_invoice_map WHERE invoice_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+            };
+            let (a, b) = (num(*first)?, num(*second)?);
+            let b = b.unwrap_or(*second) as u32;
+            let a_text = a.map_or_else(
+                || format!("add index {first}"),
+                |a| format!("invoice {:08x}", a as u32),
+            );
+            return Ok(Some((
+                b,
+                format!("it shares its {what} {} with {a_text}; lnd's native schema requires it to be unique", value.to_lowercase()),
+            )));
+        }
+    }
+    Ok(None)
+}
 
 /// The `migration_tracker` version lnd gives its invoice migration.
 pub const LND_INVOICE_MIGRATION_VERSION: i64 = 7;
@@ -173,7 +228,10 @@ pub struct NativeHtlc {
 
 impl NativeHtlc {
     fn sort_key(&self) -> (u64, u64) {
-        (self.chan_id.parse().unwrap_or(u64::MAX), self.htlc_id as u64)
+        (
+            self.chan_id.parse().unwrap_or(u64::MAX),
+            self.htlc_id as u64,
+        )
     }
 }
 
@@ -316,7 +374,9 @@ impl NativeInvoice {
         amp_sets: &[([u8; 32], Vec<Htlc>)],
     ) -> Result<NativeInvoice, String> {
         if inv.add_index == 0 {
-            return Err("it has no add index (0); lnd's native store keys invoices by add index".into());
+            return Err(
+                "it has no add index (0); lnd's native store keys invoices by add index".into(),
+            );
         }
         if inv.expiry_ns % 1_000_000_000 != 0 {
             return Err(format!(
@@ -330,11 +390,15 @@ impl NativeInvoice {
 
         if !is_amp {
             if !inv.amp_state.is_empty() || !amp_sets.is_empty() {
-                return Err("it carries AMP state or AMP HTLC sets but lacks the AMP feature bit 30".into());
+                return Err(
+                    "it carries AMP state or AMP HTLC sets but lacks the AMP feature bit 30".into(),
+                );
             }
             for (i, h) in inv.htlcs.iter().enumerate() {
                 if h.amp.is_some() {
-                    return Err(format!("HTLC {i} carries an AMP record but the invoice is not AMP"));
+                    return Err(format!(
+                        "HTLC {i} carries an AMP record but the invoice is not AMP"
+                    ));
                 }
                 htlcs.push(native_htlc(h));
             }
@@ -383,7 +447,10 @@ impl NativeInvoice {
             let mut seen = std::collections::BTreeSet::new();
             for st in &inv.amp_state {
                 if !seen.insert(st.set_id) {
-                    return Err(format!("AMP set {} appears twice in its AMP state", hex::encode(st.set_id)));
+                    return Err(format!(
+                        "AMP set {} appears twice in its AMP state",
+                        hex::encode(st.set_id)
+                    ));
                 }
                 let members: Vec<&Htlc> = by_set
                     .get(&st.set_id)
@@ -449,14 +516,15 @@ impl NativeInvoice {
         }
         sets.sort_by(|a, b| a.set_id.cmp(&b.set_id));
 
-        let payment_request_hash =
-            (!inv.payment_request.is_empty()).then(|| Sha256::digest(&inv.payment_request).to_vec());
+        let payment_request_hash = (!inv.payment_request.is_empty())
+            .then(|| Sha256::digest(&inv.payment_request).to_vec());
         Ok(NativeInvoice {
             id: inv.add_index as i64,
             hash: hash.to_vec(),
             preimage: inv.preimage.map(|p| p.to_vec()),
             settle_index: opt_nonzero(inv.settle_index),
-            settled_at: (!inv.settle_date.is_zero()).then(|| sql_time(inv.settle_date.unix_nanos())),
+            settled_at: (!inv.settle_date.is_zero())
+                .then(|| sql_time(inv.settle_date.unix_nanos())),
             memo: opt_bytes(&inv.memo),
             amount_msat: inv.value_msat as i64,
             cltv_delta: i64::from(inv.cltv_delta),
@@ -528,7 +596,11 @@ impl NativeInvoice {
         ob(h, self.payment_request_hash.as_deref());
         i(h, self.state);
         i(h, self.amount_paid_msat);
-        h.update([u8::from(self.is_amp), u8::from(self.is_hodl), u8::from(self.is_keysend)]);
+        h.update([
+            u8::from(self.is_amp),
+            u8::from(self.is_hodl),
+            u8::from(self.is_keysend),
+        ]);
         b(h, self.created_at.as_bytes());
         i(h, self.features.len() as i64);
         for f in &self.features {
@@ -614,10 +686,22 @@ pub fn insert(conn: &Connection, inv: &NativeInvoice) -> rusqlite::Result<()> {
         inv.created_at,
     ])?;
     if !inv.features.is_empty() {
-        let mut st =
-            conn.prepare_cached("INSERT INTO invoice_features (feature, invoice_id) VALUES (?1, ?2)")?;
-        for f in &inv.features {
-            st.execute(params![f, inv.id])?;
+        // One statement for all of an invoice's features (usually 3-5).
+        for chunk in inv.features.chunks(16) {
+            let mut sql =
+                String::from("INSERT INTO invoice_features (feature, invoice_id) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(?{}, ?1)", i + 2));
+            }
+            let mut st = conn.prepare_cached(&sql)?;
+            st.raw_bind_parameter(1, inv.id)?;
+            for (i, f) in chunk.iter().enumerate() {
+                st.raw_bind_parameter(i + 2, f)?;
+            }
+            st.raw_execute()?;
         }
     }
     for s in &inv.amp_sets {
@@ -692,90 +776,142 @@ fn text_bytes(v: rusqlite::types::ValueRef<'_>) -> Option<Vec<u8>> {
 
 /// Reads every row of invoice `id` back; `None` when there is no such invoice.
 pub fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<NativeInvoice>> {
-    let inv = conn
-        .prepare_cached(
-            "SELECT hash, preimage, settle_index, settled_at, memo, amount_msat, cltv_delta, expiry,
-                    payment_addr, payment_request, payment_request_hash, state, amount_paid_msat,
-                    is_amp, is_hodl, is_keysend, created_at
-             FROM invoices WHERE id = ?1",
-        )?
-        .query_row([id], |r| {
-            Ok(NativeInvoice {
-                id,
-                hash: r.get(0)?,
-                preimage: r.get(1)?,
-                settle_index: r.get(2)?,
-                settled_at: r.get(3)?,
-                memo: text_bytes(r.get_ref(4)?),
-                amount_msat: r.get(5)?,
-                cltv_delta: r.get::<_, Option<i64>>(6)?.unwrap_or(i64::MIN),
-                expiry: r.get(7)?,
-                payment_addr: r.get(8)?,
-                payment_request: text_bytes(r.get_ref(9)?),
-                payment_request_hash: r.get(10)?,
-                state: r.get(11)?,
-                amount_paid_msat: r.get(12)?,
-                is_amp: r.get(13)?,
-                is_hodl: r.get(14)?,
-                is_keysend: r.get(15)?,
-                created_at: r.get(16)?,
-                features: Vec::new(),
-                htlcs: Vec::new(),
-                amp_sets: Vec::new(),
-            })
-        })
-        .optional()?;
-    let Some(mut inv) = inv else {
-        return Ok(None);
+    Ok(load_range(conn, id, id)?.remove(&id))
+}
+
+/// Reads back every invoice whose id is in `ids`.
+///
+/// Verification reads a whole batch at once: when the ids are dense (as add
+/// indexes of consecutive invoices are), six range queries over the
+/// `invoice_id` indexes replace six point queries per invoice. Sparse ids
+/// fall back to point queries, so a strange store is slower, never wrong.
+pub fn load_many(conn: &Connection, ids: &[i64]) -> rusqlite::Result<BTreeMap<i64, NativeInvoice>> {
+    let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(BTreeMap::new());
     };
-    {
-        let mut st = conn
-            .prepare_cached("SELECT feature FROM invoice_features WHERE invoice_id = ?1 ORDER BY feature")?;
-        inv.features = st.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let span = (*hi as i128) - (*lo as i128) + 1;
+    if span <= 2 * ids.len() as i128 + 64 {
+        let mut all = load_range(conn, *lo, *hi)?;
+        let wanted: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        all.retain(|id, _| wanted.contains(id));
+        Ok(all)
+    } else {
+        let mut out = BTreeMap::new();
+        for id in ids {
+            if let Some(inv) = load(conn, *id)? {
+                out.insert(*id, inv);
+            }
+        }
+        Ok(out)
     }
-    let mut rows_by_id: BTreeMap<i64, NativeHtlc> = BTreeMap::new();
+}
+
+/// Reads back every invoice with `lo <= id <= hi`.
+fn load_range(
+    conn: &Connection,
+    lo: i64,
+    hi: i64,
+) -> rusqlite::Result<BTreeMap<i64, NativeInvoice>> {
+    let mut out: BTreeMap<i64, NativeInvoice> = BTreeMap::new();
     {
         let mut st = conn.prepare_cached(
-            "SELECT id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height, accept_time,
-                    expiry_height, state, resolve_time
-             FROM invoice_htlcs WHERE invoice_id = ?1",
+            "SELECT id, hash, preimage, settle_index, settled_at, memo, amount_msat, cltv_delta, expiry,
+                    payment_addr, payment_request, payment_request_hash, state, amount_paid_msat,
+                    is_amp, is_hodl, is_keysend, created_at
+             FROM invoices WHERE id BETWEEN ?1 AND ?2",
         )?;
-        let mut rows = st.query([id])?;
+        let mut rows = st.query([lo, hi])?;
         while let Some(r) = rows.next()? {
-            rows_by_id.insert(
-                r.get(0)?,
-                NativeHtlc {
-                    chan_id: r.get(1)?,
-                    htlc_id: r.get(2)?,
-                    amount_msat: r.get(3)?,
-                    total_mpp_msat: r.get(4)?,
-                    accept_height: r.get(5)?,
-                    accept_time: r.get(6)?,
-                    expiry_height: r.get(7)?,
-                    state: r.get(8)?,
-                    resolve_time: r.get(9)?,
-                    custom_records: Vec::new(),
-                    amp: None,
+            let id: i64 = r.get(0)?;
+            out.insert(
+                id,
+                NativeInvoice {
+                    id,
+                    hash: r.get(1)?,
+                    preimage: r.get(2)?,
+                    settle_index: r.get(3)?,
+                    settled_at: r.get(4)?,
+                    memo: text_bytes(r.get_ref(5)?),
+                    amount_msat: r.get(6)?,
+                    cltv_delta: r.get::<_, Option<i64>>(7)?.unwrap_or(i64::MIN),
+                    expiry: r.get(8)?,
+                    payment_addr: r.get(9)?,
+                    payment_request: text_bytes(r.get_ref(10)?),
+                    payment_request_hash: r.get(11)?,
+                    state: r.get(12)?,
+                    amount_paid_msat: r.get(13)?,
+                    is_amp: r.get(14)?,
+                    is_hodl: r.get(15)?,
+                    is_keysend: r.get(16)?,
+                    created_at: r.get(17)?,
+                    features: Vec::new(),
+                    htlcs: Vec::new(),
+                    amp_sets: Vec::new(),
                 },
             );
         }
     }
-    if !rows_by_id.is_empty() {
+    if out.is_empty() {
+        return Ok(out);
+    }
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT invoice_id, feature FROM invoice_features WHERE invoice_id BETWEEN ?1 AND ?2",
+        )?;
+        let mut rows = st.query([lo, hi])?;
+        while let Some(r) = rows.next()? {
+            if let Some(inv) = out.get_mut(&r.get::<_, i64>(0)?) {
+                inv.features.push(r.get(1)?);
+            }
+        }
+    }
+    // HTLCs keyed by their row id, with the invoice they belong to.
+    let mut htlcs: BTreeMap<i64, (i64, NativeHtlc)> = BTreeMap::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT id, invoice_id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height,
+                    accept_time, expiry_height, state, resolve_time
+             FROM invoice_htlcs WHERE invoice_id BETWEEN ?1 AND ?2",
+        )?;
+        let mut rows = st.query([lo, hi])?;
+        while let Some(r) = rows.next()? {
+            htlcs.insert(
+                r.get(0)?,
+                (
+                    r.get(1)?,
+                    NativeHtlc {
+                        chan_id: r.get(2)?,
+                        htlc_id: r.get(3)?,
+                        amount_msat: r.get(4)?,
+                        total_mpp_msat: r.get(5)?,
+                        accept_height: r.get(6)?,
+                        accept_time: r.get(7)?,
+                        expiry_height: r.get(8)?,
+                        state: r.get(9)?,
+                        resolve_time: r.get(10)?,
+                        custom_records: Vec::new(),
+                        amp: None,
+                    },
+                ),
+            );
+        }
+    }
+    if !htlcs.is_empty() {
         let mut st = conn.prepare_cached(
             "SELECT c.htlc_id, c.key, c.value FROM invoice_htlc_custom_records c
-             JOIN invoice_htlcs h ON h.id = c.htlc_id WHERE h.invoice_id = ?1",
+             JOIN invoice_htlcs h ON h.id = c.htlc_id WHERE h.invoice_id BETWEEN ?1 AND ?2",
         )?;
-        let mut rows = st.query([id])?;
+        let mut rows = st.query([lo, hi])?;
         while let Some(r) = rows.next()? {
-            if let Some(h) = rows_by_id.get_mut(&r.get::<_, i64>(0)?) {
+            if let Some((_, h)) = htlcs.get_mut(&r.get::<_, i64>(0)?) {
                 h.custom_records.push((r.get(1)?, r.get(2)?));
             }
         }
         let mut st = conn.prepare_cached(
             "SELECT htlc_id, set_id, root_share, child_index, hash, preimage
-             FROM amp_sub_invoice_htlcs WHERE invoice_id = ?1",
+             FROM amp_sub_invoice_htlcs WHERE invoice_id BETWEEN ?1 AND ?2",
         )?;
-        let mut rows = st.query([id])?;
+        let mut rows = st.query([lo, hi])?;
         while let Some(r) = rows.next()? {
             let amp = NativeAmpHtlc {
                 set_id: r.get(1)?,
@@ -784,34 +920,41 @@ pub fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<NativeInvoice
                 hash: r.get(4)?,
                 preimage: r.get(5)?,
             };
-            if let Some(h) = rows_by_id.get_mut(&r.get::<_, i64>(0)?) {
+            if let Some((_, h)) = htlcs.get_mut(&r.get::<_, i64>(0)?) {
                 h.amp = Some(amp);
             }
         }
     }
-    inv.htlcs = rows_by_id.into_values().collect();
-    for h in &mut inv.htlcs {
-        h.custom_records.sort();
+    for (_, (invoice_id, mut h)) in htlcs {
+        if let Some(inv) = out.get_mut(&invoice_id) {
+            h.custom_records.sort();
+            inv.htlcs.push(h);
+        }
     }
-    inv.htlcs.sort_by_key(NativeHtlc::sort_key);
     {
         let mut st = conn.prepare_cached(
-            "SELECT set_id, state, created_at, settled_at, settle_index
-             FROM amp_sub_invoices WHERE invoice_id = ?1 ORDER BY set_id",
+            "SELECT invoice_id, set_id, state, created_at, settled_at, settle_index
+             FROM amp_sub_invoices WHERE invoice_id BETWEEN ?1 AND ?2",
         )?;
-        inv.amp_sets = st
-            .query_map([id], |r| {
-                Ok(NativeAmpSet {
-                    set_id: r.get(0)?,
-                    state: r.get(1)?,
-                    created_at: r.get(2)?,
-                    settled_at: r.get(3)?,
-                    settle_index: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut rows = st.query([lo, hi])?;
+        while let Some(r) = rows.next()? {
+            if let Some(inv) = out.get_mut(&r.get::<_, i64>(0)?) {
+                inv.amp_sets.push(NativeAmpSet {
+                    set_id: r.get(1)?,
+                    state: r.get(2)?,
+                    created_at: r.get(3)?,
+                    settled_at: r.get(4)?,
+                    settle_index: r.get(5)?,
+                });
+            }
+        }
     }
-    Ok(Some(inv))
+    for inv in out.values_mut() {
+        inv.features.sort_unstable();
+        inv.htlcs.sort_by_key(NativeHtlc::sort_key);
+        inv.amp_sets.sort_by(|a, b| a.set_id.cmp(&b.set_id));
+    }
+    Ok(out)
 }
 
 /// Lists the fields that differ between the invoice built from the source
@@ -836,7 +979,11 @@ fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for (k, va) in x {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 walk(&p, va, y.get(k).unwrap_or(&Value::Null), out);
             }
         }
@@ -846,7 +993,11 @@ fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            out.push(format!("{path}: source has {} entries, native has {}", x.len(), y.len()));
+            out.push(format!(
+                "{path}: source has {} entries, native has {}",
+                x.len(),
+                y.len()
+            ));
         }
         _ if a != b => out.push(format!("{path}: source {a}, native {b}")),
         _ => {}

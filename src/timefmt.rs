@@ -31,19 +31,44 @@ pub fn sql_time(unix_nanos: i128) -> String {
     let days = secs.div_euclid(86_400) as i64;
     let sod = secs.rem_euclid(86_400) as u32;
     let (y, mo, d) = civil_from_days(days);
-    let mut s = format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
+    // Hand-rolled digits: this runs several times per invoice.
+    let mut s = String::with_capacity(36);
+    if (0..=9999).contains(&y) {
+        push_digits(&mut s, y as u32, 4);
+    } else {
+        s.push_str(&format!("{y:04}"));
+    }
+    s.push('-');
+    push_digits(&mut s, mo, 2);
+    s.push('-');
+    push_digits(&mut s, d, 2);
+    s.push(' ');
+    push_digits(&mut s, sod / 3600, 2);
+    s.push(':');
+    push_digits(&mut s, (sod / 60) % 60, 2);
+    s.push(':');
+    push_digits(&mut s, sod % 60, 2);
     if nanos != 0 {
-        let frac = format!("{nanos:09}");
+        let mut frac = nanos;
+        let mut width = 9;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
         s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
+        push_digits(&mut s, frac, width);
     }
     s.push_str("+00:00");
     s
+}
+
+/// Appends `v` as exactly `width` decimal digits (zero-padded; `v` must fit).
+fn push_digits(s: &mut String, v: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        s.push(char::from(b'0' + ((v / div) % 10) as u8));
+        div /= 10;
+    }
 }
 
 #[cfg(test)]
@@ -63,7 +88,10 @@ mod tests {
             "2000-02-29 00:00:00.123456789+00:00"
         );
         assert_eq!(sql_time(-1), "1969-12-31 23:59:59.999999999+00:00");
-        assert_eq!(sql_time(GoTime::ZERO.unix_nanos()), "0001-01-01 00:00:00+00:00");
+        assert_eq!(
+            sql_time(GoTime::ZERO.unix_nanos()),
+            "0001-01-01 00:00:00+00:00"
+        );
     }
 
     #[test]
@@ -74,8 +102,20 @@ mod tests {
         for days in -719_161..(-719_162 + 146_097 * 4) {
             let next = civil_from_days(days);
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let month_len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-                [(m - 1) as usize];
+            let month_len = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ][(m - 1) as usize];
             let expect = if d < month_len {
                 (y, m, d + 1)
             } else if m < 12 {

@@ -74,7 +74,7 @@ pub fn read(buf: &[u8]) -> Result<(u64, usize), BigSizeFault> {
     Ok((value, needed))
 }
 
-/// The number of bytes [`write`] uses for `value`.
+/// The number of bytes [`write()`] uses for `value`.
 pub fn encoded_len(value: u64) -> usize {
     match value {
         0..=0xfc => 1,

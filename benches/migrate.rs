@@ -1,0 +1,27 @@
+//! `cargo bench`: the migration benchmark (see BENCHMARKS.md).
+//!
+//! Sizes come from `ONEWAY_BENCH_SIZES` (comma-separated, default
+//! `20000,200000,1000000`); the table is printed as markdown.
+
+fn main() {
+    let sizes: Vec<u64> = std::env::var("ONEWAY_BENCH_SIZES")
+        .unwrap_or_else(|_| "20000,200000,1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_oneway"));
+    println!("{}", oneway::bench::MARKDOWN_HEADER);
+    let result = oneway::bench::run(
+        &exe,
+        None,
+        &sizes,
+        oneway::engine::DEFAULT_BATCH_SIZE,
+        |row| {
+            println!("{}", oneway::bench::markdown_row(row));
+        },
+    );
+    if let Err(e) = result {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}

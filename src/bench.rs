@@ -1,0 +1,191 @@
+//! The benchmark behind `oneway bench` and `cargo bench`.
+//!
+//! For each size it writes an lnd-format store with the fixture generator,
+//! measures the floor — the time SQLite needs to copy the raw `channeldb_kv`
+//! table into a new file (`ATTACH …; CREATE TABLE c AS SELECT * FROM
+//! kv.channeldb_kv`, WAL, `synchronous=FULL`) — and then runs a real
+//! `oneway migrate --json` child process on the store, which reports its
+//! phase times and its own peak RSS. Durability is as in production:
+//! verification included, transitions `synchronous=FULL`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result, Role};
+use crate::fixture::{write_fixture, FixtureSpec};
+
+/// One line of the benchmark table.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// Invoices in the store.
+    pub invoices: u64,
+    /// Size of the KV file, MiB.
+    pub kv_mib: f64,
+    /// Seconds to copy the raw KV table with SQLite (the floor).
+    pub floor_s: f64,
+    /// Seconds in the copy phase (including building lnd's indexes).
+    pub copy_s: f64,
+    /// Seconds in verification.
+    pub verify_s: f64,
+    /// Seconds writing the tombstone and locking.
+    pub tombstone_s: f64,
+    /// Wall time of the whole `oneway migrate` process.
+    pub total_s: f64,
+    /// Invoices per second over the whole migration.
+    pub invoices_per_s: f64,
+    /// `total_s / floor_s`.
+    pub ratio_to_floor: f64,
+    /// Peak resident memory of the migrating process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Measures the floor: SQLite copying the raw KV table into a new file.
+pub fn floor_seconds(kv: &Path, dir: &Path) -> Result<f64> {
+    let out = dir.join("floor.sqlite");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
+    }
+    let started = Instant::now();
+    let conn = rusqlite::Connection::open(&out)
+        .map_err(|e| Error::sqlite(Role::Native, &out, "opening", e))?;
+    let e = |action: &'static str| {
+        let out = out.clone();
+        move |err| Error::sqlite(Role::Native, out, action, err)
+    };
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(e("setting WAL"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(e("setting synchronous"))?;
+    conn.execute("ATTACH DATABASE ?1 AS kv", [kv.display().to_string()])
+        .map_err(e("attaching the KV store"))?;
+    conn.execute_batch("BEGIN; CREATE TABLE c AS SELECT * FROM kv.channeldb_kv; COMMIT;")
+        .map_err(e("copying the KV table"))?;
+    drop(conn);
+    let secs = started.elapsed().as_secs_f64();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
+    }
+    Ok(secs)
+}
+
+/// Benchmarks one store size, running `exe migrate` as a child process.
+pub fn run_size(exe: &Path, dir: &Path, invoices: u64, batch_size: usize) -> Result<BenchRow> {
+    let kv = dir.join(format!("bench-kv-{invoices}.sqlite"));
+    let sql = dir.join(format!("bench-native-{invoices}.sqlite"));
+    for p in [&kv, &sql] {
+        for suffix in ["", "-wal", "-shm", ".lock"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    }
+    write_fixture(
+        &kv,
+        &FixtureSpec {
+            invoices,
+            seed: 1,
+            ..Default::default()
+        },
+    )?;
+    let kv_mib = std::fs::metadata(&kv)
+        .map(|m| m.len() as f64 / 1048576.0)
+        .unwrap_or(0.0);
+    let floor_s = floor_seconds(&kv, dir)?;
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .arg("migrate")
+        .arg("--kv")
+        .arg(&kv)
+        .arg("--sql")
+        .arg(&sql)
+        .arg("--batch-size")
+        .arg(batch_size.to_string())
+        .arg("--json")
+        .output()
+        .map_err(|e| Error::Io {
+            path: exe.to_path_buf(),
+            action: "running oneway migrate".into(),
+            source: e,
+        })?;
+    let total_s = started.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() || report["state"] != "Locked" {
+        return Err(Error::NotOnewayStore {
+            path: sql,
+            why: format!(
+                "was not migrated by the benchmark run: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    let secs = |k: &str| report["seconds"][k].as_f64().unwrap_or(0.0);
+    let row = BenchRow {
+        invoices,
+        kv_mib,
+        floor_s,
+        copy_s: secs("copy"),
+        verify_s: secs("verify"),
+        tombstone_s: secs("tombstone"),
+        total_s,
+        invoices_per_s: invoices as f64 / total_s,
+        ratio_to_floor: total_s / floor_s,
+        peak_rss_mib: report["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+    };
+    for p in [&kv, &sql] {
+        for suffix in ["", "-wal", "-shm", ".lock"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    }
+    Ok(row)
+}
+
+/// Runs every size and returns the rows.
+pub fn run(
+    exe: &Path,
+    dir: Option<PathBuf>,
+    sizes: &[u64],
+    batch_size: usize,
+    mut each: impl FnMut(&BenchRow),
+) -> Result<Vec<BenchRow>> {
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir().map_err(|e| Error::Io {
+                path: std::env::temp_dir(),
+                action: "creating a temporary folder".into(),
+                source: e,
+            })?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let row = run_size(exe, &dir, n, batch_size)?;
+        each(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The table header matching [`markdown_row`].
+pub const MARKDOWN_HEADER: &str = "| invoices | KV MiB | floor s | copy s | verify s | tombstone s | total s | invoices/s | total/floor | peak RSS MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+
+/// One row as a markdown table line.
+pub fn markdown_row(r: &BenchRow) -> String {
+    format!(
+        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} |",
+        r.invoices,
+        r.kv_mib,
+        r.floor_s,
+        r.copy_s,
+        r.verify_s,
+        r.tombstone_s,
+        r.total_s,
+        r.invoices_per_s,
+        r.ratio_to_floor,
+        r.peak_rss_mib
+    )
+}

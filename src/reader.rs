@@ -1,0 +1,245 @@
+//! Turning source invoices into native rows, on a second thread.
+//!
+//! A [`Decoder`] reads invoices from the KV store in key order, decodes
+//! them, resolves their payment hashes and maps them onto native rows
+//! ([`Prepared`]). [`stream`] runs a decoder on its own thread with its own
+//! read-only KV connection and hands batches over a bounded channel, so
+//! decoding overlaps with the SQLite writes on the main thread (the machine
+//! has two cores; this is where the second one pays). At most
+//! [`IN_FLIGHT`] batches wait in the channel, so memory stays bounded by the
+//! batch size, not the store.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use sha2::{Digest, Sha256};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest};
+use crate::native::NativeInvoice;
+
+/// Batches decoded ahead of the writer.
+pub const IN_FLIGHT: usize = 2;
+
+/// A decoded source invoice, ready to write or compare.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The KV invoice number.
+    pub num: u32,
+    /// Its native rows.
+    pub native: NativeInvoice,
+    /// SHA-256 over the raw source bytes (invoice, AMP sets, resolved hash):
+    /// equal digests mean nothing in the source changed.
+    pub digest: [u8; 32],
+}
+
+/// Reads, decodes and maps invoices from one KV connection.
+pub struct Decoder {
+    kv: KvSource,
+    buckets: Option<InvoiceBuckets>,
+    hashes_built: bool,
+}
+
+impl Decoder {
+    /// Opens its own read-only connection to the KV store.
+    pub fn open(path: &std::path::Path, prefix: &str) -> Result<Decoder> {
+        let kv = KvSource::open(path, prefix)?;
+        let buckets = kv.invoice_buckets()?;
+        Ok(Decoder {
+            kv,
+            buckets,
+            hashes_built: false,
+        })
+    }
+
+    /// The underlying source.
+    pub fn kv(&self) -> &KvSource {
+        &self.kv
+    }
+
+    fn ensure_hash_index(&mut self) -> Result<()> {
+        if !self.hashes_built {
+            if let Some(b) = self.buckets {
+                self.kv.build_hash_index(&b)?;
+            }
+            self.hashes_built = true;
+        }
+        Ok(())
+    }
+
+    /// Decodes one raw invoice into its native rows and source digest.
+    pub fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
+        let path = self.kv.path().to_path_buf();
+        let key = raw.key_hex();
+        let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
+            invoice_key: key.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let mut sets = Vec::with_capacity(raw.amp_sets.len());
+        for (set_id, bytes) in &raw.amp_sets {
+            let htlcs = codec::decode_htlc_set(bytes).map_err(|source| Error::Codec {
+                invoice_key: format!("{key} (AMP set {})", hex::encode(set_id)),
+                path: path.clone(),
+                source,
+            })?;
+            sets.push((*set_id, htlcs));
+        }
+        let hash: [u8; 32] = match inv.preimage {
+            Some(p) => Sha256::digest(p).into(),
+            None => {
+                self.ensure_hash_index()?;
+                let found = self.kv.hashes_for(raw.num)?;
+                match found.as_slice() {
+                    [one] if one.len() == 32 => {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(one);
+                        h
+                    }
+                    [] => {
+                        return Err(Error::BadInvoice {
+                            invoice_key: key,
+                            path,
+                            reason: "its preimage is unknown and no entry of invoices/paymenthashes \
+                                     points to it, so its payment hash cannot be found (lnd would skip \
+                                     it silently; oneway stops instead)"
+                                .into(),
+                        })
+                    }
+                    many => {
+                        return Err(Error::BadInvoice {
+                            invoice_key: key,
+                            path,
+                            reason: format!(
+                                "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
+                                many.len()
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        let native =
+            NativeInvoice::from_kv(&inv, hash, &sets).map_err(|reason| Error::BadInvoice {
+                invoice_key: key,
+                path,
+                reason,
+            })?;
+        let mut h = Sha256::new();
+        h.update(raw.num.to_be_bytes());
+        h.update((raw.value.len() as u64).to_be_bytes());
+        h.update(&raw.value);
+        for (set_id, bytes) in &raw.amp_sets {
+            h.update(set_id);
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        h.update(hash);
+        Ok(Prepared {
+            num: raw.num,
+            native,
+            digest: h.finalize().into(),
+        })
+    }
+
+    /// Reads and prepares up to `max` invoices after `after`.
+    pub fn batch(&mut self, after: Option<u32>, max: usize) -> Result<Vec<Prepared>> {
+        let Some(b) = self.buckets else {
+            return Ok(Vec::new());
+        };
+        let raws = self.kv.read_invoices(&b, after, max)?;
+        raws.iter().map(|r| self.prepare(r)).collect()
+    }
+}
+
+/// What a [`Stream`] delivers.
+pub enum Msg {
+    /// The source digest of the snapshot (first message of a snapshot stream).
+    Digest(SourceDigest),
+    /// The next batch; an empty batch ends the stream.
+    Batch(Vec<Prepared>),
+}
+
+/// Batches decoded on a background thread.
+pub struct Stream {
+    rx: Option<Receiver<Result<Msg>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Stream {
+    /// The next message; `None` after the end or an error was delivered.
+    pub fn next(&mut self) -> Option<Result<Msg>> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Dropping the receiver first makes a blocked sender fail at once,
+        // so the join cannot hang.
+        self.rx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a decoder thread over the invoices after `after`.
+///
+/// With `snapshot`, the thread holds one read transaction for the whole
+/// stream, first computes the source digest inside it and sends it, and so
+/// every batch comes from the same consistent state of the source as the
+/// digest does.
+pub fn stream(
+    kv_path: PathBuf,
+    prefix: String,
+    batch_size: usize,
+    after: Option<u32>,
+    snapshot: bool,
+) -> Result<Stream> {
+    let (tx, rx) = sync_channel::<Result<Msg>>(IN_FLIGHT);
+    let handle = std::thread::Builder::new()
+        .name("oneway-decoder".into())
+        .spawn(move || {
+            let run = || -> Result<()> {
+                let mut d = Decoder::open(&kv_path, &prefix)?;
+                if snapshot {
+                    d.kv.begin_read()?;
+                    let digest = d.kv.digest()?;
+                    if tx.send(Ok(Msg::Digest(digest))).is_err() {
+                        return Ok(());
+                    }
+                }
+                let mut cursor = after;
+                loop {
+                    let batch = d.batch(cursor, batch_size)?;
+                    let last = batch.last().map(|p| p.num);
+                    if tx.send(Ok(Msg::Batch(batch))).is_err() {
+                        return Ok(());
+                    }
+                    match last {
+                        Some(l) => cursor = Some(l),
+                        None => break,
+                    }
+                }
+                if snapshot {
+                    d.kv.end_read()?;
+                }
+                Ok(())
+            };
+            if let Err(e) = run() {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|e| Error::Io {
+            path: PathBuf::from("(decoder thread)"),
+            action: "starting the decoder thread".into(),
+            source: e,
+        })?;
+    Ok(Stream {
+        rx: Some(rx),
+        handle: Some(handle),
+    })
+}
