@@ -330,6 +330,21 @@ impl Migrator {
             });
         }
         let kv = self.open_kv()?;
+        // Check the native path before the run lock creates `<sql>.lock`
+        // next to it: a wrong path must leave nothing behind.
+        if let Some(parent) = self.opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(Error::Missing {
+                    role: Role::Native,
+                    path: parent.to_path_buf(),
+                });
+            }
+        }
+        if std::fs::metadata(&self.opts.sql).is_ok_and(|m| m.is_dir() || m.len() > 0) {
+            crate::kv::check_sqlite_file(Role::Native, &self.opts.sql)?;
+            // Also refuses a foreign store before any lock file exists.
+            Target::open(&self.opts.sql, false)?;
+        }
         let _lock = RunLock::acquire(&self.opts.sql)?;
         let mut run = Run {
             m: self,
@@ -434,9 +449,9 @@ impl Migrator {
                 security_event(
                     target.as_ref(),
                     state,
-                    backend,
+                    Request::Backend(backend),
                     tombstone_present,
-                    "source_mismatch",
+                    "SourceMismatch",
                     &e.to_string(),
                 );
                 return Err(e);
@@ -453,7 +468,7 @@ impl Migrator {
                 security_event(
                     target.as_ref(),
                     state,
-                    backend,
+                    Request::Backend(backend),
                     tombstone_present,
                     refusal.name(),
                     &err.to_string(),
@@ -482,30 +497,56 @@ fn refused(refusal: Refusal, state: Option<State>, tombstone_present: bool) -> E
 fn security_event(
     target: Option<&Target>,
     state: Option<State>,
-    backend: Backend,
+    request: Request,
     tombstone_present: bool,
     reason: &str,
     message: &str,
 ) {
+    // The structured field names what was refused: `backend` (kv/sql) for
+    // an application's request, `operation` for a step of the migration.
+    let (kind, journal_event, field, value) = match request {
+        Request::Backend(b) => ("backend_refused", "BackendRefused", "backend", b.name()),
+        Request::Operation(op) => ("operation_refused", "OperationRefused", "operation", op),
+    };
     tracing::warn!(
         target: "oneway::security",
-        security_event = "backend_refused",
-        backend = %backend,
+        security_event = kind,
+        request = %request,
+        backend = matches!(request, Request::Backend(_)).then_some(value),
+        operation = matches!(request, Request::Operation(_)).then_some(value),
         state = state.map_or("none", State::name),
         tombstone_present,
         reason,
-        "refused request for the {backend} backend: {message}"
+        "refused {request}: {message}"
     );
     if let Some(t) = target {
         let details = serde_json::json!({
-            "backend": backend.name(),
+            field: value,
             "reason": reason,
             "tombstone_present": tombstone_present,
             "message": message,
             "pid": std::process::id(),
         });
-        if let Err(e) = t.security_event(state, "BackendRefused", details) {
+        if let Err(e) = t.security_event(state, journal_event, details) {
             tracing::warn!(error = %e, "could not journal the security event");
+        }
+    }
+}
+
+/// What was refused, for security events.
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    /// An application asked to open a backend (`oneway guard`).
+    Backend(Backend),
+    /// A step of the migration itself (`migrate`, the tombstone, the lock).
+    Operation(&'static str),
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Backend(b) => write!(f, "request for the {b} backend"),
+            Request::Operation(op) => write!(f, "{op}"),
         }
     }
 }
@@ -543,9 +584,9 @@ impl Run<'_> {
             security_event(
                 target.as_ref(),
                 state0,
-                Backend::Sql,
+                Request::Operation("migrate"),
                 true,
-                "native_store_missing",
+                Refusal::NativeStoreMissing.name(),
                 &err.to_string(),
             );
             return Err(err);
@@ -572,6 +613,12 @@ impl Run<'_> {
                     let t = target.as_mut().expect("open in Migrating");
                     let p = persisted.as_ref().expect("loaded");
                     let started = Instant::now();
+                    if p.cursor.is_some() {
+                        // A resumed run: invoices deleted from the source
+                        // since they were copied must go before anything new
+                        // is inserted or indexed.
+                        self.sweep_deleted(t)?;
+                    }
                     self.copy(t, p)?;
                     self.build_indexes(t)?;
                     self.report.seconds.copy += started.elapsed().as_secs_f64();
@@ -611,6 +658,8 @@ impl Run<'_> {
                 }
                 State::Tombstoned => {
                     let t = target.as_mut().expect("open in Tombstoned");
+                    let p = persisted.as_ref().expect("loaded");
+                    self.check_sealed(t, p)?;
                     let details = serde_json::json!({ "lnd_migration_version": native::LND_INVOICE_MIGRATION_VERSION });
                     let sql = self.m.opts.sql.clone();
                     t.transition(State::Tombstoned, Event::Lock, details, "lock", |tx| {
@@ -757,22 +806,34 @@ impl Run<'_> {
         self.m.progress.advance(p.copied.min(total));
         let mut cursor = p.cursor;
         let mut stream = self.stream(cursor, false)?;
+        // Where the time goes (logged at the end; see BENCHMARKS.md).
+        let (mut waited, mut wrote) = (0f64, 0f64);
         loop {
+            let clock = Instant::now();
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
                 Some(Ok(Msg::Digest(_))) => continue,
                 Some(Err(e)) => return Err(e),
                 None => break,
             };
+            waited += clock.elapsed().as_secs_f64();
             let Some(last) = batch.last().map(|b| b.num) else {
                 break;
             };
             let n = batch.len() as u64;
+            let clock = Instant::now();
             let (applied, _) = self.apply_batch(t, cursor, Some(last), &batch, true)?;
+            wrote += clock.elapsed().as_secs_f64();
             self.report.copied_this_run += applied;
             cursor = Some(last);
             self.m.progress.advance(n);
         }
+        tracing::info!(
+            copied = self.report.copied_this_run,
+            waiting_for_decoder_s = waited,
+            writing_s = wrote,
+            "copy pass done"
+        );
         // Invoices deleted from the source after they were copied leave map
         // rows beyond the last source key; drop them.
         self.apply_batch(t, cursor, None, &[], true)?;
@@ -800,33 +861,28 @@ impl Run<'_> {
             let sql_path = sql_path.clone();
             move |err| Error::sqlite(Role::Native, sql_path, action, err)
         };
+        // Batches are the machine's in-state event: check it against the
+        // persisted state inside the batch's own transaction.
+        let state: String = tx
+            .query_row(
+                "SELECT state FROM oneway_state WHERE singleton = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(e("reading the state row"))?;
+        let state = State::from_name(&state).unwrap_or(State::Fresh);
+        fsm::transition(state, Event::BatchCopied).map_err(|refusal| Error::IllegalTransition {
+            state,
+            event: Event::BatchCopied,
+            refusal,
+        })?;
         let mut written = 0u64;
         let mut resynced = 0u64;
         let mut max_settle = 0i64;
         let mapped = map_range(&tx, lo, hi).map_err(e("reading the copy map"))?;
-        for p in batch {
-            match mapped.get(&p.num) {
-                Some((id, d)) if *id == p.native.id && d == &p.digest => continue,
-                Some((id, _)) => {
-                    native::delete(&tx, *id).map_err(e("removing an outdated copy"))?;
-                    tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")
-                        .and_then(|mut s| s.execute([p.num]))
-                        .map_err(e("removing an outdated copy"))?;
-                    resynced += 1;
-                }
-                None => {}
-            }
-            native::insert(&tx, &p.native)
-                .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
-            tx.prepare_cached(
-                "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
-            )
-            .and_then(|mut s| s.execute(params![p.num, p.native.id, p.digest.as_slice()]))
-            .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
-            max_settle = max_settle.max(p.native.max_settle_index());
-            written += 1;
-        }
-        // Copies whose source invoice disappeared within (lo, hi].
+        // Copies whose source invoice disappeared within (lo, hi] go first,
+        // so that a new invoice may take over what they held (lnd can delete
+        // an invoice and later accept the same payment hash again).
         let present: std::collections::HashSet<u32> = batch.iter().map(|p| p.num).collect();
         let stale: Vec<(u32, i64)> = mapped
             .iter()
@@ -837,6 +893,34 @@ impl Run<'_> {
             native::delete(&tx, *id).map_err(e("removing a copy of a deleted invoice"))?;
             tx.execute("DELETE FROM oneway_invoice_map WHERE kv_num = ?1", [kv_num])
                 .map_err(e("removing a copy of a deleted invoice"))?;
+        }
+        // Outdated copies next, for the same reason.
+        for p in batch {
+            if let Some((id, d)) = mapped.get(&p.num) {
+                if *id != p.native.id || d != &p.digest {
+                    native::delete(&tx, *id).map_err(e("removing an outdated copy"))?;
+                    tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")
+                        .and_then(|mut s| s.execute([p.num]))
+                        .map_err(e("removing an outdated copy"))?;
+                    resynced += 1;
+                }
+            }
+        }
+        for p in batch {
+            if let Some((id, d)) = mapped.get(&p.num) {
+                if *id == p.native.id && d == &p.digest {
+                    continue;
+                }
+            }
+            native::insert(&tx, &p.native)
+                .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+            tx.prepare_cached(
+                "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![p.num, p.native.id, p.digest.as_slice()]))
+            .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+            max_settle = max_settle.max(p.native.max_settle_index());
+            written += 1;
         }
         let delta = written as i64 - resynced as i64 - stale.len() as i64;
         if advance || delta != 0 {
@@ -860,6 +944,104 @@ impl Run<'_> {
         self.report.resynced += resynced;
         tracing::debug!(written, resynced, stale = stale.len(), cursor = ?hi, "batch committed");
         Ok((written, stale.len() as u64))
+    }
+
+    /// Deletes the copies of invoices that are no longer in the source,
+    /// walking the copy map in chunks against the source's invoice keys
+    /// (keys only; nothing is decoded). Each chunk's deletions are one
+    /// transaction; a crash between chunks leaves fewer stale copies for
+    /// the rerun's sweep.
+    fn sweep_deleted(&mut self, t: &mut Target) -> Result<u64> {
+        let Some(buckets) = self.buckets else {
+            return Ok(0);
+        };
+        let mut after: i64 = -1;
+        let mut swept = 0u64;
+        loop {
+            let keys: Vec<u32> = t
+                .conn()
+                .prepare_cached("SELECT kv_num FROM oneway_invoice_map WHERE kv_num > ?1 ORDER BY kv_num LIMIT 10000")
+                .and_then(|mut st| st.query_map([after], |r| r.get::<_, i64>(0).map(|k| k as u32))?.collect())
+                .map_err(|e| t.err("reading the copy map", e))?;
+            let (Some(&lo), Some(&hi)) = (keys.first(), keys.last()) else {
+                break;
+            };
+            let present = self.kv.invoice_numbers_between(&buckets, lo, hi)?;
+            let gone: Vec<u32> = keys
+                .iter()
+                .copied()
+                .filter(|k| !present.contains(k))
+                .collect();
+            if !gone.is_empty() {
+                let sql = self.opts().sql.clone();
+                let e = |err| {
+                    Error::sqlite(
+                        Role::Native,
+                        &sql,
+                        "removing copies of deleted invoices",
+                        err,
+                    )
+                };
+                let tx = t.begin_batch()?;
+                for k in &gone {
+                    let id: i64 = tx
+                        .query_row(
+                            "SELECT invoice_id FROM oneway_invoice_map WHERE kv_num = ?1",
+                            [k],
+                            |r| r.get(0),
+                        )
+                        .map_err(e)?;
+                    native::delete(&tx, id).map_err(e)?;
+                    tx.execute("DELETE FROM oneway_invoice_map WHERE kv_num = ?1", [k])
+                        .map_err(e)?;
+                }
+                tx.execute(
+                    "UPDATE oneway_state SET copied = copied - ?1 WHERE singleton = 1",
+                    [gone.len() as i64],
+                )
+                .map_err(e)?;
+                crate::failpoint::hit("batch.before_commit");
+                tx.commit().map_err(e)?;
+                crate::failpoint::hit("batch.after_commit");
+                swept += gone.len() as u64;
+            }
+            after = i64::from(hi);
+        }
+        if swept > 0 {
+            tracing::info!(swept, "removed copies of invoices deleted from the source");
+        }
+        Ok(swept)
+    }
+
+    /// Before `Lock`: the tombstone must still be there and the invoices
+    /// must still be the verified ones. Anything else means something wrote
+    /// to a sealed store; that is refused and logged, never papered over.
+    fn check_sealed(&mut self, t: &Target, p: &Persisted) -> Result<()> {
+        let present = self.kv.tombstone_present()?;
+        let digest = self.kv.digest()?;
+        let verified = p.source_digest.clone().unwrap_or_default();
+        if present && digest.sha256 == verified {
+            return Ok(());
+        }
+        let why = if present {
+            "the invoices changed after the tombstone was written"
+        } else {
+            "the tombstone was removed from the KV store after it was written"
+        };
+        let err = Error::Refused {
+            refusal: Refusal::SourceChangedAfterTombstone,
+            state: State::Tombstoned.name().into(),
+            extra: format!("; {why}: restore the KV store from backup and investigate"),
+        };
+        security_event(
+            Some(t),
+            Some(State::Tombstoned),
+            Request::Operation("lock"),
+            present,
+            Refusal::SourceChangedAfterTombstone.name(),
+            &err.to_string(),
+        );
+        Err(err)
     }
 
     /// Creates lnd's unique constraints and indexes once the bulk copy is
@@ -974,7 +1156,9 @@ impl Run<'_> {
         };
         let mut target_hash = Sha256::new();
         let mut cursor: Option<u32> = None;
+        let (waited, mut compared) = (0f64, 0f64);
         loop {
+            let clock = Instant::now();
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
                 Some(Ok(Msg::Digest(_))) => continue,
@@ -1029,6 +1213,7 @@ impl Run<'_> {
                 let (written, _) = self.apply_batch(t, cursor, last, &batch, false)?;
                 self.report.copied_this_run += written;
             }
+            compared += clock.elapsed().as_secs_f64();
             self.m.progress.advance(batch.len() as u64);
             match last {
                 Some(l) => cursor = Some(l),
@@ -1036,6 +1221,13 @@ impl Run<'_> {
             }
         }
         self.m.progress.finish();
+        tracing::info!(
+            invoices = report.invoices,
+            outdated = report.outdated,
+            waiting_for_decoder_s = waited,
+            reading_and_comparing_s = compared,
+            "verification pass done"
+        );
         let native_count = t.count("invoices")?;
         let map_count = t.count("oneway_invoice_map")?;
         if report.outdated == 0 && (native_count != report.invoices || map_count != report.invoices)
@@ -1121,9 +1313,9 @@ impl Run<'_> {
                 security_event(
                     Some(t),
                     Some(State::Verified),
-                    Backend::Kv,
+                    Request::Operation("tombstone"),
                     true,
-                    "changed_after_tombstone",
+                    Refusal::SourceChangedAfterTombstone.name(),
                     &err.to_string(),
                 );
                 return Err(err);

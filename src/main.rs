@@ -12,6 +12,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oneway::engine::{Phase, Progress};
 use oneway::{fixture, Backend, Error, Migrator, Options};
 
+/// Prints a line on stdout, ignoring a closed pipe (`oneway status | head -1`)
+/// instead of panicking as `println!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Exit codes (also in README.md).
 mod exit {
     pub const OK: u8 = 0;
@@ -69,8 +78,8 @@ enum Cmd {
     Migrate {
         #[command(flatten)]
         stores: Stores,
-        /// Invoices per batch transaction.
-        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE)]
+        /// Invoices per batch transaction (at least 1).
+        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
         batch_size: usize,
         /// Print the result as JSON; no progress bar.
         #[arg(long)]
@@ -126,8 +135,8 @@ enum Cmd {
         /// Work in this folder instead of a temporary one (needs ~1 KiB per invoice, twice).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// Invoices per batch transaction.
-        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE)]
+        /// Invoices per batch transaction (at least 1).
+        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
         batch_size: usize,
         /// Print the rows as JSON instead of a markdown table.
         #[arg(long)]
@@ -206,6 +215,14 @@ impl Progress for CliProgress {
     }
 }
 
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("the batch size must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -221,7 +238,7 @@ fn init_logging(json: bool) {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into())
     );
@@ -277,14 +294,18 @@ fn main() -> ExitCode {
                     if json {
                         print_json(&r);
                     } else if r.already_completed {
-                        println!(
+                        out!(
                             "invoice migration already completed: {} invoices, state {}",
-                            r.invoices, r.state
+                            r.invoices,
+                            r.state
                         );
                     } else {
-                        println!(
+                        out!(
                             "migrated {} invoices ({} copied this run, {} re-synced); state {}",
-                            r.invoices, r.copied_this_run, r.resynced, r.state
+                            r.invoices,
+                            r.copied_this_run,
+                            r.resynced,
+                            r.state
                         );
                     }
                     ExitCode::from(exit::OK)
@@ -297,13 +318,13 @@ fn main() -> ExitCode {
                 if json {
                     print_json(&s);
                 } else {
-                    println!("state:             {}", s.state);
-                    println!("tombstone present: {}", s.tombstone_present);
-                    println!("source invoices:   {}", s.source_invoices);
-                    println!("copied:            {}", s.copied);
-                    println!("native invoices:   {}", s.native_invoices);
-                    println!("cursor:            {}", s.cursor.as_deref().unwrap_or("-"));
-                    println!("journal entries:   {}", s.journal_entries);
+                    out!("state:             {}", s.state);
+                    out!("tombstone present: {}", s.tombstone_present);
+                    out!("source invoices:   {}", s.source_invoices);
+                    out!("copied:            {}", s.copied);
+                    out!("native invoices:   {}", s.native_invoices);
+                    out!("cursor:            {}", s.cursor.as_deref().unwrap_or("-"));
+                    out!("journal entries:   {}", s.journal_entries);
                 }
                 ExitCode::from(exit::OK)
             }
@@ -315,12 +336,12 @@ fn main() -> ExitCode {
                     if json {
                         print_json(&r);
                     } else {
-                        println!(
+                        out!(
                         "verified {} invoices: {} mismatching fields, {} changed in the source since copied",
                         r.invoices, r.mismatch_count, r.outdated
                     );
                         for m in &r.mismatches {
-                            println!("  {m}");
+                            out!("  {m}");
                         }
                     }
                     if r.clean() {
@@ -348,7 +369,7 @@ fn main() -> ExitCode {
                             &serde_json::json!({ "allowed": true, "backend": backend.name(), "state": g.state, "tombstone_present": g.tombstone_present }),
                         );
                     } else {
-                        println!(
+                        out!(
                             "backend {backend} allowed (state {})",
                             g.state.map_or("none", |s| s.name())
                         );
@@ -392,11 +413,11 @@ fn main() -> ExitCode {
                 }
             };
             if !json {
-                println!("{}", oneway::bench::MARKDOWN_HEADER);
+                out!("{}", oneway::bench::MARKDOWN_HEADER);
             }
             match oneway::bench::run(&exe, dir, &sizes, batch_size, |row| {
                 if !json {
-                    println!("{}", oneway::bench::markdown_row(row));
+                    out!("{}", oneway::bench::markdown_row(row));
                 }
             }) {
                 Ok(rows) => {
@@ -435,9 +456,15 @@ fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
     let kv = dir.join("channel.sqlite");
     let sql = dir.join("native.sqlite");
     for p in [&kv, &sql] {
-        let _ = std::fs::remove_file(p);
+        if p.exists() {
+            eprintln!(
+                "oneway: error: {} already exists; the demo never overwrites a store (choose an empty folder)",
+                p.display()
+            );
+            return ExitCode::from(1);
+        }
     }
-    println!(
+    out!(
         "1. writing a sample lnd KV store with {invoices} invoices: {}",
         kv.display()
     );
@@ -447,42 +474,45 @@ fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
         ..Default::default()
     };
     match fixture::write_fixture(&kv, &spec) {
-        Ok(s) => println!(
+        Ok(s) => out!(
             "   {} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",
             s.invoices, s.settled, s.open, s.canceled, s.accepted, s.keysend, s.amp, s.legacy_amp, s.hodl_unknown_preimage, s.htlcs
         ),
         Err(e) => return fail(&Error::from(e), false),
     }
-    println!("2. migrating to {}", sql.display());
+    out!("2. migrating to {}", sql.display());
     let m = Migrator::new(Options::new(&kv, &sql)).with_progress(Box::new(CliProgress::new(true)));
     match m.run() {
-        Ok(r) => println!(
+        Ok(r) => out!(
             "   copied {} invoices in {:.2} s, verified in {:.2} s, tombstoned in {:.3} s",
-            r.copied_this_run, r.seconds.copy, r.seconds.verify, r.seconds.tombstone
+            r.copied_this_run,
+            r.seconds.copy,
+            r.seconds.verify,
+            r.seconds.tombstone
         ),
         Err(e) => return fail(&e, false),
     }
-    println!("3. final state:");
+    out!("3. final state:");
     match m.status() {
-        Ok(s) => println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
+        Ok(s) => out!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
         Err(e) => return fail(&e, false),
     }
-    println!("4. the guard, asked for the KV backend (lnd's `db.backend` switched back):");
+    out!("4. the guard, asked for the KV backend (lnd's `db.backend` switched back):");
     match m.guard(Backend::Kv) {
         Ok(_) => {
             eprintln!("oneway: error: the guard allowed the KV backend after the migration");
             return ExitCode::from(1);
         }
-        Err(e) => println!("   refused (exit code {}): {e}", e.exit_code()),
+        Err(e) => out!("   refused (exit code {}): {e}", e.exit_code()),
     }
-    println!("5. the guard, asked for the native SQL backend:");
+    out!("5. the guard, asked for the native SQL backend:");
     match m.guard(Backend::Sql) {
-        Ok(_) => println!("   allowed"),
+        Ok(_) => out!("   allowed"),
         Err(e) => return fail(&e, false),
     }
-    println!("6. migrating again changes nothing:");
+    out!("6. migrating again changes nothing:");
     match m.run() {
-        Ok(r) if r.already_completed => println!("   invoice migration already completed"),
+        Ok(r) if r.already_completed => out!("   invoice migration already completed"),
         Ok(_) => {
             eprintln!("oneway: error: a rerun did work after Locked");
             return ExitCode::from(1);

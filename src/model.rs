@@ -174,9 +174,12 @@ pub const FEATURE_AMP_REQUIRED: u32 = 30;
 pub const FEATURE_AMP_OPTIONAL: u32 = 31;
 
 impl Invoice {
-    /// True when the invoice is an AMP invoice (feature bit 30 set), as lnd decides.
+    /// True when the invoice is an AMP invoice, as lnd decides: lnd's
+    /// `IsAMP` asks `HasFeature(AMPRequired)`, which holds when either bit of
+    /// the pair (30 required, 31 optional) is set.
     pub fn is_amp(&self) -> bool {
         self.features.contains(&FEATURE_AMP_REQUIRED)
+            || self.features.contains(&FEATURE_AMP_OPTIONAL)
     }
 
     /// True when the invoice is keysend: no payment request and not AMP.

@@ -378,7 +378,7 @@ impl NativeInvoice {
                 "it has no add index (0); lnd's native store keys invoices by add index".into(),
             );
         }
-        if inv.expiry_ns % 1_000_000_000 != 0 {
+        if !inv.expiry_ns.is_multiple_of(1_000_000_000) {
             return Err(format!(
                 "its expiry of {} ns is not a whole number of seconds, and lnd's native schema stores seconds",
                 inv.expiry_ns
@@ -391,7 +391,8 @@ impl NativeInvoice {
         if !is_amp {
             if !inv.amp_state.is_empty() || !amp_sets.is_empty() {
                 return Err(
-                    "it carries AMP state or AMP HTLC sets but lacks the AMP feature bit 30".into(),
+                    "it carries AMP state or AMP HTLC sets but lacks the AMP feature bits 30/31"
+                        .into(),
                 );
             }
             for (i, h) in inv.htlcs.iter().enumerate() {
@@ -927,7 +928,10 @@ fn load_range(
     }
     for (_, (invoice_id, mut h)) in htlcs {
         if let Some(inv) = out.get_mut(&invoice_id) {
-            h.custom_records.sort();
+            // The source orders records by unsigned type; types of 2^63 and
+            // above are stored as negative i64, so sort as u64 too.
+            h.custom_records
+                .sort_by(|a, b| (a.0 as u64, &a.1).cmp(&(b.0 as u64, &b.1)));
             inv.htlcs.push(h);
         }
     }

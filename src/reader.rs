@@ -40,6 +40,9 @@ pub struct Decoder {
     kv: KvSource,
     buckets: Option<InvoiceBuckets>,
     hashes_built: bool,
+    /// Whether the hash index was rebuilt after a miss (once per decoder):
+    /// an invoice added to the source after the index was built is found.
+    rebuilt_after_miss: bool,
 }
 
 impl Decoder {
@@ -47,10 +50,14 @@ impl Decoder {
     pub fn open(path: &std::path::Path, prefix: &str) -> Result<Decoder> {
         let kv = KvSource::open(path, prefix)?;
         let buckets = kv.invoice_buckets()?;
+        if let Some(b) = &buckets {
+            kv.check_key_types(b)?;
+        }
         Ok(Decoder {
             kv,
             buckets,
             hashes_built: false,
+            rebuilt_after_miss: false,
         })
     }
 
@@ -91,7 +98,13 @@ impl Decoder {
             Some(p) => Sha256::digest(p).into(),
             None => {
                 self.ensure_hash_index()?;
-                let found = self.kv.hashes_for(raw.num)?;
+                let mut found = self.kv.hashes_for(raw.num)?;
+                if found.is_empty() && !self.rebuilt_after_miss {
+                    self.rebuilt_after_miss = true;
+                    self.hashes_built = false;
+                    self.ensure_hash_index()?;
+                    found = self.kv.hashes_for(raw.num)?;
+                }
                 match found.as_slice() {
                     [one] if one.len() == 32 => {
                         let mut h = [0u8; 32];
@@ -106,6 +119,16 @@ impl Decoder {
                                      points to it, so its payment hash cannot be found (lnd would skip \
                                      it silently; oneway stops instead)"
                                 .into(),
+                        })
+                    }
+                    [one] => {
+                        return Err(Error::BadInvoice {
+                            invoice_key: key,
+                            path,
+                            reason: format!(
+                                "its preimage is unknown and the invoices/paymenthashes key pointing to it is {} bytes long, not 32",
+                                one.len()
+                            ),
                         })
                     }
                     many => {
@@ -168,9 +191,11 @@ pub struct Stream {
     handle: Option<JoinHandle<()>>,
 }
 
-impl Stream {
+impl Iterator for Stream {
+    type Item = Result<Msg>;
+
     /// The next message; `None` after the end or an error was delivered.
-    pub fn next(&mut self) -> Option<Result<Msg>> {
+    fn next(&mut self) -> Option<Result<Msg>> {
         self.rx.as_ref()?.recv().ok()
     }
 }

@@ -181,6 +181,9 @@ impl Target {
         t.conn
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| t.err("setting the busy timeout", e))?;
+        // Refuse a store oneway did not create before changing anything in
+        // it (switching to WAL is a persistent change to the file).
+        t.refuse_foreign()?;
         t.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| t.err("switching to WAL", e))?;
@@ -236,30 +239,38 @@ impl Target {
             .map_err(|e| self.err("reading the schema", e))
     }
 
+    /// Refuses a store that has tables but no oneway state: oneway never
+    /// merges into a store it did not create.
+    fn refuse_foreign(&self) -> Result<()> {
+        if self.has_state_table()? {
+            return Ok(());
+        }
+        let tables: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err("reading the schema", e))?;
+        if tables > 0 {
+            return Err(Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: "already has tables but no oneway state: refusing to migrate into a store \
+                      oneway did not create (give a new path)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Loads the state row; `None` means `Fresh` (no oneway tables yet).
     ///
     /// A store that already has lnd's `invoices` table but no oneway state is
     /// refused: oneway never merges into a store it did not create.
     pub fn load(&self) -> Result<Option<Persisted>> {
         if !self.has_state_table()? {
-            let foreign: bool = self
-                .conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(|e| self.err("reading the schema", e))?
-                > 0;
-            if foreign {
-                return Err(Error::NotOnewayStore {
-                    path: self.path.clone(),
-                    why:
-                        "already has tables but no oneway state: refusing to migrate into a store \
-                          oneway did not create (give a new path)"
-                            .into(),
-                });
-            }
+            self.refuse_foreign()?;
             return Ok(None);
         }
         let row = self

@@ -51,7 +51,7 @@ pub fn sql_time(unix_nanos: i128) -> String {
     if nanos != 0 {
         let mut frac = nanos;
         let mut width = 9;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }
