@@ -28,6 +28,8 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 
 /// How many verification passes may repair source changes before giving up.
 const MAX_VERIFY_PASSES: u32 = 5;
+/// Index builds tried in one run when duplicates come from outdated copies.
+const MAX_INDEX_ATTEMPTS: u32 = 64;
 
 /// Where the stores are and how to run.
 #[derive(Debug, Clone)]
@@ -1047,8 +1049,31 @@ impl Run<'_> {
     /// Creates lnd's unique constraints and indexes once the bulk copy is
     /// done, in one transaction (idempotent: `IF NOT EXISTS`). A crash
     /// before the commit leaves no index; the rerun builds them again. A
-    /// violated unique constraint is reported naming both invoices.
+    /// violated unique constraint is reported naming both invoices, unless
+    /// one of the two copies is outdated (the source was repaired or changed
+    /// since it was copied): such copies are brought up to date first and
+    /// the build is tried again.
     fn build_indexes(&mut self, t: &mut Target) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            let Some((nums, err)) = self.try_build_indexes(t)? else {
+                return Ok(());
+            };
+            attempts += 1;
+            if attempts > MAX_INDEX_ATTEMPTS || !self.refresh(t, &nums)? {
+                return Err(err);
+            }
+            tracing::info!(
+                invoices = ?nums,
+                "a duplicate came from an outdated copy; re-copied it, building the indexes again"
+            );
+        }
+    }
+
+    /// One attempt at the index build: `Ok(Some((invoice numbers, error)))`
+    /// when a unique constraint is violated by two copied invoices (the
+    /// transaction is rolled back).
+    fn try_build_indexes(&mut self, t: &mut Target) -> Result<Option<(Vec<u32>, Error)>> {
         let kv = self.opts().kv.clone();
         let sql = self.opts().sql.clone();
         let tx = t.begin_batch()?;
@@ -1058,12 +1083,13 @@ impl Run<'_> {
                     let dup = native::find_duplicate(&tx).map_err(|e| {
                         Error::sqlite(Role::Native, &sql, "looking for duplicates", e)
                     })?;
-                    if let Some((num, reason)) = dup {
-                        return Err(Error::BadInvoice {
+                    if let Some((num, other, reason)) = dup {
+                        let err = Error::BadInvoice {
                             invoice_key: format!("{num:08x}"),
                             path: kv,
                             reason,
-                        });
+                        };
+                        return Ok(Some((other.into_iter().chain([num]).collect(), err)));
                     }
                 }
             }
@@ -1078,7 +1104,41 @@ impl Run<'_> {
         tx.commit()
             .map_err(|e| Error::sqlite(Role::Native, &sql, "committing lnd's indexes", e))?;
         crate::failpoint::hit("indexes.after_commit");
-        Ok(())
+        Ok(None)
+    }
+
+    /// Re-reads the source invoices `nums` and brings their copies up to
+    /// date (re-copied when their source digest changed, removed when they
+    /// are gone), each in a batch transaction that does not move the cursor.
+    /// Returns whether any copy changed.
+    fn refresh(&mut self, t: &mut Target, nums: &[u32]) -> Result<bool> {
+        let mut changed = false;
+        for &num in nums {
+            let after = num.checked_sub(1);
+            // A stream of batches of one: the invoice itself, or the next one.
+            let mut stream = reader::stream(
+                self.opts().kv.clone(),
+                self.opts().table_prefix.clone(),
+                1,
+                after,
+                false,
+            )?;
+            let current: Vec<Prepared> = loop {
+                match stream.next() {
+                    Some(Ok(Msg::Batch(b))) => {
+                        break b.into_iter().filter(|p| p.num == num).collect()
+                    }
+                    Some(Ok(Msg::Digest(_))) => continue,
+                    Some(Err(e)) => return Err(e),
+                    None => break Vec::new(),
+                }
+            };
+            drop(stream);
+            let (written, removed) = self.apply_batch(t, after, Some(num), &current, false)?;
+            self.report.copied_this_run += written;
+            changed |= written + removed > 0;
+        }
+        Ok(changed)
     }
 
     /// Runs verification passes, repairing invoices that changed in the

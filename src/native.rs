@@ -120,10 +120,11 @@ CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_htlc_id_idx ON amp_sub_invoice_
 ";
 
 /// Finds two invoices that break one of lnd's unique constraints, as
-/// (KV invoice number of the later one, sentence naming the other and the
-/// shared value). Used to turn a failed unique-index build into an error that
-/// names the invoices.
-pub fn find_duplicate(conn: &Connection) -> rusqlite::Result<Option<(u32, String)>> {
+/// (KV invoice number of the later one, KV invoice number of the other when
+/// it is in the copy map, sentence naming the other and the shared value).
+/// Used to turn a failed unique-index build into an error that names the
+/// invoices.
+pub fn find_duplicate(conn: &Connection) -> rusqlite::Result<Option<(u32, Option<u32>, String)>> {
     let checks: [(&str, &str); 4] = [
         ("payment hash", "SELECT i.id, hex(i.hash) FROM invoices i WHERE i.hash IN (SELECT hash FROM invoices GROUP BY hash HAVING count(*) > 1) ORDER BY i.hash, i.id LIMIT 2"),
         ("payment address", "SELECT i.id, hex(i.payment_addr) FROM invoices i WHERE i.payment_addr IN (SELECT payment_addr FROM invoices WHERE payment_addr IS NOT NULL GROUP BY payment_addr HAVING count(*) > 1) ORDER BY i.payment_addr, i.id LIMIT 2"),
@@ -152,6 +153,7 @@ pub fn find_duplicate(conn: &Connection) -> rusqlite::Result<Option<(u32, String
             );
             return Ok(Some((
                 b,
+                a.map(|a| a as u32),
                 format!("it shares its {what} {} with {a_text}; lnd's native schema requires it to be unique", value.to_lowercase()),
             )));
         }

@@ -1,0 +1,439 @@
+//! Fault injection: bad input, a full disk, a source that changes between
+//! runs, operator mistakes, and every downgrade attempt, each on real stores
+//! and real `oneway` processes.
+//!
+//! Every scenario checks content, not only exit codes: the KV rows (the
+//! original, or the original plus exactly one tombstone row), the native rows
+//! (canonical dumps compared with an uncrashed migration of the same source),
+//! the persisted state and the journal. Failing runs must leave the state as
+//! it was before the failing write; a repaired input must then migrate to the
+//! same native store a clean run of the repaired source gives.
+//!
+//! What each test shows is tabulated in `RELIABILITY.md`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use oneway::codec::{decode_invoice, encode_invoice};
+use rusqlite::{params, Connection, OpenFlags};
+use serde_json::Value;
+
+/// Invoices in most fixtures here: small, but 12 batches of [`BATCH`].
+const N: u64 = 300;
+/// Batch size: small, so that every state boundary is reachable.
+const BATCH: usize = 25;
+
+macro_rules! snapshot {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A temporary folder with a pristine fixture (`base.sqlite`) and a working
+/// pair (`kv.sqlite`, a copy of the fixture, and `native.sqlite`, absent).
+struct Lab {
+    dir: tempfile::TempDir,
+    base: PathBuf,
+    kv: PathBuf,
+    sql: PathBuf,
+}
+
+impl Lab {
+    fn new(invoices: u64, seed: u64) -> Lab {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("base.sqlite");
+        make_fixture(&base, invoices, seed);
+        let kv = dir.path().join("kv.sqlite");
+        let sql = dir.path().join("native.sqlite");
+        copy_store(&base, &kv);
+        Lab { dir, base, kv, sql }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// An uncrashed migration of a copy of `source`, in its own folder.
+    fn reference_of(&self, source: &Path, name: &str) -> Reference {
+        reference(source, &self.path(name), BATCH)
+    }
+
+    /// A second working pair, `<name>-kv.sqlite` (a copy of `source`) and
+    /// `<name>-native.sqlite` (absent).
+    fn pair(&self, source: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let kv = self.path(&format!("{name}-kv.sqlite"));
+        let sql = self.path(&format!("{name}-native.sqlite"));
+        copy_store(source, &kv);
+        remove_store(&sql);
+        (kv, sql)
+    }
+
+    fn migrate(&self, env: &[(&str, &str)]) -> Out {
+        migrate(&self.kv, &self.sql, BATCH, env)
+    }
+}
+
+/// Everything oneway persists about a migration, in comparable form: the
+/// state row, the cursor, the journal (kind, states, event) and the count of
+/// native invoices. `None` fields mean "no native store / no state".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Persisted {
+    state: Option<(String, i64, i64)>,
+    cursor: Value,
+    native_invoices: Value,
+    journal: Vec<String>,
+}
+
+fn persisted(kv: &Path, sql: &Path) -> Persisted {
+    let state = state_row(sql);
+    let s = status(kv, sql);
+    let journal = if state.is_some() {
+        journal(sql)
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}->{} {}",
+                    e.kind,
+                    e.from.as_deref().unwrap_or("-"),
+                    e.to.as_deref().unwrap_or("-"),
+                    e.event.as_deref().unwrap_or("-")
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Persisted {
+        state,
+        cursor: s["cursor"].clone(),
+        native_invoices: s["native_invoices"].clone(),
+        journal,
+    }
+}
+
+/// The transitions of a native store's journal, as `event` names.
+fn transitions(sql: &Path) -> Vec<String> {
+    journal(sql)
+        .into_iter()
+        .filter(|e| e.kind == "transition")
+        .map(|e| e.event.unwrap_or_default())
+        .collect()
+}
+
+/// Security rows of the journal.
+fn security_rows(sql: &Path) -> Vec<JournalRow> {
+    if state_row(sql).is_none() {
+        return Vec::new();
+    }
+    journal(sql)
+        .into_iter()
+        .filter(|e| e.kind == "security")
+        .collect()
+}
+
+const HAPPY: [&str; 4] = ["Begin", "VerificationPassed", "TombstoneWritten", "Lock"];
+
+/// Asserts `out` failed with `code` and that its error line contains every
+/// piece of `needles`; returns the error line.
+#[track_caller]
+fn assert_error(out: &Out, code: i32, needles: &[&str], what: &str) -> String {
+    out.assert_code(code, what);
+    let err = out.error();
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{what}: the error should say {n:?}: {err:?}"
+        );
+    }
+    err
+}
+
+/// Asserts the guard lets lnd keep running on KV and refuses SQL: the state
+/// of a migration that has not finished and has not tombstoned anything.
+#[track_caller]
+fn assert_kv_still_usable(kv: &Path, sql: &Path, what: &str) {
+    guard(kv, sql, "kv").assert_ok(what);
+    guard(kv, sql, "sql").assert_code(3, what);
+}
+
+/// Opens a KV store for raw edits that [`Source`] does not offer.
+fn kv_rw(path: &Path) -> Connection {
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).expect("open KV")
+}
+
+/// The first invoice with number above `after` satisfying `pred`.
+fn pick(kv: &Path, after: u32, pred: impl Fn(&oneway::model::Invoice) -> bool) -> u32 {
+    Source::open(kv)
+        .invoices()
+        .into_iter()
+        .find(|(n, i)| *n > after && pred(i))
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| panic!("no suitable invoice after {after:08x}"))
+}
+
+/// Deletes invoice `num` the way lnd's DeleteInvoice does: the invoice
+/// value, its payment-hash entry, its add-index entry and its payment-address
+/// entry (AMP HTLC sets are not used for the invoices deleted here).
+fn delete_invoice(kv: &Path, num: u32) {
+    let s = Source::open(kv);
+    let (_, inv) = s
+        .invoices()
+        .into_iter()
+        .find(|(n, _)| *n == num)
+        .expect("invoice to delete");
+    assert!(!inv.is_amp(), "delete_invoice handles plain invoices only");
+    let key = num.to_be_bytes();
+    let c = kv_rw(kv);
+    let tx = c.unchecked_transaction().expect("begin");
+    let mut deleted = 0;
+    deleted += tx
+        .execute(
+            &format!("DELETE FROM {KV_TABLE} WHERE parent_id = ?1 AND key = ?2"),
+            params![s.invoices, key.as_slice()],
+        )
+        .expect("delete invoice");
+    for bucket in [s.hashes, s.add_index, s.pay_addr] {
+        deleted += tx
+            .execute(
+                &format!("DELETE FROM {KV_TABLE} WHERE parent_id = ?1 AND value = ?2"),
+                params![bucket, key.as_slice()],
+            )
+            .expect("delete index entry");
+    }
+    tx.commit().expect("commit");
+    assert!(deleted >= 3, "invoice {num:08x}: {deleted} rows deleted");
+}
+
+// ---------------------------------------------------------------------------
+// 1. Bad input
+// ---------------------------------------------------------------------------
+
+/// Damages the lab's KV store with `damage`, requires `migrate` to fail
+/// (exit 1) with an error containing `needles`, twice, without writing the
+/// KV store and without moving the persisted state on the second attempt;
+/// then `repair`s it, requires the KV store to be the original again, and a
+/// rerun to finish equal to an uncrashed migration of the original.
+/// Returns `oneway status` right after the first failure.
+fn bad_input(
+    lab: &Lab,
+    damage: impl FnOnce(&Path),
+    repair: impl FnOnce(&Path),
+    needles: &[&str],
+    what: &str,
+) -> Value {
+    let r = lab.reference_of(&lab.base, "ref");
+    damage(&lab.kv);
+    let damaged = kv_dump(&lab.kv);
+    assert_ne!(damaged, r.kv_before, "{what}: the damage changed nothing");
+
+    let out = lab.migrate(&[]);
+    let err = assert_error(&out, 1, needles, what);
+    eprintln!("{what}: {err}");
+    assert!(
+        err.contains(&lab.kv.display().to_string()),
+        "{what}: the error names the KV store: {err}"
+    );
+    assert_kv_unchanged(&damaged, &lab.kv, what);
+    let after_first = status(&lab.kv, &lab.sql);
+    assert_eq!(after_first["state"], "Migrating", "{what}: {after_first}");
+    assert_eq!(after_first["tombstone_present"], false, "{what}");
+    assert_eq!(
+        after_first["copied"], after_first["native_invoices"],
+        "{what}: the copy map and the native rows agree: {after_first}"
+    );
+    assert_eq!(transitions(&lab.sql), ["Begin"], "{what}");
+    assert_kv_still_usable(&lab.kv, &lab.sql, what);
+
+    // A second attempt fails the same way and changes nothing.
+    let before = persisted(&lab.kv, &lab.sql);
+    let native_before = native_dump(&lab.sql);
+    let again = lab.migrate(&[]);
+    assert_eq!(assert_error(&again, 1, needles, what), err, "{what}");
+    assert_eq!(persisted(&lab.kv, &lab.sql), before, "{what}: rerun");
+    assert_native_eq(&native_dump(&lab.sql), &native_before, what);
+    assert_kv_unchanged(&damaged, &lab.kv, what);
+
+    repair(&lab.kv);
+    assert_eq!(kv_dump(&lab.kv), r.kv_before, "{what}: the repair");
+    let report = migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_eq!(report["state"], "Locked", "{what}: {report}");
+    assert_matches_reference(&lab.kv, &lab.sql, &r, what);
+    assert_eq!(transitions(&lab.sql), HAPPY, "{what}");
+    after_first
+}
+
+/// How many invoices of the fixture come before `num` (the copy stops at
+/// the batch holding a bad invoice: whole batches before it are kept).
+fn invoices_before(kv: &Path, num: u32) -> u64 {
+    Source::open(kv)
+        .invoices()
+        .iter()
+        .filter(|(n, _)| *n < num)
+        .count() as u64
+}
+
+/// Asserts the copy kept exactly the whole batches before the bad invoice.
+#[track_caller]
+fn assert_stopped_before(s: &Value, before: u64, what: &str) {
+    let whole = before / BATCH as u64 * BATCH as u64;
+    assert_eq!(s["copied"], whole, "{what}: {s}");
+}
+
+#[test]
+fn bad_input_truncated_value_is_named_and_a_repaired_store_completes() {
+    let lab = Lab::new(N, 31);
+    let num = pick(&lab.kv, 110, |_| true);
+    let original = Source::open(&lab.kv).value(num);
+    let key = format!("invoice {num:08x}");
+    let s = bad_input(
+        &lab,
+        |kv| {
+            let v = Source::open(kv).value(num);
+            Source::open(kv).set_value(num, &v[..v.len() / 2]);
+        },
+        |kv| Source::open(kv).set_value(num, &original),
+        &[&key, "is malformed"],
+        "truncated value",
+    );
+    assert_stopped_before(&s, invoices_before(&lab.base, num), "truncated value");
+}
+
+#[test]
+fn bad_input_tlv_length_past_the_end_is_named_and_a_repaired_store_completes() {
+    let lab = Lab::new(N, 32);
+    // The last body record of an invoice whose length fits one byte: one
+    // more than its real length makes it run past the end of the body.
+    let num = pick(&lab.kv, 130, |_| true);
+    let original = Source::open(&lab.kv).value(num);
+    let last = *body_records(&original).last().expect("records");
+    assert!(last.len < 0xfc, "one-byte BigSize length");
+    let key = format!("invoice {num:08x}");
+    let ty = format!("record type {}", last.ty);
+    let s = bad_input(
+        &lab,
+        |kv| {
+            let mut v = original.clone();
+            v[last.len_at] += 1;
+            Source::open(kv).set_value(num, &v);
+        },
+        |kv| Source::open(kv).set_value(num, &original),
+        &[&key, "is malformed", &ty],
+        "TLV length past the end",
+    );
+    assert_stopped_before(&s, invoices_before(&lab.base, num), "TLV length");
+}
+
+#[test]
+fn bad_input_bad_time_encoding_is_named_and_a_repaired_store_completes() {
+    let lab = Lab::new(N, 33);
+    let num = pick(&lab.kv, 160, |_| true);
+    let original = Source::open(&lab.kv).value(num);
+    // Record 2 is the creation date, Go's time.Time binary form; its first
+    // byte is the encoding version (1 or 2).
+    let created = body_record(&original, 2);
+    assert!(matches!(original[created.at], 1 | 2));
+    let key = format!("invoice {num:08x}");
+    let s = bad_input(
+        &lab,
+        |kv| {
+            let mut v = original.clone();
+            v[created.at] = 9;
+            Source::open(kv).set_value(num, &v);
+        },
+        |kv| Source::open(kv).set_value(num, &original),
+        &[&key, "is malformed", "version 9"],
+        "bad time encoding",
+    );
+    assert_stopped_before(&s, invoices_before(&lab.base, num), "bad time");
+}
+
+#[test]
+fn bad_input_payment_hash_not_found_is_named_and_a_restored_entry_completes() {
+    let lab = Lab::new(N, 34);
+    // A hodl invoice whose preimage is unknown: only invoices/paymenthashes
+    // knows its hash. lnd's migration would skip it; oneway must stop.
+    let num = pick(&lab.kv, 100, |i| i.preimage.is_none() && !i.is_amp());
+    let entry = Source::open(&lab.kv)
+        .hash_entry(num)
+        .expect("a payment-hash entry");
+    let key = format!("invoice {num:08x}");
+    let s = bad_input(
+        &lab,
+        |kv| Source::open(kv).delete_hash_entry(&entry),
+        |kv| Source::open(kv).put_hash_entry(&entry, num),
+        &[&key, "cannot be migrated", "payment hash cannot be found"],
+        "payment hash not found",
+    );
+    assert_stopped_before(&s, invoices_before(&lab.base, num), "no hash");
+}
+
+/// Invoice `to` is given invoice `from`'s preimage, hence its payment hash;
+/// lnd's unique index on the hash must refuse, naming both invoices, and the
+/// rerun after the repair must replace the outdated copy before it builds the
+/// index again.
+fn duplicate_payment_hash(seed: u64, later_takes_earlier: bool) {
+    let lab = Lab::new(N, seed);
+    let with_preimage = |i: &oneway::model::Invoice| i.preimage.is_some() && !i.is_amp();
+    let a = pick(&lab.kv, 20, with_preimage);
+    let b = pick(&lab.kv, 200, with_preimage);
+    let (from, to) = if later_takes_earlier { (a, b) } else { (b, a) };
+    let original = Source::open(&lab.kv).value(to);
+    let (ka, kb) = (format!("invoice {a:08x}"), format!("invoice {b:08x}"));
+    let what = format!("duplicate payment hash ({to:08x} takes {from:08x}'s)");
+    let s = bad_input(
+        &lab,
+        |kv| {
+            let src = Source::open(kv);
+            let mut inv = decode_invoice(&src.value(to)).expect("decode");
+            inv.preimage = decode_invoice(&src.value(from)).expect("decode").preimage;
+            drop(src);
+            Source::open(kv).set_value(to, &encode_invoice(&inv));
+        },
+        |kv| Source::open(kv).set_value(to, &original),
+        &[&kb, &ka, "cannot be migrated", "shares its payment hash"],
+        &what,
+    );
+    // Every invoice was copied; lnd's unique index on the hash refused.
+    assert_eq!(s["copied"], N, "{what}: {s}");
+}
+
+#[test]
+fn bad_input_duplicate_payment_hash_names_both_and_a_repaired_store_completes() {
+    duplicate_payment_hash(35, true);
+}
+
+#[test]
+fn bad_input_duplicate_payment_hash_in_the_earlier_invoice_is_repaired_too() {
+    duplicate_payment_hash(37, false);
+}
+
+#[test]
+fn bad_input_in_an_invoice_already_copied_is_named_and_a_repaired_store_completes() {
+    // The damage happens between runs, behind the cursor: the copy does not
+    // read that invoice again, the verification does and must stop.
+    let lab = Lab::new(N, 36);
+    crash_at(&lab.kv, &lab.sql, BATCH, "batch.after_commit:4");
+    let num = pick(&lab.kv, 20, |_| true);
+    let original = Source::open(&lab.kv).value(num);
+    let key = format!("invoice {num:08x}");
+    let s = bad_input(
+        &lab,
+        |kv| Source::open(kv).set_value(num, &original[..original.len() - 3]),
+        |kv| Source::open(kv).set_value(num, &original),
+        &[&key, "is malformed"],
+        "damage behind the cursor",
+    );
+    assert_eq!(s["copied"], N, "the copy finished first: {s}");
+}
