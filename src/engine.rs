@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use crate::codec;
 use crate::error::{Error, Mismatch, Result, Role};
 use crate::fsm::{self, Backend, Event, Refusal, State};
-use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, TombstoneOutcome};
+use crate::kv::{
+    InvoiceBuckets, KvSource, RawInvoice, SealWitness, SourceDigest, TombstoneOutcome,
+};
 use crate::native;
 use crate::reader::{self, Msg, Prepared};
 use crate::store::{Persisted, SourceIdentity, Target};
@@ -353,6 +355,7 @@ impl Migrator {
             kv,
             buckets: None,
             report: Report::new(State::Fresh),
+            seal: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
         let mut report = run.drive()?;
@@ -420,6 +423,7 @@ impl Migrator {
             kv,
             buckets: None,
             report: Report::new(p.state),
+            seal: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
         run.check_identity(&p)?;
@@ -446,6 +450,7 @@ impl Migrator {
                 buckets: kv.invoice_buckets()?,
                 kv,
                 report: Report::new(p.state),
+                seal: None,
             };
             if let Err(e) = run.check_identity(p) {
                 security_event(
@@ -559,6 +564,9 @@ struct Run<'a> {
     kv: KvSource,
     buckets: Option<InvoiceBuckets>,
     report: Report,
+    /// Set when this run itself checked the digest and sealed the KV store
+    /// (see [`SealWitness`]); lets the Lock step skip a second digest.
+    seal: Option<SealWitness>,
 }
 
 impl Run<'_> {
@@ -1019,6 +1027,14 @@ impl Run<'_> {
     /// must still be the verified ones. Anything else means something wrote
     /// to a sealed store; that is refused and logged, never papered over.
     fn check_sealed(&mut self, t: &Target, p: &Persisted) -> Result<()> {
+        // This run sealed the store moments ago and nobody has committed to
+        // it since: it is exactly what the tombstone transaction checked.
+        if let Some(seal) = self.seal.take() {
+            if seal.untouched()? {
+                tracing::debug!("KV store untouched since this run sealed it");
+                return Ok(());
+            }
+        }
         let present = self.kv.tombstone_present()?;
         let digest = self.kv.digest()?;
         let verified = p.source_digest.clone().unwrap_or_default();
@@ -1343,7 +1359,8 @@ impl Run<'_> {
             sha256: p.source_digest.clone().unwrap_or_default(),
         };
         self.m.progress.start(Phase::Tombstone, 1);
-        let outcome = self.kv.write_tombstone_if_unchanged(&verified)?;
+        let (outcome, seal) = self.kv.write_tombstone_if_unchanged(&verified)?;
+        self.seal = seal;
         self.m.progress.advance(1);
         self.m.progress.finish();
         match outcome {

@@ -610,10 +610,14 @@ impl KvSource {
     /// `Tombstoned` only after this returns `Written`; a crash in between is
     /// repaired on the next run, which finds the tombstone present in state
     /// `Verified` (see `spec/state-machine.md`).
+    ///
+    /// With `Written` or an unchanged `AlreadyPresent` comes a
+    /// [`SealWitness`]: the write connection, holding the `data_version`
+    /// SQLite reported inside the transaction, after the digest.
     pub fn write_tombstone_if_unchanged(
         &self,
         verified: &SourceDigest,
-    ) -> Result<TombstoneOutcome> {
+    ) -> Result<(TombstoneOutcome, Option<SealWitness>)> {
         let path = &self.path;
         let rw = Connection::open_with_flags(
             path,
@@ -627,11 +631,15 @@ impl KvSource {
             .map_err(e("setting synchronous=FULL"))?;
         rw.execute_batch("BEGIN IMMEDIATE")
             .map_err(e("starting the tombstone transaction"))?;
+        let mut data_version = 0i64;
         let result = (|| {
             let present =
                 tombstone_present(&rw, &self.table).map_err(e("looking for the tombstone"))?;
             let now =
                 source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?;
+            // Read while this transaction holds the write lock: no other
+            // connection can commit between the digest and this value.
+            data_version = read_data_version(&rw).map_err(e("reading data_version"))?;
             if present {
                 return Ok(TombstoneOutcome::AlreadyPresent {
                     unchanged: now.sha256 == verified.sha256,
@@ -674,13 +682,67 @@ impl KvSource {
                 rw.execute_batch("COMMIT")
                     .map_err(e("committing the tombstone"))?;
                 crate::failpoint::hit("tombstone.after_commit");
-                Ok(TombstoneOutcome::Written)
+                let witness = SealWitness::new(rw, path, data_version);
+                Ok((TombstoneOutcome::Written, Some(witness)))
+            }
+            Ok(outcome @ TombstoneOutcome::AlreadyPresent { unchanged: true }) => {
+                let _ = rw.execute_batch("ROLLBACK");
+                let witness = SealWitness::new(rw, path, data_version);
+                Ok((outcome, Some(witness)))
             }
             other => {
                 let _ = rw.execute_batch("ROLLBACK");
-                other
+                other.map(|o| (o, None))
             }
         }
+    }
+}
+
+fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
+/// Evidence, held by the process that sealed the KV store, that nothing has
+/// written to it since: the connection that checked the digest and wrote
+/// the tombstone, and the `data_version` it read inside that transaction.
+///
+/// SQLite changes a connection's `data_version` whenever *another*
+/// connection (in any process) commits to the file, and never for the
+/// connection's own commits. So an unchanged value means the KV store is
+/// byte for byte what the tombstone transaction saw: the verified invoices
+/// plus the tombstone. This lets `Tombstoned → Lock` in the same run skip a
+/// second full digest; a run resumed in `Tombstoned` has no witness and
+/// digests the store again.
+pub struct SealWitness {
+    conn: Connection,
+    path: PathBuf,
+    data_version: i64,
+}
+
+impl SealWitness {
+    fn new(conn: Connection, path: &Path, data_version: i64) -> SealWitness {
+        SealWitness {
+            conn,
+            path: path.to_path_buf(),
+            data_version,
+        }
+    }
+
+    /// True when no other connection has committed to the KV store since
+    /// the tombstone transaction read its digest.
+    pub fn untouched(&self) -> Result<bool> {
+        let now = read_data_version(&self.conn)
+            .map_err(|e| Error::sqlite(Role::Kv, &self.path, "reading data_version", e))?;
+        Ok(now == self.data_version)
+    }
+}
+
+impl std::fmt::Debug for SealWitness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealWitness")
+            .field("path", &self.path)
+            .field("data_version", &self.data_version)
+            .finish()
     }
 }
 
