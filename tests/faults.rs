@@ -91,34 +91,46 @@ impl Lab {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Persisted {
     state: Option<(String, i64, i64)>,
-    cursor: Value,
-    native_invoices: Value,
+    cursor: Option<i64>,
+    native_invoices: i64,
     journal: Vec<String>,
 }
 
-fn persisted(kv: &Path, sql: &Path) -> Persisted {
+/// Reads [`Persisted`] from the native store alone (the KV store may be
+/// unreadable at that moment).
+fn persisted(sql: &Path) -> Persisted {
     let state = state_row(sql);
-    let s = status(kv, sql);
-    let journal = if state.is_some() {
-        journal(sql)
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}->{} {}",
-                    e.kind,
-                    e.from.as_deref().unwrap_or("-"),
-                    e.to.as_deref().unwrap_or("-"),
-                    e.event.as_deref().unwrap_or("-")
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    if state.is_none() {
+        return Persisted {
+            state,
+            cursor: None,
+            native_invoices: 0,
+            journal: Vec::new(),
+        };
+    }
+    let c = Connection::open_with_flags(sql, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
+    let cursor = c
+        .query_row("SELECT cursor FROM oneway_state", [], |r| r.get(0))
+        .expect("cursor");
+    let native_invoices = c
+        .query_row("SELECT count(*) FROM invoices", [], |r| r.get(0))
+        .expect("count");
+    let journal = journal(sql)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}->{} {}",
+                e.kind,
+                e.from.as_deref().unwrap_or("-"),
+                e.to.as_deref().unwrap_or("-"),
+                e.event.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
     Persisted {
         state,
-        cursor: s["cursor"].clone(),
-        native_invoices: s["native_invoices"].clone(),
+        cursor,
+        native_invoices,
         journal,
     }
 }
@@ -257,11 +269,11 @@ fn bad_input(
     assert_kv_still_usable(&lab.kv, &lab.sql, what);
 
     // A second attempt fails the same way and changes nothing.
-    let before = persisted(&lab.kv, &lab.sql);
+    let before = persisted(&lab.sql);
     let native_before = native_dump(&lab.sql);
     let again = lab.migrate(&[]);
     assert_eq!(assert_error(&again, 1, needles, what), err, "{what}");
-    assert_eq!(persisted(&lab.kv, &lab.sql), before, "{what}: rerun");
+    assert_eq!(persisted(&lab.sql), before, "{what}: rerun");
     assert_native_eq(&native_dump(&lab.sql), &native_before, what);
     assert_kv_unchanged(&damaged, &lab.kv, what);
 
@@ -436,4 +448,359 @@ fn bad_input_in_an_invoice_already_copied_is_named_and_a_repaired_store_complete
         "damage behind the cursor",
     );
     assert_eq!(s["copied"], N, "the copy finished first: {s}");
+}
+
+/// The committed fixture `name`.
+fn committed(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// The run lock file next to a native store.
+fn lock_file(sql: &Path) -> PathBuf {
+    with_suffix(sql, ".lock")
+}
+
+#[test]
+fn bad_input_kv_file_not_sqlite_is_named_before_and_during_a_migration() {
+    let lab = Lab::new(N, 38);
+    let r = lab.reference_of(&lab.base, "ref");
+    let original = std::fs::read(&lab.kv).expect("read KV");
+    // Same length, not SQLite (a file overwritten by something else).
+    let garbage: Vec<u8> = (0..original.len()).map(|i| (i * 7 + 3) as u8).collect();
+    let kv_text = lab.kv.display().to_string();
+
+    // Before anything: nothing may be created next to the native path.
+    std::fs::write(&lab.kv, &garbage).expect("write");
+    for out in [lab.migrate(&[]), guard(&lab.kv, &lab.sql, "kv")] {
+        assert_error(
+            &out,
+            1,
+            &["KV store", &kv_text, "not a SQLite database"],
+            "not SQLite",
+        );
+    }
+    assert!(!lab.sql.exists() && !lock_file(&lab.sql).exists());
+    assert_eq!(
+        std::fs::read(&lab.kv).expect("read"),
+        garbage,
+        "KV untouched"
+    );
+
+    // During a migration (stopped after 3 batches): the state stays put.
+    std::fs::write(&lab.kv, &original).expect("restore");
+    crash_at(&lab.kv, &lab.sql, BATCH, "batch.after_commit:3");
+    let before = persisted(&lab.sql);
+    let native_before = native_dump(&lab.sql);
+    std::fs::write(&lab.kv, &garbage).expect("write");
+    for out in [
+        lab.migrate(&[]),
+        guard(&lab.kv, &lab.sql, "kv"),
+        guard(&lab.kv, &lab.sql, "sql"),
+        verify(&lab.kv, &lab.sql),
+    ] {
+        assert_error(&out, 1, &[&kv_text, "not a SQLite database"], "not SQLite");
+    }
+    assert_eq!(
+        std::fs::read(&lab.kv).expect("read"),
+        garbage,
+        "KV untouched"
+    );
+    std::fs::write(&lab.kv, &original).expect("restore");
+    assert_eq!(persisted(&lab.sql), before);
+    assert_native_eq(&native_dump(&lab.sql), &native_before, "not SQLite");
+    assert_eq!(before.state.as_ref().map(|s| s.1), Some(3 * BATCH as i64));
+    migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_matches_reference(&lab.kv, &lab.sql, &r, "KV restored");
+    assert_eq!(transitions(&lab.sql), HAPPY);
+}
+
+#[test]
+fn bad_input_wrong_table_prefix_or_renamed_table_is_named_then_completes() {
+    let lab = Lab::new(N, 39);
+    let r = lab.reference_of(&lab.base, "ref");
+    crash_at(&lab.kv, &lab.sql, BATCH, "batch.after_commit:2");
+    let before = persisted(&lab.sql);
+    let kv_before = kv_dump(&lab.kv);
+
+    // The operator gives the wrong prefix on the rerun.
+    let out = run(
+        &pair_args(
+            "migrate",
+            &lab.kv,
+            &lab.sql,
+            &["--table-prefix", "lnd", "--batch-size", "25"],
+        ),
+        &[],
+    );
+    assert_error(&out, 1, &["lnd_kv", "channeldb_kv"], "wrong prefix");
+    assert_eq!(persisted(&lab.sql), before, "wrong prefix");
+
+    // The KV table was renamed (another prefix): the error names the table
+    // looked for and the tables present.
+    kv_rw(&lab.kv)
+        .execute_batch("ALTER TABLE channeldb_kv RENAME TO walletdb_kv")
+        .expect("rename");
+    let out = lab.migrate(&[]);
+    assert_error(&out, 1, &["channeldb_kv", "walletdb_kv"], "renamed table");
+    assert_eq!(persisted(&lab.sql), before, "renamed table");
+    // Pointing oneway at the renamed table is another source: refused.
+    let out = run(
+        &pair_args(
+            "migrate",
+            &lab.kv,
+            &lab.sql,
+            &["--table-prefix", "walletdb", "--json"],
+        ),
+        &[],
+    );
+    assert_error(&out, 3, &["different KV store", "table prefix"], "prefix");
+    assert_eq!(persisted(&lab.sql), before, "other prefix");
+
+    kv_rw(&lab.kv)
+        .execute_batch("ALTER TABLE walletdb_kv RENAME TO channeldb_kv")
+        .expect("rename back");
+    assert_eq!(kv_dump(&lab.kv), kv_before);
+    migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_matches_reference(&lab.kv, &lab.sql, &r, "table restored");
+}
+
+/// An empty node (no `invoices` bucket) migrates to `Locked` with zero
+/// invoices and gets the bucket created to hold the tombstone; a crash at
+/// any step, including between the tombstone's KV commit and the
+/// `Tombstoned` record, reruns to the same end.
+#[test]
+fn bad_input_no_invoices_bucket_locks_empty_from_every_crash_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = committed("edge-empty-node.sqlite");
+    let original = kv_dump(&base);
+    assert!(!original.rows.contains(&invoices_bucket_row()));
+    let added = [invoices_bucket_row(), tombstone_row()];
+
+    let (kv, sql) = (
+        dir.path().join("ref-kv.sqlite"),
+        dir.path().join("ref.sqlite"),
+    );
+    copy_store(&base, &kv);
+    let report = migrate_ok(&kv, &sql, BATCH);
+    assert_eq!(
+        (report["state"].as_str(), report["invoices"].as_u64()),
+        (Some("Locked"), Some(0))
+    );
+    let clean = native_dump(&sql);
+    assert_eq!(clean.invoices(), 0);
+    assert_eq!(clean.tables["migration_tracker"], ["i:7"]);
+    assert_kv_added(&original, &kv_dump(&kv), &added, "empty node");
+
+    for (i, point) in [
+        "begin.after_commit",
+        "batch.after_commit",
+        "indexes.after_commit",
+        "verify.after_commit",
+        "tombstone.before_insert",
+        "tombstone.after_commit",
+        "tombstoned.before_commit",
+        "tombstoned.after_commit",
+        "lock.before_commit",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let kv = dir.path().join(format!("kv-{i}.sqlite"));
+        let sql = dir.path().join(format!("native-{i}.sqlite"));
+        copy_store(&base, &kv);
+        crash_at(&kv, &sql, BATCH, point);
+        let written = kv_dump(&kv) != original;
+        assert_eq!(
+            written,
+            !matches!(
+                point,
+                "begin.after_commit"
+                    | "batch.after_commit"
+                    | "indexes.after_commit"
+                    | "verify.after_commit"
+                    | "tombstone.before_insert"
+            ),
+            "{point}: the bucket and tombstone appear only with the tombstone commit"
+        );
+        let again = migrate_ok(&kv, &sql, BATCH);
+        assert_eq!(again["state"], "Locked", "{point}: {again}");
+        assert_kv_added(&original, &kv_dump(&kv), &added, point);
+        assert_native_eq(&native_dump(&sql), &clean, point);
+        assert_eq!(transitions(&sql), HAPPY, "{point}");
+        guard(&kv, &sql, "kv").assert_code(3, point);
+        guard(&kv, &sql, "sql").assert_ok(point);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. A full disk on the target
+// ---------------------------------------------------------------------------
+
+/// Pages of a native store (through its WAL).
+fn page_count(sql: &Path) -> i64 {
+    Connection::open_with_flags(sql, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open")
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .expect("page_count")
+}
+
+/// Pages of the native store of `source` right after the failpoint `point`.
+fn pages_after(lab: &Lab, source: &Path, point: &str) -> i64 {
+    let name = format!("probe-{}", point.replace([':', '.'], "-"));
+    let (kv, sql) = lab.pair(source, &name);
+    crash_at(&kv, &sql, BATCH, point);
+    page_count(&sql)
+}
+
+/// The persisted state and native rows of `source` stopped at `point` (the
+/// expectation for a run that failed at the write right after `point`).
+fn stopped_at(lab: &Lab, source: &Path, point: &str) -> (Persisted, NativeDump) {
+    let name = format!("twin-{}", point.replace([':', '.'], "-"));
+    let (kv, sql) = lab.pair(source, &name);
+    crash_at(&kv, &sql, BATCH, point);
+    (persisted(&sql), native_dump(&sql))
+}
+
+/// Runs `migrate` with the native store capped at `cap` pages and requires
+/// it to fail as on a full disk: exit 1, an error saying the native store
+/// (by path) is full and what was being written, the KV store untouched.
+#[track_caller]
+fn migrate_on_full_disk(kv: &Path, sql: &Path, cap: i64, action: &str, what: &str) {
+    let kv_before = kv_dump(kv);
+    let out = migrate(
+        kv,
+        sql,
+        BATCH,
+        &[("ONEWAY_MAX_PAGE_COUNT", &cap.to_string())],
+    );
+    let sql_text = sql.display().to_string();
+    let err = assert_error(
+        &out,
+        1,
+        &["native SQL store", &sql_text, "is full while", action],
+        what,
+    );
+    eprintln!("{what} (cap {cap} pages): {err}");
+    assert_kv_unchanged(&kv_before, kv, what);
+    assert_eq!(status(kv, sql)["tombstone_present"], false, "{what}");
+}
+
+/// The rerun without the cap equals an uncrashed migration.
+#[track_caller]
+fn rerun_uncapped(kv: &Path, sql: &Path, r: &Reference, what: &str) {
+    let report = migrate_ok(kv, sql, BATCH);
+    assert_eq!(report["state"], "Locked", "{what}: {report}");
+    assert_matches_reference(kv, sql, r, what);
+}
+
+#[test]
+fn disk_full_during_begin_leaves_no_state_and_a_rerun_completes() {
+    let lab = Lab::new(N, 41);
+    let r = lab.reference_of(&lab.base, "ref");
+    let begun = pages_after(&lab, &lab.base, "begin.after_commit");
+    migrate_on_full_disk(
+        &lab.kv,
+        &lab.sql,
+        begun - 1,
+        "creating the schema",
+        "full during Begin",
+    );
+    // Nothing was committed: no oneway state, no tables of lnd's.
+    assert_eq!(state_row(&lab.sql), None);
+    assert_eq!(status(&lab.kv, &lab.sql)["state"], "Fresh");
+    assert_kv_still_usable(&lab.kv, &lab.sql, "full during Begin");
+    rerun_uncapped(&lab.kv, &lab.sql, &r, "full during Begin");
+    assert_eq!(transitions(&lab.sql), HAPPY);
+}
+
+#[test]
+fn disk_full_mid_copy_keeps_the_batches_before_and_a_rerun_completes() {
+    let lab = Lab::new(N, 42);
+    let r = lab.reference_of(&lab.base, "ref");
+    let begun = pages_after(&lab, &lab.base, "begin.after_commit");
+    let copied = pages_after(&lab, &lab.base, "indexes.before_commit");
+    for cap in [(begun + copied) / 3, (begun + copied) * 2 / 3] {
+        let (kv, sql) = lab.pair(&lab.base, &format!("cap-{cap}"));
+        let what = format!("full mid-copy at {cap} pages");
+        migrate_on_full_disk(&kv, &sql, cap, "inserting an invoice", &what);
+        // The failing batch left nothing: the store is exactly what a
+        // process stopped right after the last good batch has.
+        let got = persisted(&sql);
+        let kept = got.state.as_ref().expect("state").1;
+        assert!(kept > 0 && kept < N as i64, "{what}: {got:?}");
+        assert_eq!(kept % BATCH as i64, 0, "{what}: whole batches only");
+        let point = format!("batch.after_commit:{}", kept / BATCH as i64);
+        let (want, want_rows) = stopped_at(&lab, &lab.base, &point);
+        assert_eq!(got, want, "{what}: vs {point}");
+        assert_native_eq(&native_dump(&sql), &want_rows, &what);
+        assert_kv_still_usable(&kv, &sql, &what);
+        rerun_uncapped(&kv, &sql, &r, &what);
+    }
+}
+
+#[test]
+fn disk_full_during_the_index_build_keeps_the_copy_and_a_rerun_completes() {
+    let lab = Lab::new(N, 43);
+    let r = lab.reference_of(&lab.base, "ref");
+    let copied = pages_after(&lab, &lab.base, "indexes.before_commit");
+    let indexed = pages_after(&lab, &lab.base, "indexes.after_commit");
+    assert!(
+        indexed > copied + 1,
+        "the indexes take pages: {copied} -> {indexed}"
+    );
+    let what = "full during the index build";
+    migrate_on_full_disk(
+        &lab.kv,
+        &lab.sql,
+        (copied + indexed) / 2,
+        "creating lnd's indexes",
+        what,
+    );
+    let (want, want_rows) = stopped_at(&lab, &lab.base, "indexes.before_commit");
+    assert_eq!(persisted(&lab.sql), want, "{what}");
+    assert_eq!(want.state.as_ref().map(|s| s.1), Some(N as i64));
+    assert_native_eq(&native_dump(&lab.sql), &want_rows, what);
+    assert_kv_still_usable(&lab.kv, &lab.sql, what);
+    rerun_uncapped(&lab.kv, &lab.sql, &r, what);
+}
+
+#[test]
+fn disk_full_during_verification_repairs_keeps_the_state_and_a_rerun_completes() {
+    // The copy and the indexes are done; then lnd settles every open invoice
+    // (all behind the cursor). The verification must re-copy them, which
+    // needs pages the capped store does not have.
+    let lab = Lab::new(N, 44);
+    crash_at(&lab.kv, &lab.sql, BATCH, "indexes.after_commit");
+    let mut src = Source::open(&lab.kv);
+    let open = src.open_invoices();
+    assert!(open.len() > 20, "{} open invoices", open.len());
+    for &num in &open {
+        src.settle(num);
+    }
+    drop(src);
+    let changed = lab.path("changed.sqlite");
+    copy_store(&lab.kv, &changed);
+    let r = lab.reference_of(&changed, "ref");
+    let before = persisted(&lab.sql);
+    let what = "full during verification repairs";
+    migrate_on_full_disk(
+        &lab.kv,
+        &lab.sql,
+        page_count(&lab.sql),
+        "inserting an invoice",
+        what,
+    );
+    // Repairs do not move the state, the cursor or the counts, and nothing
+    // was recorded as verified.
+    assert_eq!(persisted(&lab.sql), before, "{what}");
+    let v = verify(&lab.kv, &lab.sql);
+    let outdated = v.json()["outdated"].as_u64().expect("outdated");
+    assert!(
+        outdated > 0,
+        "{what}: some settlements are not copied yet: {v:?}"
+    );
+    assert_kv_still_usable(&lab.kv, &lab.sql, what);
+    rerun_uncapped(&lab.kv, &lab.sql, &r, what);
 }
