@@ -804,3 +804,197 @@ fn disk_full_during_verification_repairs_keeps_the_state_and_a_rerun_completes()
     assert_kv_still_usable(&lab.kv, &lab.sql, what);
     rerun_uncapped(&lab.kv, &lab.sql, &r, what);
 }
+
+// ---------------------------------------------------------------------------
+// 3. The source changes between runs
+// ---------------------------------------------------------------------------
+
+/// The cursor of a native store, as an invoice number.
+fn cursor(kv: &Path, sql: &Path) -> u32 {
+    let s = status(kv, sql);
+    u32::from_str_radix(s["cursor"].as_str().expect("a cursor"), 16).expect("hex cursor")
+}
+
+/// A copy of the (changed) KV store `kv`, migrated cleanly: what the
+/// interrupted migration must end up equal to.
+fn reference_of_now(lab: &Lab, kv: &Path, name: &str) -> Reference {
+    let snapshot = lab.path(&format!("{name}-source.sqlite"));
+    copy_store(kv, &snapshot);
+    lab.reference_of(&snapshot, name)
+}
+
+/// The verified source digest of the reference migration `name`.
+fn ref_digest(lab: &Lab, name: &str) -> Value {
+    let dir = lab.path(name);
+    status(&dir.join("ref-kv.sqlite"), &dir.join("ref-native.sqlite"))["source_digest"].clone()
+}
+
+/// The journal's transition rows with their details.
+fn transition_rows(sql: &Path) -> Vec<JournalRow> {
+    journal(sql)
+        .into_iter()
+        .filter(|e| e.kind == "transition")
+        .collect()
+}
+
+#[test]
+fn source_changed_while_migrating_is_copied_and_verified_before_the_tombstone() {
+    let lab = Lab::new(N, 51);
+    crash_at(&lab.kv, &lab.sql, BATCH, "batch.after_commit:4");
+    let at = cursor(&lab.kv, &lab.sql);
+    assert_eq!(status(&lab.kv, &lab.sql)["copied"], 4 * BATCH as u64);
+    // lnd runs on: 20 new invoices, and an invoice already copied is settled.
+    let (settled, added) = change_source(&lab.kv, 20, at, "migrating");
+    assert!(settled <= at, "the settled invoice is behind the cursor");
+    let r = reference_of_now(&lab, &lab.kv, "ref");
+    let changed = kv_dump(&lab.kv);
+    // Read-only, the verification sees the settled copy as outdated.
+    let v = verify(&lab.kv, &lab.sql).json();
+    assert!(v["outdated"].as_u64().unwrap() > added.len() as u64, "{v}");
+    assert_kv_still_usable(&lab.kv, &lab.sql, "changed while migrating");
+
+    let report = migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_eq!(report["invoices"], N + 20, "{report}");
+    assert_eq!(
+        report["resynced"], 1,
+        "the settled invoice was re-copied: {report}"
+    );
+    assert_matches_reference(&lab.kv, &lab.sql, &r, "changed while migrating");
+    assert_kv_tombstoned(&changed, &lab.kv, "changed while migrating");
+    // Changes inside Migrating are part of the copy: one verification, of
+    // the changed source.
+    let t = transition_rows(&lab.sql);
+    let events: Vec<_> = t.iter().map(|e| e.event.clone().unwrap()).collect();
+    assert_eq!(events, HAPPY);
+    assert_eq!(t[1].details["invoices"], N + 20);
+    assert_eq!(t[1].details["source_digest"], ref_digest(&lab, "ref"));
+}
+
+#[test]
+fn source_changed_while_verified_is_resynced_and_journaled_before_the_tombstone() {
+    let lab = Lab::new(N, 52);
+    crash_at(&lab.kv, &lab.sql, BATCH, "verify.after_commit");
+    let verified = status(&lab.kv, &lab.sql);
+    assert_eq!(verified["state"], "Verified");
+    let (settled, added) = change_source(&lab.kv, 20, cursor(&lab.kv, &lab.sql), "verified");
+    let r = reference_of_now(&lab, &lab.kv, "ref");
+    let changed = kv_dump(&lab.kv);
+
+    // The tombstone step finds the source changed, writes nothing to it and
+    // goes back to Migrating (stopped right there).
+    crash_at(&lab.kv, &lab.sql, BATCH, "resync.after_commit");
+    assert_kv_unchanged(&changed, &lab.kv, "resync: no tombstone");
+    let s = status(&lab.kv, &lab.sql);
+    assert_eq!(
+        (
+            s["state"].as_str(),
+            s["pass"].as_u64(),
+            s["verified_count"].is_null()
+        ),
+        (Some("Migrating"), Some(2), true),
+        "{s}"
+    );
+    assert_eq!(s["copied"], N, "nothing new copied yet: {s}");
+    assert_kv_still_usable(&lab.kv, &lab.sql, "after the re-sync");
+    let last = transition_rows(&lab.sql).pop().expect("a transition");
+    assert_eq!(
+        (
+            last.from.as_deref(),
+            last.to.as_deref(),
+            last.event.as_deref()
+        ),
+        (Some("Verified"), Some("Migrating"), Some("SourceChanged"))
+    );
+    assert_eq!(last.details["verified_invoices"], N);
+    assert_eq!(last.details["current_invoices"], N + 20);
+    assert_eq!(last.details["verified_digest"], verified["source_digest"]);
+    assert_eq!(last.details["current_digest"], ref_digest(&lab, "ref"));
+
+    let report = migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_eq!(
+        report["resynced"], 1,
+        "invoice {settled:08x} re-copied: {report}"
+    );
+    assert_eq!(
+        report["copied_this_run"],
+        added.len() as u64 + 1,
+        "{report}"
+    );
+    assert_matches_reference(&lab.kv, &lab.sql, &r, "changed while verified");
+    assert_kv_tombstoned(&changed, &lab.kv, "changed while verified");
+    let t = transition_rows(&lab.sql);
+    let events: Vec<_> = t.iter().map(|e| e.event.clone().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "Begin",
+            "VerificationPassed",
+            "SourceChanged",
+            "VerificationPassed",
+            "TombstoneWritten",
+            "Lock"
+        ]
+    );
+    assert_eq!(t[3].details["invoices"], N + 20);
+    assert_eq!(t[4].details["source_digest"], ref_digest(&lab, "ref"));
+}
+
+/// An open invoice deleted from the source after it was copied, in
+/// `Migrating` (behind the cursor) or in `Verified`: its copy is removed
+/// before anything is tombstoned.
+fn deleted_after_copy(seed: u64, stop: &str, journaled: &[&str]) {
+    let lab = Lab::new(N, seed);
+    crash_at(&lab.kv, &lab.sql, BATCH, stop);
+    let at = cursor(&lab.kv, &lab.sql);
+    let victim = *Source::open(&lab.kv)
+        .open_invoices()
+        .iter()
+        .find(|&&n| n > 30 && n <= at)
+        .expect("an open invoice behind the cursor");
+    let copied_before = status(&lab.kv, &lab.sql)["copied"].as_u64().unwrap();
+    let victim_id: i64 = Connection::open(&lab.sql)
+        .unwrap()
+        .query_row(
+            "SELECT invoice_id FROM oneway_invoice_map WHERE kv_num = ?1",
+            [victim],
+            |r| r.get(0),
+        )
+        .expect("the victim was copied");
+    delete_invoice(&lab.kv, victim);
+    let r = reference_of_now(&lab, &lab.kv, "ref");
+    assert_eq!(r.invoices, N - 1);
+    let changed = kv_dump(&lab.kv);
+
+    let report = migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_eq!(report["invoices"], N - 1, "{stop}: {report}");
+    assert_matches_reference(&lab.kv, &lab.sql, &r, stop);
+    assert_kv_tombstoned(&changed, &lab.kv, stop);
+    let gone = native_dump(&lab.sql).tables["invoices"]
+        .iter()
+        .all(|row| !row.starts_with(&format!("i:{victim_id}|")));
+    assert!(gone, "{stop}: the copy of {victim:08x} is gone");
+    assert!(copied_before > 0);
+    assert_eq!(status(&lab.kv, &lab.sql)["copied"], N - 1);
+    assert_eq!(transitions(&lab.sql), journaled, "{stop}");
+}
+
+#[test]
+fn invoice_deleted_after_copy_while_migrating_is_removed_before_the_tombstone() {
+    deleted_after_copy(53, "batch.after_commit:6", &HAPPY);
+}
+
+#[test]
+fn invoice_deleted_after_copy_while_verified_is_resynced_before_the_tombstone() {
+    deleted_after_copy(
+        54,
+        "verify.after_commit",
+        &[
+            "Begin",
+            "VerificationPassed",
+            "SourceChanged",
+            "VerificationPassed",
+            "TombstoneWritten",
+            "Lock",
+        ],
+    );
+}
