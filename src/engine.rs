@@ -407,6 +407,12 @@ impl Migrator {
     pub fn verify(&self) -> Result<VerifyReport> {
         let kv = self.open_kv()?;
         let Some(mut target) = Target::open(&self.opts.sql, false)? else {
+            if self.opts.sql.exists() {
+                return Err(Error::NotOnewayStore {
+                    path: self.opts.sql.clone(),
+                    why: "is empty: run `oneway migrate` first".into(),
+                });
+            }
             return Err(Error::Missing {
                 role: Role::Native,
                 path: self.opts.sql.clone(),

@@ -135,6 +135,14 @@ pub fn now_text() -> String {
     t.replacen(' ', "T", 1).replace("+00:00", "Z")
 }
 
+/// A zero-byte file with no (or an empty) `-wal` file next to it.
+fn is_empty_file(path: &Path) -> bool {
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.is_file().then_some(m.len()));
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    matches!(len(path), Ok(Some(0))) && !matches!(len(Path::new(&wal)), Ok(Some(n)) if n > 0)
+}
+
 /// The native store, opened for oneway's work.
 pub struct Target {
     conn: Connection,
@@ -144,10 +152,16 @@ pub struct Target {
 impl Target {
     /// Opens the native store at `path`. Returns `Ok(None)` when it does not
     /// exist and `create` is false. An existing file must be SQLite; an empty
-    /// file is treated as a new store.
+    /// file is treated as a new store, and as a missing one (left untouched)
+    /// when `create` is false.
     pub fn open(path: &Path, create: bool) -> Result<Option<Target>> {
         let exists = path.exists();
         if !exists && !create {
+            return Ok(None);
+        }
+        if exists && !create && is_empty_file(path) {
+            // Opening it would write a SQLite header (the switch to WAL):
+            // a command that only reads or refuses must not.
             return Ok(None);
         }
         if exists

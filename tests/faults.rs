@@ -998,3 +998,198 @@ fn invoice_deleted_after_copy_while_verified_is_resynced_before_the_tombstone() 
         ],
     );
 }
+
+// ---------------------------------------------------------------------------
+// 4. Operator mistakes after the tombstone
+// ---------------------------------------------------------------------------
+
+/// SHA-256 of a file's bytes, or "absent".
+fn file_digest(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    match std::fs::read(path) {
+        Ok(b) => hex::encode(Sha256::digest(b)),
+        Err(_) => "absent".into(),
+    }
+}
+
+/// Requires `migrate` and both guards to refuse with exit 3 and an error
+/// containing `needle`, without writing the KV store.
+#[track_caller]
+fn assert_refused_everywhere(kv: &Path, sql: &Path, needle: &str, what: &str) {
+    let kv_before = kv_dump(kv);
+    let out = migrate(kv, sql, BATCH, &[]);
+    assert_error(&out, 3, &[needle], &format!("{what}: migrate"));
+    for backend in ["kv", "sql"] {
+        let out = guard(kv, sql, backend);
+        assert_error(&out, 3, &[needle], &format!("{what}: guard {backend}"));
+    }
+    assert_eq!(kv_dump(kv), kv_before, "{what}: the KV store was written");
+}
+
+const RESTORE: &str = "restore the native store from backup";
+
+#[test]
+fn native_store_deleted_after_the_tombstone_is_never_recreated() {
+    let lab = Lab::new(N, 61);
+    let r = lab.reference_of(&lab.base, "ref");
+    migrate_ok(&lab.kv, &lab.sql, BATCH);
+    let kept = lab.path("kept-native.sqlite");
+    copy_store(&lab.sql, &kept);
+    remove_store(&lab.sql);
+
+    assert_refused_everywhere(&lab.kv, &lab.sql, RESTORE, "deleted");
+    // status and verify do not create it either.
+    assert_eq!(status(&lab.kv, &lab.sql)["state"], "Fresh");
+    verify(&lab.kv, &lab.sql).assert_code(1, "verify without a native store");
+    for p in [
+        lab.sql.clone(),
+        with_suffix(&lab.sql, "-wal"),
+        with_suffix(&lab.sql, "-shm"),
+    ] {
+        assert!(!p.exists(), "{} was created", p.display());
+    }
+    assert_kv_tombstoned(&r.kv_before, &lab.kv, "deleted");
+
+    // Restoring the store from the backup is the way out.
+    copy_store(&kept, &lab.sql);
+    let again = migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_eq!(again["already_completed"], true, "{again}");
+    guard(&lab.kv, &lab.sql, "sql").assert_ok("restored");
+    assert_matches_reference(&lab.kv, &lab.sql, &r, "restored");
+}
+
+#[test]
+fn native_store_replaced_after_the_tombstone_is_refused_and_left_as_found() {
+    let lab = Lab::new(N, 62);
+    let r = lab.reference_of(&lab.base, "ref");
+    // Backups of the same pair taken before the tombstone, and a store
+    // migrated from another node's KV store.
+    let (mkv, migrating) = lab.pair(&lab.base, "backup-migrating");
+    crash_at(&mkv, &migrating, BATCH, "batch.after_commit:3");
+    let (fkv, fresh) = lab.pair(&lab.base, "backup-fresh");
+    crash_at(&fkv, &fresh, BATCH, "begin.before_commit");
+    assert!(fresh.exists() && state_row(&fresh).is_none());
+    let other_base = lab.path("other-base.sqlite");
+    make_fixture(&other_base, 120, 99);
+    let (okv, other) = lab.pair(&other_base, "other");
+    migrate_ok(&okv, &other, BATCH);
+
+    migrate_ok(&lab.kv, &lab.sql, BATCH);
+    let kept = lab.path("kept-native.sqlite");
+    copy_store(&lab.sql, &kept);
+
+    let empty = lab.path("empty.sqlite");
+    std::fs::write(&empty, b"").expect("empty file");
+    let cases: [(&str, &Path, &str); 4] = [
+        ("an empty file", &empty, RESTORE),
+        ("a backup from before Begin committed", &fresh, RESTORE),
+        ("a backup from Migrating", &migrating, RESTORE),
+        (
+            "a store migrated from another KV store",
+            &other,
+            "different KV store",
+        ),
+    ];
+    for (what, replacement, needle) in cases {
+        remove_store(&lab.sql);
+        copy_store(replacement, &lab.sql);
+        let bytes = file_digest(&lab.sql);
+        let state = state_row(&lab.sql);
+        let rows = state.as_ref().map(|_| native_dump(&lab.sql));
+        let transitions_before = state.as_ref().map(|_| transitions(&lab.sql));
+        let security_before = security_rows(&lab.sql).len();
+
+        assert_refused_everywhere(&lab.kv, &lab.sql, needle, what);
+        assert_kv_tombstoned(&r.kv_before, &lab.kv, what);
+        // Left as found: no schema added, no state moved, no row copied.
+        assert_eq!(state_row(&lab.sql), state, "{what}");
+        if state.is_none() {
+            assert_eq!(file_digest(&lab.sql), bytes, "{what}: the file was written");
+        } else {
+            assert_native_eq(&native_dump(&lab.sql), rows.as_ref().unwrap(), what);
+            assert_eq!(Some(transitions(&lab.sql)), transitions_before, "{what}");
+            // Each refusal was journaled as a security event (an identity
+            // mismatch found by `migrate` is a plain error, not an event).
+            let got: Vec<String> = security_rows(&lab.sql)[security_before..]
+                .iter()
+                .map(|e| {
+                    let d = &e.details;
+                    let what = d
+                        .get("backend")
+                        .or(d.get("operation"))
+                        .unwrap_or(&Value::Null);
+                    format!(
+                        "{} {} {}",
+                        e.event.as_deref().unwrap_or("-"),
+                        what.as_str().unwrap_or("-"),
+                        d["reason"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect();
+            let want: Vec<&str> = if needle == RESTORE {
+                vec![
+                    "OperationRefused migrate NativeStoreMissing",
+                    "BackendRefused kv NativeStoreMissing",
+                    "BackendRefused sql NativeStoreMissing",
+                ]
+            } else {
+                vec![
+                    "BackendRefused kv SourceMismatch",
+                    "BackendRefused sql SourceMismatch",
+                ]
+            };
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    // The real store, restored, still works and still equals the reference.
+    remove_store(&lab.sql);
+    copy_store(&kept, &lab.sql);
+    let again = migrate_ok(&lab.kv, &lab.sql, BATCH);
+    assert_eq!(again["already_completed"], true, "{again}");
+    guard(&lab.kv, &lab.sql, "kv").assert_code(3, "restored");
+    guard(&lab.kv, &lab.sql, "sql").assert_ok("restored");
+    assert_matches_reference(&lab.kv, &lab.sql, &r, "restored");
+}
+
+#[test]
+fn native_store_paired_with_another_kv_store_is_refused_and_nothing_moves() {
+    let lab = Lab::new(N, 63);
+    let other_base = lab.path("other-base.sqlite");
+    make_fixture(&other_base, 200, 64);
+    // A's native store, Locked and stopped mid-copy, each pointed at B.
+    let (_, locked) = lab.pair(&lab.base, "a-locked");
+    migrate_ok(&lab.path("a-locked-kv.sqlite"), &locked, BATCH);
+    let (_, migrating) = lab.pair(&lab.base, "a-migrating");
+    crash_at(
+        &lab.path("a-migrating-kv.sqlite"),
+        &migrating,
+        BATCH,
+        "batch.after_commit:2",
+    );
+    for (what, sql) in [("Locked", &locked), ("Migrating", &migrating)] {
+        let (bkv, _) = lab.pair(&other_base, &format!("b-{what}"));
+        let b_before = kv_dump(&bkv);
+        let rows = native_dump(sql);
+        let state = state_row(sql);
+        let transitions_before = transitions(sql);
+        let needles = [
+            "different KV store",
+            "invoice 00000001 has different immutable fields",
+        ];
+        assert_error(&migrate(&bkv, sql, BATCH, &[]), 3, &needles, what);
+        assert_error(&verify(&bkv, sql), 3, &needles, what);
+        for backend in ["kv", "sql"] {
+            assert_error(&guard(&bkv, sql, backend), 3, &needles, what);
+        }
+        assert_kv_unchanged(&b_before, &bkv, what);
+        assert_eq!(state_row(sql), state, "{what}");
+        assert_native_eq(&native_dump(sql), &rows, what);
+        assert_eq!(transitions(sql), transitions_before, "{what}");
+        let sec: Vec<_> = security_rows(sql)
+            .iter()
+            .map(|e| e.details["reason"].as_str().unwrap_or("-").to_string())
+            .collect();
+        assert_eq!(sec, ["SourceMismatch", "SourceMismatch"], "{what}");
+    }
+}
