@@ -1193,3 +1193,177 @@ fn native_store_paired_with_another_kv_store_is_refused_and_nothing_moves() {
         assert_eq!(sec, ["SourceMismatch", "SourceMismatch"], "{what}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 5. Downgrade attempts in every state, as a snapshot
+// ---------------------------------------------------------------------------
+
+/// The value of `field="…"` or `field=…` in the guard's security log line.
+fn log_field(stderr: &str, field: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("oneway::security"))
+        .unwrap_or("");
+    let Some(at) = line.find(&format!(" {field}=")) else {
+        return "-".into();
+    };
+    let rest = &line[at + field.len() + 2..];
+    match rest.strip_prefix('"') {
+        Some(q) => q[..q.find('"').unwrap_or(q.len())].to_string(),
+        None => rest.split_whitespace().next().unwrap_or("-").to_string(),
+    }
+}
+
+/// One row per backend: what `oneway guard --backend B --json` answered on
+/// the pair, and whether it journaled a security event.
+fn guard_rows(case: &str, kv: &Path, sql: &Path, out: &mut String) -> [bool; 2] {
+    let mut allowed = [false; 2];
+    for (i, backend) in ["kv", "sql"].into_iter().enumerate() {
+        let before = security_rows(sql).len();
+        let o = run(
+            &pair_args("guard", kv, sql, &["--backend", backend, "--json"]),
+            &[],
+        );
+        let journaled = security_rows(sql).len() - before;
+        let j = o.json();
+        let (decision, reason, state, tomb) = match o.code {
+            Some(0) => {
+                assert_eq!(j["allowed"], true, "{case}: {j}");
+                assert_eq!(journaled, 0, "{case}: an allowed backend is not an event");
+                let state = j["state"].as_str().unwrap_or("none").to_string();
+                (
+                    "allowed",
+                    "-".to_string(),
+                    state,
+                    j["tombstone_present"].to_string(),
+                )
+            }
+            Some(3) => {
+                assert_eq!(j["exit_code"], 3, "{case}: {j}");
+                (
+                    "refused",
+                    log_field(&o.stderr, "reason"),
+                    log_field(&o.stderr, "state"),
+                    log_field(&o.stderr, "tombstone_present"),
+                )
+            }
+            _ => panic!("{case}: guard {backend}: {o:?}"),
+        };
+        allowed[i] = o.ok();
+        let has_store = state_row(sql).is_some();
+        if o.code == Some(3) {
+            assert_eq!(journaled, usize::from(has_store), "{case}: {backend}");
+        }
+        writeln!(
+            out,
+            "{case:<44} {backend:<4} {:<4} {decision:<8} {reason:<18} {state:<10} {tomb:<5} {}",
+            o.code.unwrap(),
+            if journaled > 0 { "yes" } else { "no" }
+        )
+        .unwrap();
+        if o.code == Some(3) {
+            let msg = j["error"]
+                .as_str()
+                .unwrap_or_default()
+                .replace(&kv.display().to_string(), "[kv]")
+                .replace(&sql.display().to_string(), "[sql]");
+            writeln!(out, "    {msg}").unwrap();
+        }
+    }
+    allowed
+}
+
+#[test]
+fn downgrade_attempts_in_every_state_snapshot() {
+    let lab = Lab::new(120, 71);
+    let other_base = lab.path("other-base.sqlite");
+    make_fixture(&other_base, 60, 72);
+    let (okv, other) = lab.pair(&other_base, "other");
+    migrate_ok(&okv, &other, BATCH);
+
+    // (case, how to build it: a failpoint, "" for a full run, or a special)
+    let cases: &[(&str, &str)] = &[
+        ("no native store", "none"),
+        ("native file, Begin not committed", "begin.before_commit"),
+        ("Migrating, mid-copy", "batch.after_commit:2"),
+        ("Migrating, copy and indexes done", "indexes.after_commit"),
+        ("Verified", "verify.after_commit"),
+        (
+            "Verified, tombstone written, not recorded",
+            "tombstone.after_commit",
+        ),
+        ("Tombstoned", "tombstoned.after_commit"),
+        ("Locked", ""),
+        ("mistake: tombstoned, native store deleted", "deleted"),
+        ("mistake: tombstoned, native store empty file", "empty"),
+        ("mistake: tombstoned, native from Migrating", "old-backup"),
+        ("mistake: tombstoned, native of another KV", "foreign"),
+        ("mistake: Locked native, another KV store", "other-kv"),
+    ];
+    let mut table = String::new();
+    writeln!(
+        table,
+        "{:<44} {:<4} {:<4} {:<8} {:<18} {:<10} {:<5} journaled",
+        "case", "ask", "exit", "decision", "reason", "state", "tomb"
+    )
+    .unwrap();
+    for (i, (case, how)) in cases.iter().enumerate() {
+        let (kv, sql) = lab.pair(&lab.base, &format!("case-{i}"));
+        match *how {
+            "none" => {}
+            "" => {
+                migrate_ok(&kv, &sql, BATCH);
+            }
+            "deleted" | "empty" | "old-backup" | "foreign" => {
+                let backup = lab.path(&format!("case-{i}-backup.sqlite"));
+                let bkv = lab.path(&format!("case-{i}-backup-kv.sqlite"));
+                copy_store(&lab.base, &bkv);
+                crash_at(&bkv, &backup, BATCH, "batch.after_commit:2");
+                migrate_ok(&kv, &sql, BATCH);
+                remove_store(&sql);
+                match *how {
+                    "empty" => std::fs::write(&sql, b"").expect("empty"),
+                    "old-backup" => copy_store(&backup, &sql),
+                    "foreign" => copy_store(&other, &sql),
+                    _ => {}
+                }
+            }
+            "other-kv" => {
+                migrate_ok(&kv, &sql, BATCH);
+                copy_store(&other_base, &kv);
+            }
+            point => {
+                crash_at(&kv, &sql, BATCH, point);
+            }
+        }
+        let kv_before = kv_dump(&kv);
+        let rows_before = state_row(&sql).map(|_| native_dump(&sql));
+        let allowed = guard_rows(case, &kv, &sql, &mut table);
+        // Never both; never KV next to a tombstone; SQL only when Locked.
+        assert!(!(allowed[0] && allowed[1]), "{case}: both backends allowed");
+        let tombstone = kv_before.rows.contains(&tombstone_row());
+        if tombstone {
+            assert!(!allowed[0], "{case}: KV allowed next to a tombstone");
+        }
+        if allowed[1] {
+            assert_eq!(
+                state_row(&sql).map(|s| s.0).as_deref(),
+                Some("Locked"),
+                "{case}"
+            );
+        }
+        // The guard writes nothing but its journal rows.
+        assert_eq!(
+            kv_dump(&kv),
+            kv_before,
+            "{case}: the guard wrote the KV store"
+        );
+        if let Some(rows) = rows_before {
+            assert_native_eq(&native_dump(&sql), &rows, case);
+        }
+        if *how == "deleted" {
+            assert!(!sql.exists(), "{case}: the guard created a native store");
+        }
+    }
+    snapshot!("faults_downgrade_table", table);
+}
