@@ -18,9 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::codec;
 use crate::error::{Error, Mismatch, Result, Role};
 use crate::fsm::{self, Backend, Event, Refusal, State};
-use crate::kv::{
-    InvoiceBuckets, KvSource, RawInvoice, SealWitness, SourceDigest, TombstoneOutcome,
-};
+use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, TombstoneOutcome, Witness};
 use crate::native;
 use crate::reader::{self, Msg, Prepared};
 use crate::store::{Persisted, SourceIdentity, Target};
@@ -355,6 +353,7 @@ impl Migrator {
             kv,
             buckets: None,
             report: Report::new(State::Fresh),
+            verified: None,
             seal: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
@@ -429,6 +428,7 @@ impl Migrator {
             kv,
             buckets: None,
             report: Report::new(p.state),
+            verified: None,
             seal: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
@@ -456,6 +456,7 @@ impl Migrator {
                 buckets: kv.invoice_buckets()?,
                 kv,
                 report: Report::new(p.state),
+                verified: None,
                 seal: None,
             };
             if let Err(e) = run.check_identity(p) {
@@ -570,9 +571,13 @@ struct Run<'a> {
     kv: KvSource,
     buckets: Option<InvoiceBuckets>,
     report: Report,
-    /// Set when this run itself checked the digest and sealed the KV store
-    /// (see [`SealWitness`]); lets the Lock step skip a second digest.
-    seal: Option<SealWitness>,
+    /// Set by a clean verification pass of this run: a witness of the
+    /// verified snapshot (see [`Witness`]); lets the tombstone transaction
+    /// skip re-computing the digest.
+    verified: Option<Witness>,
+    /// Set when this run itself checked and sealed the KV store; lets the
+    /// Lock step skip a second digest.
+    seal: Option<Witness>,
 }
 
 impl Run<'_> {
@@ -1206,7 +1211,12 @@ impl Run<'_> {
                 })
             }
         };
-        self.verify_stream(t, repair, digest, &mut stream)
+        let report = self.verify_stream(t, repair, digest, &mut stream)?;
+        let witness = stream.finish();
+        // Only a pass that found everything equal witnesses what `Verified`
+        // will record.
+        self.verified = if report.clean() { witness } else { None };
+        Ok(report)
     }
 
     fn stream(&self, after: Option<u32>, snapshot: bool) -> Result<reader::Stream> {
@@ -1365,7 +1375,10 @@ impl Run<'_> {
             sha256: p.source_digest.clone().unwrap_or_default(),
         };
         self.m.progress.start(Phase::Tombstone, 1);
-        let (outcome, seal) = self.kv.write_tombstone_if_unchanged(&verified)?;
+        let since = self.verified.take();
+        let (outcome, seal) = self
+            .kv
+            .write_tombstone_if_unchanged(&verified, since.as_ref())?;
         self.seal = seal;
         self.m.progress.advance(1);
         self.m.progress.finish();

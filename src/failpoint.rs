@@ -9,6 +9,11 @@
 //! [`std::process::abort`] — no destructors, no flushes, no rollback: the
 //! same thing a `SIGKILL` or a power cut does to SQLite's view of the world.
 //!
+//! With `ONEWAY_FAILPOINT_PAUSE=DIR` as well, the armed hit pauses instead
+//! of aborting: it creates `DIR/reached` and goes on once `DIR/resume`
+//! exists, so a test can change the source at that exact point of a live
+//! run (see `tests/seal_witness.rs`).
+//!
 //! The variable is read once. It exists for the crash tests
 //! (`tests/crash.rs`); production runs never set it. [`NAMES`] lists every
 //! failpoint so the tests can drive each one.
@@ -40,6 +45,8 @@ struct Armed {
     name: String,
     at: u64,
     hits: AtomicU64,
+    /// `ONEWAY_FAILPOINT_PAUSE`: pause here instead of aborting.
+    pause: Option<std::path::PathBuf>,
 }
 
 fn armed() -> Option<&'static Armed> {
@@ -55,6 +62,7 @@ fn armed() -> Option<&'static Armed> {
                 name,
                 at: at.max(1),
                 hits: AtomicU64::new(0),
+                pause: std::env::var_os("ONEWAY_FAILPOINT_PAUSE").map(Into::into),
             })
         })
         .as_ref()
@@ -65,8 +73,31 @@ fn armed() -> Option<&'static Armed> {
 pub fn hit(name: &str) {
     if let Some(a) = armed() {
         if a.name == name && a.hits.fetch_add(1, Ordering::Relaxed) + 1 == a.at {
+            if let Some(dir) = &a.pause {
+                pause(name, dir);
+                return;
+            }
             eprintln!("oneway: failpoint {name} reached (hit {}), aborting", a.at);
             std::process::abort();
         }
+    }
+}
+
+/// Creates `DIR/reached`, then waits until the test creates `DIR/resume`:
+/// lets a test act (as lnd would) at an exact point of a live run. Aborts
+/// if nobody answers within a minute, so a broken test cannot hang.
+fn pause(name: &str, dir: &std::path::Path) {
+    eprintln!("oneway: failpoint {name} reached, pausing");
+    if std::fs::write(dir.join("reached"), name).is_err() {
+        std::process::abort();
+    }
+    let resume = dir.join("resume");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !resume.exists() {
+        if std::time::Instant::now() > deadline {
+            eprintln!("oneway: failpoint {name}: nobody resumed the pause, aborting");
+            std::process::abort();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

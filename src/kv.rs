@@ -274,6 +274,19 @@ impl KvSource {
             .map_err(|e| self.err("ending a read transaction", e))
     }
 
+    /// SQLite's `data_version` of this connection: unchanged between two
+    /// reads exactly when no other connection committed in between. Inside
+    /// a [`KvSource::begin_read`] transaction it belongs to that snapshot.
+    pub fn data_version(&self) -> Result<i64> {
+        read_data_version(&self.conn).map_err(|e| self.err("reading data_version", e))
+    }
+
+    /// Keeps this connection as a [`Witness`] of the state it read when
+    /// [`KvSource::data_version`] returned `data_version`.
+    pub fn into_witness(self, data_version: i64) -> Witness {
+        Witness::new(self.conn, &self.path, data_version)
+    }
+
     /// The id of bucket `name` under `parent` (top level when `None`).
     pub fn bucket(&self, parent: Option<i64>, name: &[u8]) -> Result<Option<i64>> {
         bucket_id(&self.conn, &self.table, parent, name)
@@ -611,13 +624,21 @@ impl KvSource {
     /// repaired on the next run, which finds the tombstone present in state
     /// `Verified` (see `spec/state-machine.md`).
     ///
-    /// With `Written` or an unchanged `AlreadyPresent` comes a
-    /// [`SealWitness`]: the write connection, holding the `data_version`
-    /// SQLite reported inside the transaction, after the digest.
+    /// `since` is the witness of the verification snapshot, when this
+    /// process made it: if no other connection has committed since, the
+    /// store *is* the verified snapshot and the digest need not be computed
+    /// again. It is asked inside the write transaction, so nobody can commit
+    /// between that answer and the insert. Without a witness, or if it was
+    /// touched, the digest is re-computed and compared as always.
+    ///
+    /// With `Written` or an unchanged `AlreadyPresent` comes a [`Witness`]:
+    /// the write connection, holding the `data_version` SQLite reported
+    /// inside the transaction, after the check.
     pub fn write_tombstone_if_unchanged(
         &self,
         verified: &SourceDigest,
-    ) -> Result<(TombstoneOutcome, Option<SealWitness>)> {
+        since: Option<&Witness>,
+    ) -> Result<(TombstoneOutcome, Option<Witness>)> {
         let path = &self.path;
         let rw = Connection::open_with_flags(
             path,
@@ -635,8 +656,15 @@ impl KvSource {
         let result = (|| {
             let present =
                 tombstone_present(&rw, &self.table).map_err(e("looking for the tombstone"))?;
-            let now =
-                source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?;
+            let now = match since {
+                Some(w) if w.untouched()? => {
+                    tracing::debug!("KV store untouched since the verified snapshot");
+                    verified.clone()
+                }
+                _ => {
+                    source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?
+                }
+            };
             // Read while this transaction holds the write lock: no other
             // connection can commit between the digest and this value.
             data_version = read_data_version(&rw).map_err(e("reading data_version"))?;
@@ -682,12 +710,12 @@ impl KvSource {
                 rw.execute_batch("COMMIT")
                     .map_err(e("committing the tombstone"))?;
                 crate::failpoint::hit("tombstone.after_commit");
-                let witness = SealWitness::new(rw, path, data_version);
+                let witness = Witness::new(rw, path, data_version);
                 Ok((TombstoneOutcome::Written, Some(witness)))
             }
             Ok(outcome @ TombstoneOutcome::AlreadyPresent { unchanged: true }) => {
                 let _ = rw.execute_batch("ROLLBACK");
-                let witness = SealWitness::new(rw, path, data_version);
+                let witness = Witness::new(rw, path, data_version);
                 Ok((outcome, Some(witness)))
             }
             other => {
@@ -702,26 +730,27 @@ fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
-/// Evidence, held by the process that sealed the KV store, that nothing has
-/// written to it since: the connection that checked the digest and wrote
-/// the tombstone, and the `data_version` it read inside that transaction.
+/// Evidence, held by this process, that nothing has written to the KV store
+/// since a state it read: a connection and the `data_version` it reported
+/// while reading that state.
 ///
 /// SQLite changes a connection's `data_version` whenever *another*
 /// connection (in any process) commits to the file, and never for the
 /// connection's own commits. So an unchanged value means the KV store is
-/// byte for byte what the tombstone transaction saw: the verified invoices
-/// plus the tombstone. This lets `Tombstoned → Lock` in the same run skip a
-/// second full digest; a run resumed in `Tombstoned` has no witness and
-/// digests the store again.
-pub struct SealWitness {
+/// byte for byte the state that was read. Two witnesses are taken: by the
+/// verification pass inside its snapshot (the tombstone transaction then
+/// skips re-computing the digest), and by the tombstone transaction (the
+/// Lock step then skips it too). A run resumed after a crash has no
+/// witness and digests the store again.
+pub struct Witness {
     conn: Connection,
     path: PathBuf,
     data_version: i64,
 }
 
-impl SealWitness {
-    fn new(conn: Connection, path: &Path, data_version: i64) -> SealWitness {
-        SealWitness {
+impl Witness {
+    fn new(conn: Connection, path: &Path, data_version: i64) -> Witness {
+        Witness {
             conn,
             path: path.to_path_buf(),
             data_version,
@@ -729,7 +758,7 @@ impl SealWitness {
     }
 
     /// True when no other connection has committed to the KV store since
-    /// the tombstone transaction read its digest.
+    /// the witnessed state was read.
     pub fn untouched(&self) -> Result<bool> {
         let now = read_data_version(&self.conn)
             .map_err(|e| Error::sqlite(Role::Kv, &self.path, "reading data_version", e))?;
@@ -737,9 +766,9 @@ impl SealWitness {
     }
 }
 
-impl std::fmt::Debug for SealWitness {
+impl std::fmt::Debug for Witness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealWitness")
+        f.debug_struct("Witness")
             .field("path", &self.path)
             .field("data_version", &self.data_version)
             .finish()

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest};
+use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, Witness};
 use crate::native::NativeInvoice;
 
 /// Batches decoded ahead of the writer.
@@ -188,7 +188,17 @@ pub enum Msg {
 /// Batches decoded on a background thread.
 pub struct Stream {
     rx: Option<Receiver<Result<Msg>>>,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<Option<Witness>>>,
+}
+
+impl Stream {
+    /// Ends the stream and, for a snapshot stream read to its end, returns
+    /// the decoder's connection as a [`Witness`] of the snapshot: unchanged
+    /// while nobody else commits to the KV store.
+    pub fn finish(mut self) -> Option<Witness> {
+        self.rx.take();
+        self.handle.take().and_then(|h| h.join().ok().flatten())
+    }
 }
 
 impl Iterator for Stream {
@@ -216,7 +226,8 @@ impl Drop for Stream {
 /// With `snapshot`, the thread holds one read transaction for the whole
 /// stream, first computes the source digest inside it and sends it, and so
 /// every batch comes from the same consistent state of the source as the
-/// digest does.
+/// digest does. It also reads the snapshot's `data_version`, and when the
+/// stream was read to its end, [`Stream::finish`] returns the witness.
 pub fn stream(
     kv_path: PathBuf,
     prefix: String,
@@ -228,13 +239,17 @@ pub fn stream(
     let handle = std::thread::Builder::new()
         .name("oneway-decoder".into())
         .spawn(move || {
-            let run = || -> Result<()> {
+            let run = || -> Result<Option<Witness>> {
                 let mut d = Decoder::open(&kv_path, &prefix)?;
+                let mut version = None;
                 if snapshot {
                     d.kv.begin_read()?;
                     let digest = d.kv.digest()?;
+                    // Same read transaction as the digest: this value
+                    // belongs to the digested snapshot.
+                    version = Some(d.kv.data_version()?);
                     if tx.send(Ok(Msg::Digest(digest))).is_err() {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
                 let mut cursor = after;
@@ -242,21 +257,25 @@ pub fn stream(
                     let batch = d.batch(cursor, batch_size)?;
                     let last = batch.last().map(|p| p.num);
                     if tx.send(Ok(Msg::Batch(batch))).is_err() {
-                        return Ok(());
+                        return Ok(None);
                     }
                     match last {
                         Some(l) => cursor = Some(l),
                         None => break,
                     }
                 }
-                if snapshot {
-                    d.kv.end_read()?;
+                match version {
+                    Some(v) => {
+                        d.kv.end_read()?;
+                        Ok(Some(d.kv.into_witness(v)))
+                    }
+                    None => Ok(None),
                 }
-                Ok(())
             };
-            if let Err(e) = run() {
+            run().unwrap_or_else(|e| {
                 let _ = tx.send(Err(e));
-            }
+                None
+            })
         })
         .map_err(|e| Error::Io {
             path: PathBuf::from("(decoder thread)"),

@@ -1,12 +1,20 @@
-//! The seal witness: the proof that lets `Tombstoned → Lock` skip a second
-//! full digest of the KV store when the same run has just sealed it.
+//! Witnesses: the proofs that let a run skip re-digesting the KV store
+//! (in the tombstone transaction, after its own verification pass; before
+//! Lock, after its own tombstone).
 //!
-//! It must say "untouched" exactly when no other connection has committed
-//! to the KV store since the tombstone transaction computed its digest:
-//! reads do not disturb it, and any foreign commit, even one outside the
-//! invoices bucket, does.
+//! A witness must say "untouched" exactly when no other connection has
+//! committed to the KV store since the state it witnessed: reads do not
+//! disturb it, and any foreign commit, even one outside the invoices
+//! bucket, does. The first tests check the mechanism on the library; the
+//! last ones pause a real `oneway migrate` at the exact points where the
+//! witnesses are used (`ONEWAY_FAILPOINT_PAUSE`), change the source there
+//! as lnd would, and check that the run notices.
+
+mod common;
 
 use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use oneway::fixture::{write_fixture, FixtureSpec};
 use oneway::kv::{KvSource, TombstoneOutcome, DEFAULT_PREFIX};
@@ -44,7 +52,7 @@ fn witness_is_untouched_after_reads_and_touched_by_a_foreign_commit() {
     let src = KvSource::open(&kv, DEFAULT_PREFIX).unwrap();
     let verified = src.digest().unwrap();
 
-    let (outcome, witness) = src.write_tombstone_if_unchanged(&verified).unwrap();
+    let (outcome, witness) = src.write_tombstone_if_unchanged(&verified, None).unwrap();
     assert_eq!(outcome, TombstoneOutcome::Written);
     assert_eq!(tombstones(&kv), 1);
     let witness = witness.expect("a written tombstone comes with a witness");
@@ -77,11 +85,11 @@ fn a_rerun_finding_the_tombstone_unchanged_also_gets_a_witness() {
     let kv = store(dir.path(), 25);
     let src = KvSource::open(&kv, DEFAULT_PREFIX).unwrap();
     let verified = src.digest().unwrap();
-    let (first, _) = src.write_tombstone_if_unchanged(&verified).unwrap();
+    let (first, _) = src.write_tombstone_if_unchanged(&verified, None).unwrap();
     assert_eq!(first, TombstoneOutcome::Written);
 
     // As after a crash between the KV commit and recording `Tombstoned`.
-    let (again, witness) = src.write_tombstone_if_unchanged(&verified).unwrap();
+    let (again, witness) = src.write_tombstone_if_unchanged(&verified, None).unwrap();
     assert_eq!(again, TombstoneOutcome::AlreadyPresent { unchanged: true });
     assert_eq!(tombstones(&kv), 1, "nothing written twice");
     let witness = witness.expect("an unchanged sealed store comes with a witness");
@@ -116,11 +124,146 @@ fn a_changed_source_gets_no_tombstone_and_no_witness() {
             [],
         )
         .unwrap();
-    let (outcome, witness) = src.write_tombstone_if_unchanged(&verified).unwrap();
+    let (outcome, witness) = src.write_tombstone_if_unchanged(&verified, None).unwrap();
     assert!(
         matches!(outcome, TombstoneOutcome::SourceChanged(_)),
         "{outcome:?}"
     );
     assert!(witness.is_none());
     assert_eq!(tombstones(&kv), 0);
+}
+
+/// A `oneway migrate` child paused at failpoint `spec` until [`Paused::resume`].
+struct Paused {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Paused {
+    fn start(kv: &Path, sql: &Path, spec: &str) -> Paused {
+        let dir = tempfile::tempdir().unwrap();
+        let pause = dir.path().to_str().unwrap().to_string();
+        let child = common::command(
+            &common::migrate_args(kv, sql, 50),
+            &[
+                ("ONEWAY_FAILPOINT", spec),
+                ("ONEWAY_FAILPOINT_PAUSE", &pause),
+                ("RUST_LOG", "oneway=debug"),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oneway migrate");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.path().join("reached").exists() {
+            assert!(Instant::now() < deadline, "failpoint {spec} never reached");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Paused { child, dir }
+    }
+
+    fn resume(self) -> common::Out {
+        std::fs::write(self.dir.path().join("resume"), b"").unwrap();
+        let out = self.child.wait_with_output().expect("wait");
+        common::Out::from_parts(out.status, &out.stdout, &out.stderr)
+    }
+}
+
+fn settle_one(kv: &Path) -> u32 {
+    let mut src = common::Source::open(kv);
+    let num = *src.open_invoices().first().expect("an open invoice");
+    src.settle(num);
+    num
+}
+
+#[test]
+fn a_run_whose_verified_snapshot_is_untouched_skips_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv.sqlite");
+    let sql = dir.path().join("native.sqlite");
+    common::make_fixture(&kv, 300, 5);
+    let original = common::kv_dump(&kv);
+    let paused = Paused::start(&kv, &sql, "verify.after_commit");
+    // Reading the store while the run waits is no change.
+    let _ = common::kv_dump(&kv);
+    let out = paused.resume();
+    out.assert_ok("migrate");
+    assert_eq!(out.json()["state"], "Locked");
+    assert!(
+        out.stderr.contains("untouched since the verified snapshot"),
+        "the tombstone used the verification's witness: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("untouched since this run sealed it"),
+        "Lock used the tombstone's witness: {}",
+        out.stderr
+    );
+    common::assert_kv_tombstoned(&original, &kv, "after the run");
+    common::assert_verify_clean(&kv, &sql, 300);
+}
+
+#[test]
+fn lnd_settling_an_invoice_after_verification_is_resynced_before_the_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv.sqlite");
+    let sql = dir.path().join("native.sqlite");
+    common::make_fixture(&kv, 300, 6);
+    let paused = Paused::start(&kv, &sql, "verify.after_commit");
+    assert_eq!(common::state_row(&sql).unwrap().0, "Verified");
+    let settled = settle_one(&kv);
+    // What the store holds now is what must end up migrated.
+    let changed = dir.path().join("changed.sqlite");
+    common::copy_store(&kv, &changed);
+    let out = paused.resume();
+    out.assert_ok("migrate");
+    assert_eq!(out.json()["state"], "Locked");
+    // The first tombstone attempt must not trust the touched witness (the
+    // verification after the re-sync takes a fresh, untouched one).
+    let before_resync = out.stderr.split("event=SourceChanged").next().expect("log");
+    assert!(out.stderr.contains("event=SourceChanged"), "{}", out.stderr);
+    assert!(
+        !before_resync.contains("untouched since the verified snapshot"),
+        "a touched witness must not be trusted: {}",
+        out.stderr
+    );
+    let events: Vec<String> = common::journal(&sql)
+        .into_iter()
+        .filter(|e| e.kind == "transition")
+        .filter_map(|e| e.event)
+        .collect();
+    assert!(
+        events.iter().any(|e| e == "SourceChanged"),
+        "invoice {settled:08x} settled after verification was noticed: {events:?}"
+    );
+    let r = common::reference(&changed, &dir.path().join("ref"), 50);
+    common::assert_matches_reference(&kv, &sql, &r, "after the re-sync");
+}
+
+#[test]
+fn lnd_writing_after_the_tombstone_stops_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv.sqlite");
+    let sql = dir.path().join("native.sqlite");
+    common::make_fixture(&kv, 300, 7);
+    let paused = Paused::start(&kv, &sql, "tombstoned.after_commit");
+    assert_eq!(common::state_row(&sql).unwrap().0, "Tombstoned");
+    settle_one(&kv);
+    let out = paused.resume();
+    assert_eq!(out.code, Some(3), "refused: {out:?}");
+    assert!(
+        out.stderr.contains("invoices changed after the tombstone"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        common::state_row(&sql).unwrap().0,
+        "Tombstoned",
+        "nothing was locked"
+    );
+    let last = common::journal(&sql).pop().expect("journal");
+    assert_eq!(last.kind, "security");
+    assert_eq!(last.details["operation"], "lock");
+    assert_eq!(last.details["reason"], "SourceChangedAfterTombstone");
 }
