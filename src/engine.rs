@@ -1248,7 +1248,7 @@ impl Run<'_> {
         };
         let mut target_hash = Sha256::new();
         let mut cursor: Option<u32> = None;
-        let (waited, mut compared) = (0f64, 0f64);
+        let (mut waited, mut compared) = (0f64, 0f64);
         loop {
             let clock = Instant::now();
             let batch = match stream.next() {
@@ -1257,6 +1257,8 @@ impl Run<'_> {
                 Some(Err(e)) => return Err(e),
                 None => Vec::new(),
             };
+            waited += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
             let last = batch.last().map(|b| b.num);
             let mapped =
                 map_range(t.conn(), cursor, last).map_err(|e| t.err("reading the copy map", e))?;

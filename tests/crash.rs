@@ -499,15 +499,14 @@ fn sigkill_30_times_at_random_on_40000_invoices_then_rerun() {
     let started = Instant::now();
     let stats = random_kills(40_000, 40_000, 500, 30);
     assert_eq!(stats.kills, 30);
-    // The harness's aim, not the engine's correctness: the late phases last
-    // ~0.2 s, so a few children outrun their drawn instant; most must not.
+    // The harness's aim, not the engine's correctness: the late phases are
+    // short, so a few children outrun their drawn instant; most must not.
+    // (Where kills land depends on the phase lengths: after the first kill
+    // most land in verification, the longest phase left. The short windows
+    // around the tombstone are covered exactly by the failpoint matrix.)
     assert!(
         stats.finished_early * 6 <= stats.kills,
         "kill instants badly calibrated: {stats:?}"
-    );
-    assert!(
-        stats.landed.len() >= 2,
-        "kills landed in one state only: {stats:?}"
     );
     eprintln!(
         "40k acceptance test took {:.1} s",
