@@ -27,6 +27,9 @@ use crate::error::{Error, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::native::LND_TABLES;
 
+/// Page size of a native store oneway creates, in bytes.
+pub const NATIVE_PAGE_SIZE: i64 = 16384;
+
 /// Version of oneway's own tables; bumped on incompatible change.
 pub const FORMAT_VERSION: i64 = 1;
 
@@ -198,6 +201,14 @@ impl Target {
         // Refuse a store oneway did not create before changing anything in
         // it (switching to WAL is a persistent change to the file).
         t.refuse_foreign()?;
+        // 16 KiB pages for a new store (a no-op for an existing one: the
+        // page size is fixed by the first write). Fewer, fuller b-tree pages
+        // make the bulk copy, the index build and the read-back measurably
+        // faster and the page cache smaller in RSS than 4 KiB pages; 64 KiB
+        // pages cost far more memory (BENCHMARKS.md).
+        t.conn
+            .pragma_update(None, "page_size", NATIVE_PAGE_SIZE)
+            .map_err(|e| t.err("setting the page size", e))?;
         t.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| t.err("switching to WAL", e))?;

@@ -1107,6 +1107,18 @@ fn unknown_subcommand_and_missing_arguments_are_usage_errors() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn the_native_store_is_created_in_wal_mode_with_16k_pages() {
+    let p = Pair::from_fixture("lnd-tiny.sqlite");
+    assert_exit(&p.run("migrate", &[]), 0);
+    let c = ro(&p.sql);
+    let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((page, mode.as_str()), (16384, "wal"));
+}
+
+#[test]
 fn migrate_json_prints_the_report() {
     let p = Pair::from_fixture("lnd-tiny.sqlite");
     let o = p.run("migrate", &["--json"]);

@@ -721,7 +721,15 @@ fn disk_full_mid_copy_keeps_the_batches_before_and_a_rerun_completes() {
     let r = lab.reference_of(&lab.base, "ref");
     let begun = pages_after(&lab, &lab.base, "begin.after_commit");
     let copied = pages_after(&lab, &lab.base, "indexes.before_commit");
-    for cap in [(begun + copied) / 3, (begun + copied) * 2 / 3] {
+    assert!(
+        copied > begun + 3,
+        "the copy takes pages: {begun} -> {copied}"
+    );
+    // One third and two thirds of the way through the copy's pages.
+    for cap in [
+        begun + (copied - begun) / 3,
+        begun + (copied - begun) * 2 / 3,
+    ] {
         let (kv, sql) = lab.pair(&lab.base, &format!("cap-{cap}"));
         let what = format!("full mid-copy at {cap} pages");
         migrate_on_full_disk(&kv, &sql, cap, "inserting an invoice", &what);
