@@ -30,6 +30,11 @@ use crate::native::LND_TABLES;
 /// Page size of a native store oneway creates, in bytes.
 pub const NATIVE_PAGE_SIZE: i64 = 16384;
 
+/// The native connection's page cache, in KiB: large enough for the hot
+/// index pages of a big store, small enough for the memory bound
+/// (BENCHMARKS.md).
+pub const NATIVE_CACHE_KIB: i64 = 16384;
+
 /// Version of oneway's own tables; bumped on incompatible change.
 pub const FORMAT_VERSION: i64 = 1;
 
@@ -212,10 +217,8 @@ impl Target {
         t.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| t.err("switching to WAL", e))?;
-        // A 16 MiB page cache: large enough to keep the hot index pages of a
-        // big store, small enough for the memory bound (BENCHMARKS.md).
         t.conn
-            .pragma_update(None, "cache_size", -16384)
+            .pragma_update(None, "cache_size", -NATIVE_CACHE_KIB)
             .map_err(|e| t.err("setting the cache size", e))?;
         // Foreign keys are declared (as in lnd's schema) but not enforced row
         // by row while copying: every child row is written in the same
