@@ -528,7 +528,6 @@ fn security_event(
     tracing::warn!(
         target: "oneway::security",
         security_event = kind,
-        request = %request,
         backend = matches!(request, Request::Backend(_)).then_some(value),
         operation = matches!(request, Request::Operation(_)).then_some(value),
         state = state.map_or("none", State::name),
