@@ -502,10 +502,21 @@ fn refused(refusal: Refusal, state: Option<State>, tombstone_present: bool) -> E
         state: state.map_or("none (no native store)".to_string(), |s| {
             s.name().to_string()
         }),
-        extra: if tombstone_present {
-            "; the KV store carries the invoice-tombstone".into()
-        } else {
-            String::new()
+        extra: {
+            let mut extra = String::new();
+            if tombstone_present {
+                extra.push_str("; the KV store carries the invoice-tombstone");
+            }
+            // Sealed but not yet locked (a run stopped between the tombstone
+            // and `Lock`): the native backend is refused too until a rerun
+            // finishes, so say what to do first.
+            if refusal == Refusal::KvTombstoned && state != Some(State::Locked) {
+                extra.push_str(
+                    "; the migration is not locked yet: run `oneway migrate` to finish it before \
+                     switching to the native SQL backend",
+                );
+            }
+            extra
         },
     }
 }
