@@ -11,6 +11,7 @@
 //!
 //! What each test shows is tabulated in `RELIABILITY.md`.
 
+#[macro_use]
 mod common;
 
 use std::fmt::Write as _;
@@ -25,17 +26,6 @@ use serde_json::Value;
 const N: u64 = 300;
 /// Batch size: small, so that every state boundary is reachable.
 const BATCH: usize = 25;
-
-macro_rules! snapshot {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
-            prepend_module_to_snapshot => false,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
-}
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -3,6 +3,9 @@
 //! table (terminal `Locked`, no way back from the sealed states, everything
 //! reachable from `Fresh`, at most one backend allowed at a time).
 
+#[macro_use]
+mod common;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
@@ -25,17 +28,6 @@ fn state_label(s: Option<State>) -> &'static str {
 
 fn refusal_text(r: Refusal) -> String {
     format!("refused {}: {}", r.name(), r)
-}
-
-macro_rules! snapshot {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
-            prepend_module_to_snapshot => false,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
 }
 
 /// The transition table as text: one line per (state, event) pair.

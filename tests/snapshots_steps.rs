@@ -18,6 +18,9 @@
 //! | 7    | `lock.after_commit`      | `Locked`                            |
 //! | 8    | none                     | nothing: already completed          |
 
+#[macro_use]
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,17 +31,6 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_oneway");
 const SIGABRT: i32 = 6;
-
-macro_rules! snapshot_json {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
-            prepend_module_to_snapshot => false,
-        }, {
-            insta::assert_json_snapshot!($name, $value);
-        })
-    };
-}
 
 struct Pair {
     _dir: tempfile::TempDir,

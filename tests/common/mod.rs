@@ -15,7 +15,32 @@
 //! * [`Source`] edits a KV store the way lnd would (new invoices, an open
 //!   invoice settled later) and reads or rewrites raw invoice values for the
 //!   bad-input tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// `insta::assert_snapshot!` into the repository's `snapshots/` folder, named
+/// without the test module (needs `#[macro_use] mod common;`).
+macro_rules! snapshot {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
+/// [`snapshot!`] for a value serialised as JSON.
+macro_rules! snapshot_json {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_json_snapshot!($name, $value);
+        })
+    };
+}
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
