@@ -357,7 +357,10 @@ struct KillStats {
 
 /// Migrates copies of `base`, killing `oneway migrate` with SIGKILL `kills`
 /// times at random instants, then reruns to the end and compares with an
-/// uncrashed run.
+/// uncrashed run. Kills come in rounds of at most `per_round` on one copy of
+/// the store; each round ends with a rerun to the end, checked against the
+/// uncrashed run, and the next round starts on a fresh copy (so that many
+/// kills land in the copy phase, which the first kill of a round leaves).
 ///
 /// Kill instants: the uncrashed reference run is timed per phase (copy,
 /// verify, tombstone); each child is killed after a delay drawn uniformly
@@ -365,7 +368,13 @@ struct KillStats {
 /// child starts in (copy work left in proportion to the invoices still to
 /// copy). So every kill lands inside a live run, spread over its copy,
 /// verification and tombstone phases alike.
-fn random_kills(invoices: u64, seed: u64, batch: usize, kills: usize) -> KillStats {
+fn random_kills(
+    invoices: u64,
+    seed: u64,
+    batch: usize,
+    kills: usize,
+    per_round: usize,
+) -> KillStats {
     // Kill instants are computed from a timed reference run; another test
     // loading the other core meanwhile would skew them. One at a time.
     static TIMED: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -401,7 +410,19 @@ fn random_kills(invoices: u64, seed: u64, batch: usize, kills: usize) -> KillSta
         dir.path().join("native-0.sqlite"),
     );
     copy_store(&base, &kv);
+    let mut in_round = 0;
     while stats.kills < kills {
+        if in_round == per_round {
+            // End of a round: finish this store, check it, start afresh.
+            let done = migrate_ok(&kv, &sql, batch);
+            assert_eq!(done["state"], "Locked");
+            assert_matches_reference(&kv, &sql, &reference, "after a round of kills");
+            in_round = 0;
+            round += 1;
+            kv = dir.path().join(format!("kv-{round}.sqlite"));
+            sql = dir.path().join(format!("native-{round}.sqlite"));
+            copy_store(&base, &kv);
+        }
         // The run time left, by the uncrashed run's phases: start-up (the
         // time to the Begin commit) plus the phases still to do, up to the
         // final commit. The WAL checkpoint after that commit is left out: a
@@ -446,6 +467,7 @@ fn random_kills(invoices: u64, seed: u64, batch: usize, kills: usize) -> KillSta
         let completed = state_row(&sql).is_some_and(|s| s.0 == "Locked");
         if killed && out.signal == Some(SIGKILL) && !completed {
             stats.kills += 1;
+            in_round += 1;
             // The crashed pair must read back consistently at once.
             let s = status(&kv, &sql);
             let state = s["state"].as_str().expect("state").to_string();
@@ -477,6 +499,7 @@ fn random_kills(invoices: u64, seed: u64, batch: usize, kills: usize) -> KillSta
             assert!(out.ok() || out.signal == Some(SIGKILL), "{out:?}");
             assert_matches_reference(&kv, &sql, &reference, "finished between kills");
             stats.finished_early += 1;
+            in_round = 0;
             round += 1;
             kv = dir.path().join(format!("kv-{round}.sqlite"));
             sql = dir.path().join(format!("native-{round}.sqlite"));
@@ -497,7 +520,7 @@ fn random_kills(invoices: u64, seed: u64, batch: usize, kills: usize) -> KillSta
 #[test]
 fn sigkill_30_times_at_random_on_40000_invoices_then_rerun() {
     let started = Instant::now();
-    let stats = random_kills(40_000, 40_000, 500, 30);
+    let stats = random_kills(40_000, 40_000, 500, 30, 30);
     assert_eq!(stats.kills, 30);
     // The harness's aim, not the engine's correctness: the late phases are
     // short, so a few children outrun their drawn instant; most must not.
@@ -520,9 +543,14 @@ fn sigkill_30_times_at_random_on_40000_invoices_then_rerun() {
 fn sigkill_50_times_at_random_on_a_small_store_with_tiny_batches() {
     // Runs here last a fraction of a second, so start-up noise makes some
     // children finish before their kill instant; those rounds are checked
-    // too, and killing goes on until 50 kills hit live migrations.
-    let stats = random_kills(4_000, 4_000, 10, 50);
+    // too, and killing goes on until 50 kills hit live migrations. Rounds of
+    // five kills put a kill into the copy phase again and again.
+    let stats = random_kills(4_000, 4_000, 10, 50, 5);
     assert_eq!(stats.kills, 50);
+    assert!(
+        stats.landed.get("Migrating").copied().unwrap_or(0) >= 3,
+        "kills must land among the batch commits: {stats:?}"
+    );
     assert!(
         stats.landed.len() >= 2,
         "kills landed in one state only: {stats:?}"
