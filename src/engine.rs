@@ -560,6 +560,31 @@ fn security_event(
     }
 }
 
+/// Refuses `operation` because the KV store was written after it was
+/// sealed: logs and journals the security event, and returns the error.
+fn sealed_store_changed(
+    t: &Target,
+    state: State,
+    operation: &'static str,
+    tombstone_present: bool,
+    extra: String,
+) -> Error {
+    let err = Error::Refused {
+        refusal: Refusal::SourceChangedAfterTombstone,
+        state: state.name().into(),
+        extra,
+    };
+    security_event(
+        Some(t),
+        Some(state),
+        Request::Operation(operation),
+        tombstone_present,
+        Refusal::SourceChangedAfterTombstone.name(),
+        &err.to_string(),
+    );
+    err
+}
+
 /// What was refused, for security events.
 #[derive(Debug, Clone, Copy)]
 enum Request {
@@ -1076,20 +1101,13 @@ impl Run<'_> {
         } else {
             "the tombstone was removed from the KV store after it was written"
         };
-        let err = Error::Refused {
-            refusal: Refusal::SourceChangedAfterTombstone,
-            state: State::Tombstoned.name().into(),
-            extra: format!("; {why}: restore the KV store from backup and investigate"),
-        };
-        security_event(
-            Some(t),
-            Some(State::Tombstoned),
-            Request::Operation("lock"),
+        Err(sealed_store_changed(
+            t,
+            State::Tombstoned,
+            "lock",
             present,
-            Refusal::SourceChangedAfterTombstone.name(),
-            &err.to_string(),
-        );
-        Err(err)
+            format!("; {why}: restore the KV store from backup and investigate"),
+        ))
     }
 
     /// Creates lnd's unique constraints and indexes once the bulk copy is
@@ -1448,22 +1466,15 @@ impl Run<'_> {
                 tracing::info!(kv = %self.opts().kv.display(), "KV invoices bucket tombstoned");
             }
             TombstoneOutcome::AlreadyPresent { unchanged: false } => {
-                let err = Error::Refused {
-                    refusal: Refusal::SourceChangedAfterTombstone,
-                    state: State::Verified.name().into(),
-                    extra: "; the invoices changed after the tombstone was written: something ignored it \
-                            (restore the KV store from backup and investigate)"
-                        .into(),
-                };
-                security_event(
-                    Some(t),
-                    Some(State::Verified),
-                    Request::Operation("tombstone"),
+                return Err(sealed_store_changed(
+                    t,
+                    State::Verified,
+                    "tombstone",
                     true,
-                    Refusal::SourceChangedAfterTombstone.name(),
-                    &err.to_string(),
-                );
-                return Err(err);
+                    "; the invoices changed after the tombstone was written: something ignored it \
+                     (restore the KV store from backup and investigate)"
+                        .into(),
+                ));
             }
             TombstoneOutcome::SourceChanged(now) => {
                 let details = serde_json::json!({
