@@ -889,6 +889,7 @@ impl Run<'_> {
             let clock = Instant::now();
             let (applied, _) = self.apply_batch(t, cursor, Some(last), &batch, true)?;
             wrote += clock.elapsed().as_secs_f64();
+            stream.recycle(batch);
             self.report.copied_this_run += applied;
             cursor = Some(last);
             self.m.progress.advance(n);
@@ -971,21 +972,27 @@ impl Run<'_> {
                 }
             }
         }
-        for p in batch {
-            if let Some((id, d)) = mapped.get(&p.num) {
-                if *id == p.native.id && d == &p.digest {
-                    continue;
+        {
+            let mut rows = native::Inserter::new(&tx).map_err(e("preparing the inserts"))?;
+            let mut map_row = tx
+                .prepare_cached(
+                    "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(e("preparing the inserts"))?;
+            for p in batch {
+                if let Some((id, d)) = mapped.get(&p.num) {
+                    if *id == p.native.id && d == &p.digest {
+                        continue;
+                    }
                 }
+                rows.insert(&p.native)
+                    .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+                map_row
+                    .execute(params![p.num, p.native.id, p.digest.as_slice()])
+                    .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+                max_settle = max_settle.max(p.native.max_settle_index());
+                written += 1;
             }
-            native::insert(&tx, &p.native)
-                .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
-            tx.prepare_cached(
-                "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
-            )
-            .and_then(|mut s| s.execute(params![p.num, p.native.id, p.digest.as_slice()]))
-            .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
-            max_settle = max_settle.max(p.native.max_settle_index());
-            written += 1;
         }
         let delta = written as i64 - resynced as i64 - stale.len() as i64;
         if advance || delta != 0 {
@@ -1312,6 +1319,7 @@ impl Run<'_> {
             max_settle_index: 0,
         };
         let mut target_hash = Sha256::new();
+        let mut children = native::ChildRows::default();
         let mut cursor: Option<u32> = None;
         let (mut waited, mut compared) = (0f64, 0f64);
         loop {
@@ -1337,6 +1345,7 @@ impl Run<'_> {
                     .max_settle_index
                     .max(p.native.max_settle_index() as u64);
                 p.native.feed_digest(&mut target_hash);
+                children.add(p.native.child_rows());
                 match mapped.get(&p.num) {
                     Some((id, d)) if *id == p.native.id && d == &p.digest => matched.push(p),
                     _ => outdated += 1,
@@ -1372,8 +1381,10 @@ impl Run<'_> {
                 let (written, _) = self.apply_batch(t, cursor, last, &batch, false)?;
                 self.report.copied_this_run += written;
             }
+            let n = batch.len() as u64;
+            stream.recycle(batch);
             compared += clock.elapsed().as_secs_f64();
-            self.m.progress.advance(batch.len() as u64);
+            self.m.progress.advance(n);
             match last {
                 Some(l) => cursor = Some(l),
                 None => break,
@@ -1401,28 +1412,22 @@ impl Run<'_> {
             });
         }
         if report.outdated == 0 {
-            // Referential integrity of the whole store, checked once (see the
-            // note on foreign keys in store.rs).
-            let violations: Vec<(String, i64, String)> = t
-                .conn()
-                .prepare("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check LIMIT 5")
-                .and_then(|mut st| {
-                    st.query_map([], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get::<_, Option<i64>>(1)?.unwrap_or(-1),
-                            r.get(2)?,
-                        ))
-                    })?
-                    .collect()
-                })
-                .map_err(|e| t.err("checking foreign keys", e))?;
-            for (table, rowid, parent) in violations {
-                report.mismatch_count += 1;
-                report.mismatches.push(Mismatch {
-                    invoice_key: "*".into(),
-                    detail: format!("{table} row {rowid} refers to a missing {parent} row"),
-                });
+            // Referential integrity of the whole store: every child row
+            // belongs to a verified invoice when each table holds exactly the
+            // rows those invoices own (the argument is on `ChildRows`).
+            let held =
+                native::ChildRows::in_store(t.conn()).map_err(|e| t.err("counting rows", e))?;
+            for ((table, owned), (_, rows)) in children.tables().into_iter().zip(held.tables()) {
+                if rows != owned {
+                    report.mismatch_count += 1;
+                    report.mismatches.push(Mismatch {
+                        invoice_key: "*".into(),
+                        detail: format!(
+                            "{table} holds {rows} rows but the verified invoices own {owned}: \
+                             the native store has rows that belong to no verified invoice or lacks some"
+                        ),
+                    });
+                }
             }
         }
         report.target_digest = hex::encode(target_hash.finalize());

@@ -223,8 +223,8 @@ impl Target {
         // Foreign keys are declared (as in lnd's schema) but not enforced row
         // by row while copying: every child row is written in the same
         // transaction as its parent, deletes remove children explicitly, and
-        // the verification pass runs `PRAGMA foreign_key_check` over the
-        // whole store before `Verified`, which proves the same property once
+        // the verification pass proves, before `Verified`, that no row refers
+        // to a missing parent (by row counts: `native::ChildRows`) once
         // instead of with a parent lookup per inserted row.
         t.conn
             .pragma_update(None, "foreign_keys", "OFF")
