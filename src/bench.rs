@@ -151,7 +151,14 @@ pub fn run(
 ) -> Result<Vec<BenchRow>> {
     let tmp;
     let dir = match dir {
-        Some(d) => d,
+        Some(d) => {
+            std::fs::create_dir_all(&d).map_err(|e| Error::Io {
+                path: d.clone(),
+                action: "creating the benchmark folder".into(),
+                source: e,
+            })?;
+            d
+        }
         None => {
             tmp = tempfile::tempdir().map_err(|e| Error::Io {
                 path: std::env::temp_dir(),
