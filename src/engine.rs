@@ -684,7 +684,7 @@ impl Run<'_> {
                     // batches on the second core while this thread builds
                     // lnd's indexes. Its snapshot begins after the copy;
                     // what the pass proves does not depend on when it began.
-                    let first = self.stream(None, true)?;
+                    let first = self.stream(None, reader::Kind::Verify)?;
                     self.build_indexes(t)?;
                     self.report.seconds.copy += started.elapsed().as_secs_f64();
                     let started = Instant::now();
@@ -863,21 +863,25 @@ impl Run<'_> {
     /// skipped (keys are read in order, and the verification pass re-reads
     /// them all).
     fn copy(&mut self, t: &mut Target, p: &Persisted) -> Result<()> {
-        let total = match self.buckets {
-            Some(b) => self.kv.count_invoices(&b)?,
-            None => 0,
-        };
-        self.m.progress.start(Phase::Copy, total);
-        self.m.progress.advance(p.copied.min(total));
         let mut cursor = p.cursor;
-        let mut stream = self.stream(cursor, false)?;
+        let mut stream = self.stream(cursor, reader::Kind::Copy)?;
+        // Progress starts once the decoder has counted the invoices (after
+        // its first batch); what was done before is reported then.
+        let mut done = p.copied;
+        let mut counted = false;
         // Where the time goes (logged at the end; see BENCHMARKS.md).
         let (mut waited, mut wrote) = (0f64, 0f64);
         loop {
             let clock = Instant::now();
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
-                Some(Ok(Msg::Digest(_))) => continue,
+                Some(Ok(Msg::Total(total))) => {
+                    self.m.progress.start(Phase::Copy, total);
+                    self.m.progress.advance(done.min(total));
+                    counted = true;
+                    continue;
+                }
+                Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
                 None => break,
             };
@@ -892,7 +896,16 @@ impl Run<'_> {
             stream.recycle(batch);
             self.report.copied_this_run += applied;
             cursor = Some(last);
-            self.m.progress.advance(n);
+            if counted {
+                self.m.progress.advance(n);
+            } else {
+                done += n;
+            }
+        }
+        if !counted {
+            // Nothing to copy after the cursor: the stream ended at once.
+            self.m.progress.start(Phase::Copy, done);
+            self.m.progress.advance(done);
         }
         tracing::info!(
             copied = self.report.copied_this_run,
@@ -1204,14 +1217,14 @@ impl Run<'_> {
                 self.opts().table_prefix.clone(),
                 1,
                 after,
-                false,
+                reader::Kind::Plain,
             )?;
             let current: Vec<Prepared> = loop {
                 match stream.next() {
                     Some(Ok(Msg::Batch(b))) => {
                         break b.into_iter().filter(|p| p.num == num).collect()
                     }
-                    Some(Ok(Msg::Digest(_))) => continue,
+                    Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e),
                     None => break Vec::new(),
                 }
@@ -1271,7 +1284,7 @@ impl Run<'_> {
     ) -> Result<VerifyReport> {
         let mut stream = match started {
             Some(s) => s,
-            None => self.stream(None, true)?,
+            None => self.stream(None, reader::Kind::Verify)?,
         };
         let digest: SourceDigest = match stream.next() {
             Some(Ok(Msg::Digest(d))) => d,
@@ -1291,13 +1304,13 @@ impl Run<'_> {
         Ok(report)
     }
 
-    fn stream(&self, after: Option<u32>, snapshot: bool) -> Result<reader::Stream> {
+    fn stream(&self, after: Option<u32>, kind: reader::Kind) -> Result<reader::Stream> {
         reader::stream(
             self.opts().kv.clone(),
             self.opts().table_prefix.clone(),
             self.opts().batch_size,
             after,
-            snapshot,
+            kind,
         )
     }
 
@@ -1318,7 +1331,6 @@ impl Run<'_> {
             target_digest: String::new(),
             max_settle_index: 0,
         };
-        let mut target_hash = Sha256::new();
         let mut children = native::ChildRows::default();
         let mut cursor: Option<u32> = None;
         let (mut waited, mut compared) = (0f64, 0f64);
@@ -1326,7 +1338,11 @@ impl Run<'_> {
             let clock = Instant::now();
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
-                Some(Ok(Msg::Digest(_))) => continue,
+                Some(Ok(Msg::RowsDigest(d))) => {
+                    report.target_digest = d;
+                    continue;
+                }
+                Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
                 None => Vec::new(),
             };
@@ -1344,7 +1360,6 @@ impl Run<'_> {
                 report.max_settle_index = report
                     .max_settle_index
                     .max(p.native.max_settle_index() as u64);
-                p.native.feed_digest(&mut target_hash);
                 children.add(p.native.child_rows());
                 match mapped.get(&p.num) {
                     Some((id, d)) if *id == p.native.id && d == &p.digest => matched.push(p),
@@ -1398,6 +1413,14 @@ impl Run<'_> {
             reading_and_comparing_s = compared,
             "verification pass done"
         );
+        if report.target_digest.is_empty() {
+            // The decoder sends it before the final batch; a stream that
+            // ended without it ended early.
+            return Err(Error::NotOnewayStore {
+                path: self.opts().kv.clone(),
+                why: "could not be read to its end: the decoder thread ended early".into(),
+            });
+        }
         let native_count = t.count("invoices")?;
         let map_count = t.count("oneway_invoice_map")?;
         if report.outdated == 0 && (native_count != report.invoices || map_count != report.invoices)
@@ -1430,7 +1453,6 @@ impl Run<'_> {
                 }
             }
         }
-        report.target_digest = hex::encode(target_hash.finalize());
         Ok(report)
     }
 

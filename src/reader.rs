@@ -179,10 +179,32 @@ impl Decoder {
 
 /// What a [`Stream`] delivers.
 pub enum Msg {
-    /// The source digest of the snapshot (first message of a snapshot stream).
+    /// The source digest of the snapshot (first message of a
+    /// [`Kind::Verify`] stream).
     Digest(SourceDigest),
+    /// The number of invoices in the source, for progress (sent by a
+    /// [`Kind::Copy`] stream after its first batch, so that counting does
+    /// not delay it).
+    Total(u64),
+    /// The target digest (`spec/formats.md` section 4.4) of the rows built
+    /// from every invoice of the snapshot, in key order (sent by a
+    /// [`Kind::Verify`] stream just before its final, empty batch).
+    RowsDigest(String),
     /// The next batch; an empty batch ends the stream.
     Batch(Vec<Prepared>),
+}
+
+/// What a [`Stream`] reads and reports besides its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The copy: reads as it goes, and reports the [`Msg::Total`].
+    Copy,
+    /// A verification pass: one read transaction for the whole stream, the
+    /// [`Msg::Digest`] first and the [`Msg::RowsDigest`] last, and a
+    /// [`Witness`] from [`Stream::finish`].
+    Verify,
+    /// Batches only (re-reading single invoices).
+    Plain,
 }
 
 /// Batches decoded on a background thread.
@@ -234,18 +256,21 @@ impl Drop for Stream {
 
 /// Starts a decoder thread over the invoices after `after`.
 ///
-/// With `snapshot`, the thread holds one read transaction for the whole
+/// A [`Kind::Verify`] stream holds one read transaction for the whole
 /// stream, first computes the source digest inside it and sends it, and so
 /// every batch comes from the same consistent state of the source as the
 /// digest does. It also reads the snapshot's `data_version`, and when the
-/// stream was read to its end, [`Stream::finish`] returns the witness.
+/// stream was read to its end, [`Stream::finish`] returns the witness. The
+/// target digest of the batches' rows is computed here too, off the thread
+/// that compares them.
 pub fn stream(
     kv_path: PathBuf,
     prefix: String,
     batch_size: usize,
     after: Option<u32>,
-    snapshot: bool,
+    kind: Kind,
 ) -> Result<Stream> {
+    let snapshot = kind == Kind::Verify;
     let (tx, rx) = sync_channel::<Result<Msg>>(IN_FLIGHT);
     // Unbounded, but it never holds more than the batches in flight: the
     // caller returns each batch once, and this thread drains the channel
@@ -268,15 +293,38 @@ pub fn stream(
                     }
                 }
                 let mut cursor = after;
+                let mut rows = Sha256::new();
+                let mut first = true;
                 loop {
                     while let Ok(done) = returned.try_recv() {
                         drop(done);
                     }
                     let batch = d.batch(cursor, batch_size)?;
                     let last = batch.last().map(|p| p.num);
+                    if snapshot {
+                        for p in &batch {
+                            p.native.feed_digest(&mut rows);
+                        }
+                        if last.is_none() {
+                            let digest = hex::encode(std::mem::take(&mut rows).finalize());
+                            if tx.send(Ok(Msg::RowsDigest(digest))).is_err() {
+                                return Ok(None);
+                            }
+                        }
+                    }
                     if tx.send(Ok(Msg::Batch(batch))).is_err() {
                         return Ok(None);
                     }
+                    if first && kind == Kind::Copy {
+                        let total = match d.buckets {
+                            Some(b) => d.kv.count_invoices(&b)?,
+                            None => 0,
+                        };
+                        if tx.send(Ok(Msg::Total(total))).is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    first = false;
                     match last {
                         Some(l) => cursor = Some(l),
                         None => break,
