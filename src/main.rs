@@ -138,6 +138,9 @@ enum Cmd {
         /// Invoices per batch transaction (at least 1).
         #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
         batch_size: usize,
+        /// Runs per size; the table shows medians (at least 1).
+        #[arg(long, default_value_t = oneway::bench::DEFAULT_RUNS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
         /// Print the rows as JSON instead of a markdown table.
         #[arg(long)]
         json: bool,
@@ -403,6 +406,7 @@ fn main() -> ExitCode {
             sizes,
             dir,
             batch_size,
+            runs,
             json,
         } => {
             let exe = match std::env::current_exe() {
@@ -415,7 +419,7 @@ fn main() -> ExitCode {
             if !json {
                 out!("{}", oneway::bench::MARKDOWN_HEADER);
             }
-            match oneway::bench::run(&exe, dir, &sizes, batch_size, |row| {
+            match oneway::bench::run(&exe, dir, &sizes, batch_size, runs as usize, |row| {
                 if !json {
                     out!("{}", oneway::bench::markdown_row(row));
                 }
