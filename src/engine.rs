@@ -891,7 +891,7 @@ impl Run<'_> {
             };
             let n = batch.len() as u64;
             let clock = Instant::now();
-            let (applied, _) = self.apply_batch(t, cursor, Some(last), &batch, true)?;
+            let (applied, _) = self.apply_batch(t, cursor, Some(last), &batch, BatchKind::Copy)?;
             wrote += clock.elapsed().as_secs_f64();
             stream.recycle(batch);
             self.report.copied_this_run += applied;
@@ -915,7 +915,7 @@ impl Run<'_> {
         );
         // Invoices deleted from the source after they were copied leave map
         // rows beyond the last source key; drop them.
-        self.apply_batch(t, cursor, None, &[], true)?;
+        self.apply_batch(t, cursor, None, &[], BatchKind::Copy)?;
         self.m.progress.finish();
         Ok(())
     }
@@ -923,7 +923,7 @@ impl Run<'_> {
     /// Writes one batch in one transaction: inserts new invoices, re-copies
     /// invoices whose source digest changed, deletes copies of invoices that
     /// are gone from the source in the key range `(lo, hi]` (`hi = None`:
-    /// unbounded), and, when `advance` is set, moves the cursor to `hi`.
+    /// unbounded), and, for a [`BatchKind::Copy`], moves the cursor to `hi`.
     /// Returns (invoices written, stale copies deleted).
     fn apply_batch(
         &mut self,
@@ -931,8 +931,9 @@ impl Run<'_> {
         lo: Option<u32>,
         hi: Option<u32>,
         batch: &[Prepared],
-        advance: bool,
+        kind: BatchKind,
     ) -> Result<(u64, u64)> {
+        let advance = kind == BatchKind::Copy;
         let kv_path = self.m.opts.kv.clone();
         let sql_path = self.m.opts.sql.clone();
         let tx = t.begin_batch()?;
@@ -986,7 +987,8 @@ impl Run<'_> {
             }
         }
         {
-            let mut rows = native::Inserter::new(&tx).map_err(e("preparing the inserts"))?;
+            let mut rows =
+                native::Inserter::new(&tx, advance).map_err(e("preparing the inserts"))?;
             let mut map_row = tx
                 .prepare_cached(
                     "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
@@ -1130,8 +1132,11 @@ impl Run<'_> {
         ))
     }
 
-    /// Creates lnd's unique constraints and indexes once the bulk copy is
-    /// done, in one transaction (idempotent: `IF NOT EXISTS`). A crash
+    /// Moves the staged AMP sub-invoices into lnd's table
+    /// (`native::AMP_STAGING`) and creates lnd's unique constraints and
+    /// indexes once the bulk copy is done, in one transaction (idempotent:
+    /// the staging table is emptied by the move, and the indexes are
+    /// created `IF NOT EXISTS`). A crash
     /// before the commit leaves no index; the rerun builds them again. A
     /// violated unique constraint is reported naming both invoices, unless
     /// one of the two copies is outdated (the source was repaired or changed
@@ -1171,7 +1176,9 @@ impl Run<'_> {
                 .map_err(|e| Error::sqlite(Role::Native, &sql, "setting the cache size", e))
         };
         cache(INDEX_BUILD_CACHE_KIB)?;
-        let built = tx.execute_batch(native::LND_INDEXES);
+        let built = tx
+            .execute_batch(native::AMP_STAGING)
+            .and_then(|_| tx.execute_batch(native::LND_INDEXES));
         cache(crate::store::NATIVE_CACHE_KIB)?;
         if let Err(err) = built {
             if let rusqlite::Error::SqliteFailure(f, _) = &err {
@@ -1230,7 +1237,8 @@ impl Run<'_> {
                 }
             };
             drop(stream);
-            let (written, removed) = self.apply_batch(t, after, Some(num), &current, false)?;
+            let (written, removed) =
+                self.apply_batch(t, after, Some(num), &current, BatchKind::Repair)?;
             self.report.copied_this_run += written;
             changed |= written + removed > 0;
         }
@@ -1393,7 +1401,7 @@ impl Run<'_> {
                 // The whole batch goes in, so that present invoices are not
                 // taken for deleted ones; unchanged ones are skipped there by
                 // their digest.
-                let (written, _) = self.apply_batch(t, cursor, last, &batch, false)?;
+                let (written, _) = self.apply_batch(t, cursor, last, &batch, BatchKind::Repair)?;
                 self.report.copied_this_run += written;
             }
             let n = batch.len() as u64;
@@ -1529,6 +1537,17 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// What a batch transaction is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchKind {
+    /// A batch of the copy: moves the cursor, and stages AMP sub-invoices
+    /// for the index build to move (`native::AMP_STAGING`).
+    Copy,
+    /// A repair of copies behind the cursor (the cursor stays; AMP
+    /// sub-invoices go straight into lnd's table).
+    Repair,
 }
 
 /// The copy-map rows with `lo < kv_num <= hi` (`None`: unbounded), as

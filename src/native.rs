@@ -119,17 +119,40 @@ CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_invoice_id_idx ON amp_sub_invoi
 CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
 ";
 
+/// Moves the AMP sub-invoices staged by copy batches into lnd's table, in
+/// set-id order. Runs first in the index build's transaction.
+///
+/// `amp_sub_invoices.set_id` is lnd's primary key, so SQLite keeps a unique
+/// index on it that cannot be deferred like the others. Set ids are random:
+/// inserted batch by batch, each batch dirtied a random leaf of that index
+/// per AMP set, and once the index outgrew the page cache every such insert
+/// read a page and every commit rewrote a hundred-odd scattered pages. At a
+/// million invoices that made the copy half again slower per invoice than
+/// at 200,000 (BENCHMARKS.md). Copy batches therefore write AMP sets to
+/// `oneway_amp_staging` (same columns, no constraint), and this statement
+/// moves them all at once, sorted, so the index is built front to back. A
+/// set id used twice makes it fail like a unique index does, and
+/// [`find_duplicate`] names the two invoices. Batches that repair copies
+/// after the move write `amp_sub_invoices` directly.
+pub const AMP_STAGING: &str = "
+INSERT INTO amp_sub_invoices (set_id, state, created_at, settled_at, settle_index, invoice_id)
+    SELECT set_id, state, created_at, settled_at, settle_index, invoice_id
+    FROM oneway_amp_staging ORDER BY set_id;
+DELETE FROM oneway_amp_staging;
+";
+
 /// Finds two invoices that break one of lnd's unique constraints, as
 /// (KV invoice number of the later one, KV invoice number of the other when
 /// it is in the copy map, sentence naming the other and the shared value).
 /// Used to turn a failed unique-index build into an error that names the
 /// invoices.
 pub fn find_duplicate(conn: &Connection) -> rusqlite::Result<Option<(u32, Option<u32>, String)>> {
-    let checks: [(&str, &str); 4] = [
+    let checks: [(&str, &str); 5] = [
         ("payment hash", "SELECT i.id, hex(i.hash) FROM invoices i WHERE i.hash IN (SELECT hash FROM invoices GROUP BY hash HAVING count(*) > 1) ORDER BY i.hash, i.id LIMIT 2"),
         ("payment address", "SELECT i.id, hex(i.payment_addr) FROM invoices i WHERE i.payment_addr IN (SELECT payment_addr FROM invoices WHERE payment_addr IS NOT NULL GROUP BY payment_addr HAVING count(*) > 1) ORDER BY i.payment_addr, i.id LIMIT 2"),
         ("payment request", "SELECT i.id, hex(i.payment_request_hash) FROM invoices i WHERE i.payment_request_hash IN (SELECT payment_request_hash FROM invoices WHERE payment_request_hash IS NOT NULL GROUP BY payment_request_hash HAVING count(*) > 1) ORDER BY i.payment_request_hash, i.id LIMIT 2"),
         ("HTLC circuit key (channel id, HTLC id)", "SELECT h.invoice_id, h.chan_id || ':' || h.htlc_id FROM invoice_htlcs h WHERE (h.chan_id, h.htlc_id) IN (SELECT chan_id, htlc_id FROM invoice_htlcs GROUP BY chan_id, htlc_id HAVING count(*) > 1) ORDER BY h.chan_id, h.htlc_id, h.invoice_id LIMIT 2"),
+        ("AMP set id", "WITH s(set_id, invoice_id) AS (SELECT set_id, invoice_id FROM amp_sub_invoices UNION ALL SELECT set_id, invoice_id FROM oneway_amp_staging) SELECT invoice_id, hex(set_id) FROM s WHERE set_id IN (SELECT set_id FROM s GROUP BY set_id HAVING count(*) > 1) ORDER BY set_id, invoice_id LIMIT 2"),
     ];
     for (what, sql) in checks {
         let rows: Vec<(i64, String)> = conn
@@ -769,7 +792,9 @@ pub struct Inserter<'c> {
 
 impl<'c> Inserter<'c> {
     /// Prepares the statements on `conn` (normally inside a transaction).
-    pub fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
+    /// With `staged`, AMP sub-invoices go to `oneway_amp_staging` instead of
+    /// `amp_sub_invoices` (see [`AMP_STAGING`]).
+    pub fn new(conn: &'c Connection, staged: bool) -> rusqlite::Result<Inserter<'c>> {
         Ok(Inserter {
             conn,
             invoice: conn.prepare_cached(
@@ -786,10 +811,13 @@ impl<'c> Inserter<'c> {
             custom_record: conn.prepare_cached(
                 "INSERT INTO invoice_htlc_custom_records (key, value, htlc_id) VALUES (?1, ?2, ?3)",
             )?,
-            amp_set: conn.prepare_cached(
+            amp_set: conn.prepare_cached(if staged {
+                "INSERT INTO oneway_amp_staging (set_id, state, created_at, settled_at, settle_index, invoice_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            } else {
                 "INSERT INTO amp_sub_invoices (set_id, state, created_at, settled_at, settle_index, invoice_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?,
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            })?,
             amp_htlc: conn.prepare_cached(
                 "INSERT INTO amp_sub_invoice_htlcs (invoice_id, set_id, htlc_id, root_share, child_index, hash, preimage)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -898,6 +926,7 @@ pub fn delete(conn: &Connection, id: i64) -> rusqlite::Result<()> {
         "DELETE FROM invoice_htlc_custom_records WHERE htlc_id IN (SELECT id FROM invoice_htlcs WHERE invoice_id = ?1)",
         "DELETE FROM invoice_htlcs WHERE invoice_id = ?1",
         "DELETE FROM amp_sub_invoices WHERE invoice_id = ?1",
+        "DELETE FROM oneway_amp_staging WHERE invoice_id = ?1",
         "DELETE FROM invoice_features WHERE invoice_id = ?1",
         "DELETE FROM invoices WHERE id = ?1",
     ] {

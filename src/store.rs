@@ -1,7 +1,7 @@
 //! The native store's own bookkeeping: the state row, the journal, the
 //! copy map, and the one-transaction-per-transition rule.
 //!
-//! The native SQLite file holds lnd's tables ([`crate::native`]) and three
+//! The native SQLite file holds lnd's tables ([`crate::native`]) and four
 //! of oneway's:
 //! - `oneway_state`: one row (`singleton = 1`) with the machine's state, the
 //!   source identity, the copy cursor, and the verification record;
@@ -9,7 +9,10 @@
 //!   row per transition and per security event;
 //! - `oneway_invoice_map`: KV invoice number → native id and a digest of the
 //!   source bytes it was copied from, which makes a copy idempotent and lets a
-//!   re-sync copy only what changed.
+//!   re-sync copy only what changed;
+//! - `oneway_amp_staging`: AMP sub-invoice rows written by copy batches,
+//!   moved into `amp_sub_invoices` in set-id order by the index build
+//!   ([`crate::native::AMP_STAGING`] says why).
 //!
 //! Durability: the connection runs in WAL mode. Transitions run with
 //! `synchronous=FULL`, so a transition is on disk when [`Target::transition`]
@@ -71,6 +74,15 @@ CREATE TABLE oneway_invoice_map (
     invoice_id INTEGER NOT NULL,
     digest BLOB NOT NULL
 );
+CREATE TABLE oneway_amp_staging (
+    set_id BLOB NOT NULL,
+    state SMALLINT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    settled_at TIMESTAMP,
+    settle_index BIGINT,
+    invoice_id BIGINT NOT NULL
+);
+CREATE INDEX oneway_amp_staging_invoice ON oneway_amp_staging(invoice_id);
 ";
 
 /// What identifies the KV store a native store was made from.

@@ -304,6 +304,9 @@ fn check_crashed(kv: &Path, sql: &Path, want: &Expect, original: &KvDump, what: 
     }
     if sql.exists() {
         assert_native_sound(sql);
+        if want.state != "Migrating" && want.state != "Fresh" {
+            assert_nothing_staged(sql);
+        }
     }
 }
 
@@ -625,6 +628,7 @@ fn two_migrators_on_one_pair_exactly_one_works() {
     assert_kv_tombstoned(&original, &kv, "one migration");
     assert_verify_clean(&kv, &sql, 8_000);
     assert_native_sound(&sql);
+    assert_nothing_staged(&sql);
     let events: Vec<String> = journal(&sql)
         .into_iter()
         .filter(|e| e.kind == "transition")

@@ -421,6 +421,40 @@ fn bad_input_duplicate_payment_hash_in_the_earlier_invoice_is_repaired_too() {
     duplicate_payment_hash(37, false);
 }
 
+/// A legacy AMP invoice's shard is given another legacy AMP invoice's set
+/// id, so both own an AMP sub-invoice with that id: lnd's primary key on
+/// `amp_sub_invoices.set_id` must refuse when the staged sets are moved in,
+/// naming both invoices, and the repaired store must complete.
+#[test]
+fn bad_input_duplicate_amp_set_id_names_both_and_a_repaired_store_completes() {
+    let lab = Lab::new(N, 38);
+    let legacy = |i: &oneway::model::Invoice| {
+        i.is_amp() && i.amp_state.is_empty() && i.htlcs.iter().any(|h| h.amp.is_some())
+    };
+    let from = pick(&lab.kv, 20, legacy);
+    let to = pick(&lab.kv, from, legacy);
+    let original = Source::open(&lab.kv).value(to);
+    let (kf, kt) = (format!("invoice {from:08x}"), format!("invoice {to:08x}"));
+    let what = format!("duplicate AMP set id ({to:08x} takes {from:08x}'s)");
+    let s = bad_input(
+        &lab,
+        |kv| {
+            let src = Source::open(kv);
+            let theirs = decode_invoice(&src.value(from)).expect("decode");
+            let set_id = theirs.htlcs[0].amp.as_ref().expect("AMP shard").set_id;
+            let mut inv = decode_invoice(&src.value(to)).expect("decode");
+            drop(src);
+            inv.htlcs[0].amp.as_mut().expect("AMP shard").set_id = set_id;
+            Source::open(kv).set_value(to, &encode_invoice(&inv));
+        },
+        |kv| Source::open(kv).set_value(to, &original),
+        &[&kt, &kf, "cannot be migrated", "shares its AMP set id"],
+        &what,
+    );
+    // Every invoice was copied; the move of the staged AMP sets refused.
+    assert_eq!(s["copied"], N, "{what}: {s}");
+}
+
 #[test]
 fn bad_input_in_an_invoice_already_copied_is_named_and_a_repaired_store_completes() {
     // The damage happens between runs, behind the cursor: the copy does not
