@@ -975,15 +975,13 @@ impl Run<'_> {
                 .map_err(e("removing a copy of a deleted invoice"))?;
         }
         // Outdated copies next, for the same reason.
-        for p in batch {
-            if let Some((id, d)) = mapped.get(&p.num) {
-                if *id != p.native.id || d != &p.digest {
-                    native::delete(&tx, *id).map_err(e("removing an outdated copy"))?;
-                    tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")
-                        .and_then(|mut s| s.execute([p.num]))
-                        .map_err(e("removing an outdated copy"))?;
-                    resynced += 1;
-                }
+        for p in batch.iter().filter(|p| !is_current(&mapped, p)) {
+            if let Some((id, _)) = mapped.get(&p.num) {
+                native::delete(&tx, *id).map_err(e("removing an outdated copy"))?;
+                tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")
+                    .and_then(|mut s| s.execute([p.num]))
+                    .map_err(e("removing an outdated copy"))?;
+                resynced += 1;
             }
         }
         {
@@ -994,12 +992,7 @@ impl Run<'_> {
                     "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
                 )
                 .map_err(e("preparing the inserts"))?;
-            for p in batch {
-                if let Some((id, d)) = mapped.get(&p.num) {
-                    if *id == p.native.id && d == &p.digest {
-                        continue;
-                    }
-                }
+            for p in batch.iter().filter(|p| !is_current(&mapped, p)) {
                 rows.insert(&p.native)
                     .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
                 map_row
@@ -1369,9 +1362,10 @@ impl Run<'_> {
                     .max_settle_index
                     .max(p.native.max_settle_index() as u64);
                 children.add(p.native.child_rows());
-                match mapped.get(&p.num) {
-                    Some((id, d)) if *id == p.native.id && d == &p.digest => matched.push(p),
-                    _ => outdated += 1,
+                if is_current(&mapped, p) {
+                    matched.push(p);
+                } else {
+                    outdated += 1;
                 }
             }
             let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
@@ -1446,9 +1440,8 @@ impl Run<'_> {
             // Referential integrity of the whole store: every child row
             // belongs to a verified invoice when each table holds exactly the
             // rows those invoices own (the argument is on `ChildRows`).
-            let held =
-                native::ChildRows::in_store(t.conn()).map_err(|e| t.err("counting rows", e))?;
-            for ((table, owned), (_, rows)) in children.tables().into_iter().zip(held.tables()) {
+            for (table, owned) in children.tables() {
+                let rows = t.count(table)?;
                 if rows != owned {
                     report.mismatch_count += 1;
                     report.mismatches.push(Mismatch {
@@ -1550,13 +1543,22 @@ enum BatchKind {
     Repair,
 }
 
+/// Whether the copy map holds `p` as it is now: mapped to the same native id,
+/// from source bytes with the same digest.
+fn is_current(mapped: &CopyMap, p: &Prepared) -> bool {
+    matches!(mapped.get(&p.num), Some((id, d)) if *id == p.native.id && d == &p.digest)
+}
+
+/// Copy-map rows: kv_num → (native id, source digest).
+type CopyMap = std::collections::BTreeMap<u32, (i64, Vec<u8>)>;
+
 /// The copy-map rows with `lo < kv_num <= hi` (`None`: unbounded), as
 /// kv_num → (native id, source digest).
 fn map_range(
     conn: &rusqlite::Connection,
     lo: Option<u32>,
     hi: Option<u32>,
-) -> rusqlite::Result<std::collections::BTreeMap<u32, (i64, Vec<u8>)>> {
+) -> rusqlite::Result<CopyMap> {
     let lo = lo.map_or(-1, i64::from);
     let hi = hi.map_or(i64::MAX, i64::from);
     let mut st = conn.prepare_cached(

@@ -687,8 +687,7 @@ impl NativeInvoice {
     }
 }
 
-/// Row counts of lnd's child tables: the rows the verified invoices own, or
-/// the rows a table holds.
+/// Row counts of lnd's child tables: the rows a set of invoices owns.
 ///
 /// Verification compares the two instead of running `PRAGMA
 /// foreign_key_check`, and proves the same thing. Every verified invoice's
@@ -737,23 +736,6 @@ impl ChildRows {
             ("amp_sub_invoices", self.amp_sub_invoices),
             ("amp_sub_invoice_htlcs", self.amp_sub_invoice_htlcs),
         ]
-    }
-
-    /// The rows each child table holds now.
-    pub fn in_store(conn: &Connection) -> rusqlite::Result<ChildRows> {
-        let count = |table: &str| {
-            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
-        };
-        Ok(ChildRows {
-            invoice_features: count("invoice_features")?,
-            invoice_htlcs: count("invoice_htlcs")?,
-            invoice_htlc_custom_records: count("invoice_htlc_custom_records")?,
-            amp_sub_invoices: count("amp_sub_invoices")?,
-            amp_sub_invoice_htlcs: count("amp_sub_invoice_htlcs")?,
-        })
     }
 }
 
