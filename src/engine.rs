@@ -19,6 +19,7 @@ use crate::codec;
 use crate::error::{Error, Mismatch, Result, Role};
 use crate::fsm::{self, Backend, Event, Refusal, State};
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, TombstoneOutcome, Witness};
+use crate::lnd_schema;
 use crate::native;
 use crate::reader::{self, Msg, Prepared};
 use crate::store::{Persisted, SourceIdentity, Target};
@@ -436,7 +437,23 @@ impl Migrator {
         };
         run.buckets = run.kv.invoice_buckets()?;
         run.check_identity(&p)?;
-        run.verify_pass(&mut target, false, None)
+        let mut report = run.verify_pass(&mut target, false, None)?;
+        // lnd's schema and bookkeeping are final from `Verified` on (the
+        // indexes, the settle sequence) and from `Locked` on (the tracker).
+        let stage = match p.state {
+            State::Locked => Some(lnd_schema::Stage::Locked),
+            State::Verified | State::Tombstoned => Some(lnd_schema::Stage::Migrating),
+            State::Fresh | State::Migrating => None,
+        };
+        if let Some(stage) = stage {
+            let settle = run.expected_settle_index(&target)?;
+            let found =
+                lnd_schema::check(target.conn(), stage, settle, crate::store::ONEWAY_SCHEMA)
+                    .map_err(|e| target.err("checking lnd's schema and bookkeeping", e))?;
+            report.mismatch_count += found.len() as u64;
+            report.mismatches.extend(contract_mismatches(found));
+        }
+        Ok(report)
     }
 
     /// Decides whether the application may open `backend`.
@@ -697,6 +714,7 @@ impl Run<'_> {
                         "max_settle_index": report.max_settle_index,
                     });
                     let settle = report.max_settle_index.max(self.settle_sequence()?);
+                    let sql = &self.m.opts.sql;
                     t.transition(State::Migrating, Event::VerificationPassed, details, "verify", |tx| {
                         tx.execute(
                             "UPDATE oneway_state SET verified_count = ?1, source_digest = ?2, target_digest = ?3
@@ -705,13 +723,12 @@ impl Run<'_> {
                         )
                         .and_then(|_| {
                             tx.execute(
-                                "INSERT INTO invoice_sequences (name, current_value) VALUES ('settle_index', ?1)
-                                 ON CONFLICT(name) DO UPDATE SET current_value = excluded.current_value",
+                                "UPDATE invoice_sequences SET current_value = ?1 WHERE name = 'settle_index'",
                                 [settle as i64],
                             )
                         })
-                        .map(|_| ())
-                        .map_err(|e| Error::sqlite(Role::Native, &self.m.opts.sql, "recording the verification", e))
+                        .map_err(|e| Error::sqlite(Role::Native, sql, "recording the verification", e))?;
+                        check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
                     })?;
                 }
                 State::Verified => {
@@ -725,18 +742,18 @@ impl Run<'_> {
                     let t = target.as_mut().expect("open in Tombstoned");
                     let p = persisted.as_ref().expect("loaded");
                     self.check_sealed(t, p)?;
-                    let details = serde_json::json!({ "lnd_migration_version": native::LND_INVOICE_MIGRATION_VERSION });
-                    let sql = self.m.opts.sql.clone();
+                    let details = serde_json::json!({
+                        "lnd_migration_version": lnd_schema::TRACKER_VERSION,
+                        "lnd_schema_version": lnd_schema::SCHEMA_VERSION,
+                    });
+                    let settle = self.expected_settle_index(t)?;
+                    let sql = &self.m.opts.sql;
                     t.transition(State::Tombstoned, Event::Lock, details, "lock", |tx| {
-                        tx.execute(
-                            "INSERT OR IGNORE INTO migration_tracker (version, migration_time) VALUES (?1, ?2)",
-                            params![
-                                native::LND_INVOICE_MIGRATION_VERSION,
-                                crate::timefmt::sql_time(now_nanos())
-                            ],
-                        )
-                        .map(|_| ())
-                        .map_err(|e| Error::sqlite(Role::Native, &sql, "recording the lock", e))
+                        lnd_schema::record_migrated(tx, &crate::timefmt::sql_time(now_nanos()))
+                            .map_err(|e| {
+                                Error::sqlite(Role::Native, sql, "recording the lock", e)
+                            })?;
+                        check_contract(tx, sql, lnd_schema::Stage::Locked, settle)
                     })?;
                 }
                 State::Locked => {
@@ -752,6 +769,23 @@ impl Run<'_> {
             }
             persisted = target.as_ref().expect("open").load()?;
         }
+    }
+
+    /// The value lnd's `settle_index` sequence must hold: the KV store's
+    /// settle index, or the highest settle index a copied invoice or AMP
+    /// sub-invoice carries if that is higher (so that lnd's next settlement
+    /// never reuses one).
+    fn expected_settle_index(&self, t: &Target) -> Result<u64> {
+        let copied: i64 = t
+            .conn()
+            .query_row(
+                "SELECT max(coalesce((SELECT max(settle_index) FROM invoices), 0),
+                            coalesce((SELECT max(settle_index) FROM amp_sub_invoices), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| t.err("reading the highest settle index", e))?;
+        Ok(self.settle_sequence()?.max(copied as u64))
     }
 
     fn settle_sequence(&self) -> Result<u64> {
@@ -1171,7 +1205,7 @@ impl Run<'_> {
         cache(INDEX_BUILD_CACHE_KIB)?;
         let built = tx
             .execute_batch(native::AMP_STAGING)
-            .and_then(|_| tx.execute_batch(native::LND_INDEXES));
+            .and_then(|_| lnd_schema::create_indexes(&tx));
         cache(crate::store::NATIVE_CACHE_KIB)?;
         if let Err(err) = built {
             if let rusqlite::Error::SqliteFailure(f, _) = &err {
@@ -1545,6 +1579,42 @@ enum BatchKind {
 
 /// Whether the copy map holds `p` as it is now: mapped to the same native id,
 /// from source bytes with the same digest.
+/// Checks lnd's contract ([`lnd_schema::check`]) on `conn`; any difference
+/// fails the step as a verification failure naming each object.
+fn check_contract(
+    conn: &rusqlite::Connection,
+    sql: &Path,
+    stage: lnd_schema::Stage,
+    settle_index: u64,
+) -> Result<()> {
+    let found =
+        lnd_schema::check(conn, stage, settle_index, crate::store::ONEWAY_SCHEMA).map_err(|e| {
+            Error::sqlite(
+                Role::Native,
+                sql,
+                "checking lnd's schema and bookkeeping",
+                e,
+            )
+        })?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::VerificationFailed {
+        total: found.len() as u64,
+        mismatches: contract_mismatches(found),
+    })
+}
+
+fn contract_mismatches(found: Vec<String>) -> Vec<Mismatch> {
+    found
+        .into_iter()
+        .map(|detail| Mismatch {
+            invoice_key: "*".into(),
+            detail,
+        })
+        .collect()
+}
+
 fn is_current(mapped: &CopyMap, p: &Prepared) -> bool {
     matches!(mapped.get(&p.num), Some((id, d)) if *id == p.native.id && d == &p.digest)
 }

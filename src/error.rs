@@ -212,6 +212,22 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// `--sql` names lnd's own native database, in which lnd's invoice
+    /// migration is already recorded.
+    #[error(
+        "the native SQL store {path} is lnd's own database and already records lnd's invoice \
+         migration (migration_tracker version {version}, 7 or above): lnd migrated the invoices \
+         itself, or was started with db.skip-native-sql-migration and may hold invoices created \
+         since, whose ids would collide with the KV add indexes. oneway wrote nothing into it and \
+         will not: keep the file as it is. If lnd's own migration completed, nothing is left to do; \
+         if it was skipped, the KV invoices can only be merged by hand"
+    )]
+    LndMigrated {
+        /// Its path.
+        path: PathBuf,
+        /// The highest `migration_tracker` version.
+        version: i64,
+    },
     /// The source kept changing during every verification attempt.
     #[error("the KV store {path} kept changing during {attempts} verification passes: stop lnd and rerun")]
     SourceUnstable {
@@ -239,7 +255,7 @@ impl Error {
     /// is in progress, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Refused { .. } | Error::SourceMismatch { .. } => 3,
+            Error::Refused { .. } | Error::SourceMismatch { .. } | Error::LndMigrated { .. } => 3,
             Error::InProgress { .. } => 4,
             _ => 1,
         }

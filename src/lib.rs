@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod fixture;
 pub mod fsm;
 pub mod kv;
+pub mod lnd_schema;
 pub mod model;
 pub mod native;
 pub mod reader;

@@ -47,9 +47,10 @@ struct Stores {
     /// lnd's KV store (kvdb on SQLite, e.g. channel.sqlite).
     #[arg(long, value_name = "PATH")]
     kv: PathBuf,
-    /// The native SQL store to create or continue.
+    /// lnd's native SQL database [default: lnd.sqlite beside the KV store,
+    /// where lnd keeps it].
     #[arg(long, value_name = "PATH")]
-    sql: PathBuf,
+    sql: Option<PathBuf>,
     /// Prefix of the KV table (`<prefix>_kv`).
     #[arg(long, default_value = oneway::kv::DEFAULT_PREFIX, value_name = "PREFIX")]
     table_prefix: String,
@@ -59,7 +60,12 @@ impl Stores {
     fn options(&self, batch_size: usize) -> Options {
         Options {
             kv: self.kv.clone(),
-            sql: self.sql.clone(),
+            sql: self.sql.clone().unwrap_or_else(|| {
+                self.kv
+                    .parent()
+                    .unwrap_or(std::path::Path::new(""))
+                    .join(oneway::lnd_schema::LND_NATIVE_FILE)
+            }),
             table_prefix: self.table_prefix.clone(),
             batch_size,
         }

@@ -1,5 +1,5 @@
-//! lnd's native SQL invoice schema, and the mapping of a decoded KV invoice
-//! onto its rows.
+//! The mapping of a decoded KV invoice onto the rows of lnd's native schema
+//! (the schema itself is [`crate::lnd_schema`]).
 //!
 //! [`NativeInvoice`] is the complete set of rows one invoice owns in the
 //! native store. It is built from the source by [`NativeInvoice::from_kv`],
@@ -16,108 +16,6 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{htlc_state, Htlc, Invoice};
 use crate::timefmt::sql_time;
-
-/// lnd's native invoice tables (as of migrations 000001–000007 and 000012),
-/// for SQLite, without their secondary indexes.
-///
-/// lnd declares `UNIQUE` on `invoices.hash`, `payment_addr`,
-/// `payment_request_hash`, `invoice_features (feature, invoice_id)` and
-/// `invoice_htlcs (chan_id, htlc_id)`; oneway creates exactly those
-/// constraints as unique indexes in [`LND_INDEXES`], after the bulk copy:
-/// building an index from sorted data once is far cheaper than updating ten
-/// b-trees on every insert. Nothing is verified before they exist, so a
-/// duplicate still stops the migration before `Verified` (see
-/// [`find_duplicate`]).
-pub const LND_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS invoice_sequences (
-    name TEXT PRIMARY KEY,
-    current_value BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS invoices (
-    id INTEGER PRIMARY KEY,
-    hash BLOB NOT NULL,
-    preimage BLOB,
-    settle_index BIGINT,
-    settled_at TIMESTAMP,
-    memo TEXT,
-    amount_msat BIGINT NOT NULL,
-    cltv_delta INTEGER,
-    expiry INTEGER NOT NULL,
-    payment_addr BLOB,
-    payment_request TEXT,
-    payment_request_hash BLOB,
-    state SMALLINT NOT NULL,
-    amount_paid_msat BIGINT NOT NULL,
-    is_amp BOOLEAN NOT NULL,
-    is_hodl BOOLEAN NOT NULL,
-    is_keysend BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS invoice_features (
-    feature INTEGER NOT NULL,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS invoice_htlcs (
-    id INTEGER PRIMARY KEY,
-    chan_id TEXT NOT NULL,
-    htlc_id BIGINT NOT NULL,
-    amount_msat BIGINT NOT NULL,
-    total_mpp_msat BIGINT,
-    accept_height INTEGER NOT NULL,
-    accept_time TIMESTAMP NOT NULL,
-    expiry_height INTEGER NOT NULL,
-    state SMALLINT NOT NULL,
-    resolve_time TIMESTAMP,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS invoice_htlc_custom_records (
-    key BIGINT NOT NULL,
-    value BLOB NOT NULL,
-    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS amp_sub_invoices (
-    set_id BLOB PRIMARY KEY,
-    state SMALLINT NOT NULL,
-    created_at TIMESTAMP NOT NULL,
-    settled_at TIMESTAMP,
-    settle_index BIGINT,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    set_id BLOB NOT NULL REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE,
-    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE,
-    root_share BLOB NOT NULL,
-    child_index BIGINT NOT NULL,
-    hash BLOB NOT NULL,
-    preimage BLOB
-);
-CREATE TABLE IF NOT EXISTS migration_tracker (
-    version INTEGER UNIQUE NOT NULL,
-    migration_time TIMESTAMP NOT NULL
-);
-";
-
-/// The unique constraints and indexes of lnd's invoice schema, created once
-/// the bulk copy is done ([`LND_TABLES`] explains why).
-pub const LND_INDEXES: &str = "
-CREATE UNIQUE INDEX IF NOT EXISTS invoices_hash_unique ON invoices(hash);
-CREATE UNIQUE INDEX IF NOT EXISTS invoices_payment_addr_unique ON invoices(payment_addr);
-CREATE UNIQUE INDEX IF NOT EXISTS invoices_payment_request_hash_unique ON invoices(payment_request_hash);
-CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
-CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
-CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
-CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
-CREATE UNIQUE INDEX IF NOT EXISTS invoice_features_unique ON invoice_features(feature, invoice_id);
-CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
-CREATE UNIQUE INDEX IF NOT EXISTS invoice_htlcs_unique ON invoice_htlcs(chan_id, htlc_id);
-CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
-CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
-CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
-CREATE UNIQUE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_unique ON amp_sub_invoice_htlcs(set_id, htlc_id);
-CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
-CREATE INDEX IF NOT EXISTS amp_sub_invoice_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
-";
 
 /// Moves the AMP sub-invoices staged by copy batches into lnd's table, in
 /// set-id order. Runs first in the index build's transaction.
@@ -183,9 +81,6 @@ pub fn find_duplicate(conn: &Connection) -> rusqlite::Result<Option<(u32, Option
     }
     Ok(None)
 }
-
-/// The `migration_tracker` version lnd gives its invoice migration.
-pub const LND_INVOICE_MIGRATION_VERSION: i64 = 7;
 
 fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(b))

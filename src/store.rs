@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Role};
 use crate::fsm::{self, Event, State};
-use crate::native::LND_TABLES;
+use crate::lnd_schema::{self, Existing, LND_TABLES};
 
 /// Page size of a native store oneway creates, in bytes.
 pub const NATIVE_PAGE_SIZE: i64 = 16384;
@@ -41,7 +41,8 @@ pub const NATIVE_CACHE_KIB: i64 = 16384;
 /// Version of oneway's own tables; bumped on incompatible change.
 pub const FORMAT_VERSION: i64 = 1;
 
-const ONEWAY_SCHEMA: &str = "
+/// oneway's own tables (see the module documentation).
+pub const ONEWAY_SCHEMA: &str = "
 CREATE TABLE oneway_state (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
     state TEXT NOT NULL,
@@ -226,6 +227,10 @@ impl Target {
         t.conn
             .pragma_update(None, "page_size", NATIVE_PAGE_SIZE)
             .map_err(|e| t.err("setting the page size", e))?;
+        // No `auto_vacuum`: lnd asks for `incremental`, but only after
+        // `journal_mode=WAL`, which has already written the header of a new
+        // file, so SQLite keeps lnd's own databases at `none` (the
+        // emulation in `tests/common/lnd.rs` checks it). This file matches.
         t.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| t.err("switching to WAL", e))?;
@@ -279,35 +284,35 @@ impl Target {
             .map_err(|e| self.err("reading the schema", e))
     }
 
-    /// Refuses a store that has tables but no oneway state: oneway never
-    /// merges into a store it did not create.
+    /// Refuses a store that has tables but no oneway state, unless it is an
+    /// lnd native database whose invoice migration never completed
+    /// ([`lnd_schema::classify`]): oneway continues into that one, and
+    /// merges into nothing else.
     fn refuse_foreign(&self) -> Result<()> {
         if self.has_state_table()? {
             return Ok(());
         }
-        let tables: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err("reading the schema", e))?;
-        if tables > 0 {
-            return Err(Error::NotOnewayStore {
+        let existing =
+            lnd_schema::classify(&self.conn).map_err(|e| self.err("reading the schema", e))?;
+        match existing {
+            Existing::Empty | Existing::LndBeforeInvoices => Ok(()),
+            Existing::LndMigrated { version } => Err(Error::LndMigrated {
                 path: self.path.clone(),
-                why: "already has tables but no oneway state: refusing to migrate into a store \
-                      oneway did not create (give a new path)"
-                    .into(),
-            });
+                version,
+            }),
+            Existing::Foreign(why) => Err(Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: format!(
+                    "{why}: refusing to migrate into a store oneway did not create (give a new path)"
+                ),
+            }),
         }
-        Ok(())
     }
 
     /// Loads the state row; `None` means `Fresh` (no oneway tables yet).
     ///
-    /// A store that already has lnd's `invoices` table but no oneway state is
-    /// refused: oneway never merges into a store it did not create.
+    /// A store that has tables but no oneway state is refused unless it is
+    /// an lnd database oneway may continue into (see `refuse_foreign`).
     pub fn load(&self) -> Result<Option<Persisted>> {
         if !self.has_state_table()? {
             self.refuse_foreign()?;
@@ -463,6 +468,9 @@ impl Target {
         settle_sequence: u64,
     ) -> rusqlite::Result<()> {
         tx.execute_batch(LND_TABLES)?;
+        // Dirty until `Locked`: an lnd started on the store too early stops
+        // before touching it (see `lnd_schema`).
+        lnd_schema::set_schema_version(tx, true)?;
         tx.execute_batch(ONEWAY_SCHEMA)?;
         tx.execute(
             "INSERT INTO oneway_state (singleton, state, format_version, source_identity, batch_size, updated_at)
@@ -475,7 +483,7 @@ impl Target {
             ],
         )?;
         tx.execute(
-            "INSERT INTO invoice_sequences (name, current_value) VALUES ('settle_index', ?1)",
+            "UPDATE invoice_sequences SET current_value = ?1 WHERE name = 'settle_index'",
             [settle_sequence as i64],
         )?;
         Ok(())

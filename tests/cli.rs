@@ -1092,7 +1092,7 @@ fn batch_size_zero_is_rejected() {
 #[test]
 fn unknown_subcommand_and_missing_arguments_are_usage_errors() {
     assert_exit(&oneway(&["migrate-all"]), 2);
-    assert_exit(&oneway(&["migrate", "--kv", "x.sqlite"]), 2);
+    assert_exit(&oneway(&["migrate", "--sql", "x.sqlite"]), 2);
     assert_exit(
         &oneway(&["guard", "--kv", "a", "--sql", "b", "--backend", "postgres"]),
         2,
@@ -1930,4 +1930,27 @@ mod edge {
         empty_node(&dir.join(NAMES[2]));
         no_hash(&dir.join(NAMES[3]));
     }
+}
+
+#[test]
+fn the_native_store_defaults_to_lnd_sqlite_beside_the_kv_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("channel.sqlite");
+    let kv = kv.to_str().unwrap();
+    assert_exit(
+        &oneway(&["fixture", "--out", kv, "--invoices", "20", "--seed", "4"]),
+        0,
+    );
+    assert_exit(&oneway(&["migrate", "--kv", kv]), 0);
+    let lnd = dir.path().join("lnd.sqlite");
+    assert!(
+        lnd.exists(),
+        "migrate --kv alone writes lnd.sqlite beside it"
+    );
+    let o = oneway(&["status", "--kv", kv, "--json"]);
+    assert_exit(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["state"], "Locked", "{v}");
+    assert_eq!(v["sql"], lnd.to_str().unwrap(), "{v}");
+    assert_exit(&oneway(&["guard", "--kv", kv, "--backend", "sql"]), 0);
 }

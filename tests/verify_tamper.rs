@@ -189,3 +189,69 @@ fn a_migration_does_not_record_verified_over_an_orphan_row() {
     );
     assert_kv_unchanged(&original, &kv, "no tombstone after a failed verification");
 }
+
+/// Each edit lnd would trip over, and `verify` must name (issue 8): the
+/// object named in the message, exit 1.
+#[test]
+fn edits_to_lnds_bookkeeping_and_schema_are_named() {
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "a zeroed settle_index sequence",
+            "UPDATE invoice_sequences SET current_value = 0 WHERE name = 'settle_index'",
+            "invoice_sequences holds",
+        ),
+        (
+            "a deleted migration_tracker row",
+            "DELETE FROM migration_tracker WHERE version = 7",
+            "migration_tracker holds versions [1, 2, 3, 4, 5, 6]",
+        ),
+        (
+            "a changed payment_request_hash",
+            "UPDATE invoices SET payment_request_hash = zeroblob(32)
+                 WHERE id = (SELECT min(id) FROM invoices WHERE payment_request_hash IS NOT NULL)",
+            "payment_request_hash",
+        ),
+        (
+            "a dropped unique index",
+            "DROP INDEX invoices_payment_addr_unique",
+            "table invoices: unique (payment_addr) is missing",
+        ),
+        (
+            "a dropped lnd index",
+            "DROP INDEX amp_htlcs_set_id_idx",
+            "table amp_sub_invoice_htlcs: index amp_htlcs_set_id_idx (set_id) is missing",
+        ),
+        (
+            "a dirty schema_migrations",
+            "UPDATE schema_migrations SET dirty = 1",
+            "schema_migrations holds [(6, true)]",
+        ),
+        (
+            "an added index lnd does not have",
+            "CREATE UNIQUE INDEX extra ON amp_sub_invoice_htlcs(set_id, htlc_id)",
+            "table amp_sub_invoice_htlcs: unique (set_id, htlc_id) is not part of lnd's schema",
+        ),
+        (
+            "a deleted event type",
+            "DELETE FROM invoice_event_types WHERE id = 5",
+            "invoice_event_types holds",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (kv0, sql0) = locked_pair(dir.path());
+    for (i, (what, statements, named)) in cases.iter().enumerate() {
+        let case = dir.path().join(format!("case{i}"));
+        std::fs::create_dir(&case).unwrap();
+        let (kv, sql) = (case.join("channel.sqlite"), case.join("native.sqlite"));
+        copy_store(&kv0, &kv);
+        copy_store(&sql0, &sql);
+        tamper(&sql, statements);
+        let out = verify(&kv, &sql);
+        out.assert_code(1, what);
+        let d = details(&out.json());
+        assert!(
+            d.iter().any(|m| m.contains(named)),
+            "{what}: want {named:?} in {d:?}"
+        );
+    }
+}
