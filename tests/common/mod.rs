@@ -42,6 +42,9 @@ macro_rules! snapshot_json {
     };
 }
 
+/// An emulation of lnd's start-up on a native database (`lnd.sqlite`).
+pub mod lnd;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
