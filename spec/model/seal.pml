@@ -6,7 +6,7 @@
  * protocol that closes that hole, and shows the hole in today's protocol.
  *
  * Variants (C preprocessor switches, `spin -DNAME -a seal.pml`):
- *   (none)         the NEW protocol, with the rule the model added (R7 below)
+ *   (none)         the NEW protocol, with the rule the model added (R6 below)
  *   OLD_PROTOCOL   today's protocol: no holder check, no re-sync after the
  *                  tombstone; expected to violate `safe`
  *   AS_BRIEFED     the NEW protocol exactly as first described: in Verified
@@ -200,7 +200,7 @@ end_idle:
 #if defined(OLD_PROTOCOL) || defined(AS_BRIEFED)
          :: ts && w != ver_w  -> out = OUT_REFUSE   /* SourceChangedAfterTombstone */
 #else
-         /* R7 (added by the model): the tombstone is there, so the KV is
+         /* R6 (added by the model): the tombstone is there, so the KV is
           * sealed whatever it holds; record Tombstoned and let the
           * Tombstoned step re-sync. lnd never served from native. */
          :: ts && w != ver_w  -> out = OUT_SEAL
