@@ -555,14 +555,6 @@ pub fn classify(conn: &Connection) -> rusqlite::Result<Existing> {
     if tables.is_empty() {
         return Ok(Existing::Empty);
     }
-    if let Some(other) = tables
-        .iter()
-        .find(|t| !LND_TABLE_NAMES.contains(&t.as_str()))
-    {
-        return Ok(Existing::Foreign(format!(
-            "has table {other}, which is neither oneway's nor part of lnd's invoice schema"
-        )));
-    }
     if tables.iter().any(|t| t == "migration_tracker") {
         let version: Option<i64> =
             conn.query_row("SELECT max(version) FROM migration_tracker", [], |r| {
@@ -571,6 +563,14 @@ pub fn classify(conn: &Connection) -> rusqlite::Result<Existing> {
         if let Some(v) = version.filter(|v| *v >= TRACKER_VERSION) {
             return Ok(Existing::LndMigrated { version: v });
         }
+    }
+    if let Some(other) = tables
+        .iter()
+        .find(|t| !LND_TABLE_NAMES.contains(&t.as_str()))
+    {
+        return Ok(Existing::Foreign(format!(
+            "has table {other}, which is neither oneway's nor part of lnd's invoice schema"
+        )));
     }
     if tables.iter().any(|t| t == "schema_migrations") {
         let row: Option<(i64, bool)> = conn
@@ -586,9 +586,11 @@ pub fn classify(conn: &Connection) -> rusqlite::Result<Existing> {
                     "is lnd's, but its schema migration to version {v} stopped halfway (dirty)"
                 )))
             }
-            Some((v, false)) if v > SCHEMA_VERSION => return Ok(Existing::Foreign(format!(
+            Some((v, false)) if v > SCHEMA_VERSION => {
+                return Ok(Existing::Foreign(format!(
                 "is lnd's at schema version {v}, beyond the invoice migration's {SCHEMA_VERSION}"
-            ))),
+            )))
+            }
             _ => {}
         }
     }

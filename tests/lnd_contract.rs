@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::lnd::{self, Step};
 use rusqlite::Connection;
@@ -154,8 +154,15 @@ fn schema_of_lnd_at_version_7() {
 
 /// A fixture KV store of 300 invoices migrated by today's binary.
 fn migrated_store(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let kv = dir.join("k.sqlite");
+    let kv = fixture_kv(dir);
     let sql = dir.join("lnd.sqlite");
+    common::run(&common::pair_args("migrate", &kv, &sql, &[]), &[]).assert_ok("oneway migrate");
+    (kv, sql)
+}
+
+/// A fixture KV store of 300 invoices (seed 7), not migrated yet.
+fn fixture_kv(dir: &Path) -> PathBuf {
+    let kv = dir.join("k.sqlite");
     common::run(
         &[
             "fixture".as_ref(),
@@ -169,41 +176,193 @@ fn migrated_store(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         &[],
     )
     .assert_ok("oneway fixture");
-    common::run(&common::pair_args("migrate", &kv, &sql, &[]), &[]).assert_ok("oneway migrate");
-    (kv, sql)
+    kv
 }
 
-/// Documents the store oneway writes BEFORE the schema fix: lnd would replay
-/// its schema files over it and cannot prepare its AMP upsert. Flip to
-/// `assert!(violations.is_empty())` once the store follows the contract.
+/// lnd takes a store oneway migrated as its own: start-up replayed with
+/// lnd's migration list changes no row, applies only lnd's entries after 7,
+/// leaves a schema equal to lnd's own database's, and every lnd invoice
+/// query prepares and the write path runs.
 #[test]
-fn pre_fix_store_violates_the_lnd_contract() {
+fn lnd_takes_a_migrated_fixture_store_as_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let (kv, sql) = migrated_store(dir.path());
     let violations = lnd::check_store(&sql, lnd::kv_next_settle_index(&kv));
-    for v in &violations {
-        eprintln!("violation: {v}");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// The same for the stores written by other encoders than oneway's own
+/// generator: the independent Python encoder and the edge-case stores.
+#[test]
+fn lnd_takes_every_committed_fixture_migrated_as_its_own() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for name in [
+        "independent/lnd-python.sqlite",
+        "lnd-small.sqlite",
+        "lnd-tiny.sqlite",
+        "edge-empty-node.sqlite",
+        "edge-legacy-amp.sqlite",
+        "edge-old-invoice.sqlite",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = dir.path().join("channel.sqlite");
+        let sql = dir.path().join("lnd.sqlite");
+        common::copy_store(&root.join(name), &kv);
+        common::run(&common::pair_args("migrate", &kv, &sql, &[]), &[]).assert_ok(name);
+        let violations = lnd::check_store(&sql, lnd::kv_next_settle_index(&kv));
+        assert!(violations.is_empty(), "{name}: {violations:#?}");
     }
-    let has = |needle: &str| violations.iter().any(|v| v.contains(needle));
-    assert!(
-        has("migration_tracker holds versions [7]"),
-        "{violations:#?}"
+}
+
+/// The emulation is not blind: each damage oneway's store must not have
+/// (and the pre-fix store had) is reported.
+#[test]
+fn the_emulation_reports_damaged_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kv, sql) = migrated_store(dir.path());
+    let next = lnd::kv_next_settle_index(&kv);
+    let cases: [(&str, &str); 4] = [
+        (
+            "DROP TABLE schema_migrations; DELETE FROM migration_tracker;",
+            "lnd would run its own KV invoice migration over this store",
+        ),
+        (
+            "DROP TABLE schema_migrations; DELETE FROM migration_tracker;",
+            "start-up changed data: table invoices",
+        ),
+        (
+            "UPDATE invoice_sequences SET current_value = 0",
+            "NextInvoiceSettleIndex",
+        ),
+        (
+            "PRAGMA writable_schema = OFF; CREATE TABLE amp2 AS SELECT * FROM amp_sub_invoices;
+             DROP TABLE amp_sub_invoices;
+             CREATE TABLE amp_sub_invoices (set_id BLOB PRIMARY KEY, state SMALLINT NOT NULL,
+                 created_at TIMESTAMP NOT NULL, settled_at TIMESTAMP, settle_index BIGINT,
+                 invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE);
+             INSERT INTO amp_sub_invoices SELECT * FROM amp2; DROP TABLE amp2;
+             CREATE INDEX amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);",
+            "lnd cannot prepare UpsertAMPSubInvoice",
+        ),
+    ];
+    for (i, (damage, named)) in cases.iter().enumerate() {
+        let copy = dir.path().join(format!("damaged{i}.sqlite"));
+        common::copy_store(&sql, &copy);
+        let c = open(&copy);
+        c.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        c.execute_batch(damage).unwrap();
+        drop(c);
+        let violations = lnd::check_store(&copy, next);
+        assert!(
+            violations.iter().any(|v| v.contains(named)),
+            "{damage}: want {named:?} in {violations:#?}"
+        );
+    }
+}
+
+/// A 300-invoice fixture migrated into a database lnd created and stopped
+/// at `last` (its invoice migration failed or never ran).
+fn migrated_into_lnds_own(dir: &Path, last: u32) -> (PathBuf, PathBuf, Vec<(i64, String)>) {
+    let kv = fixture_kv(dir);
+    let sql = dir.join(format!("lnd-at-{last}.sqlite"));
+    lnd::fresh_lnd_db(&sql, last);
+    let rows = tracker_rows(&sql);
+    common::run(&common::pair_args("migrate", &kv, &sql, &[]), &[])
+        .assert_ok("migrate into lnd's own database");
+    (kv, sql, rows)
+}
+
+#[test]
+fn oneway_continues_into_an_lnd_database_whose_invoice_migration_never_ran() {
+    for last in [6, 3, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let (kv, sql, lnds_rows) = migrated_into_lnds_own(dir.path(), last);
+        let violations = lnd::check_store(&sql, lnd::kv_next_settle_index(&kv));
+        assert!(
+            violations.is_empty(),
+            "lnd stopped at {last}: {violations:#?}"
+        );
+        // lnd's own tracker rows keep their times; oneway adds the rest.
+        let after = tracker_rows(&sql);
+        assert_eq!(after[..last as usize], lnds_rows[..], "lnd's rows are kept");
+        assert_eq!(after.len(), 7, "{after:?}");
+    }
+}
+
+#[test]
+fn oneway_refuses_an_lnd_database_that_records_the_invoice_migration() {
+    for last in [7, lnd::latest_version()] {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = fixture_kv(dir.path());
+        let sql = dir.path().join("lnd.sqlite");
+        lnd::fresh_lnd_db(&sql, last);
+        let before = std::fs::read(&sql).unwrap();
+        let rows = lnd::dump_rows(&open(&sql)).unwrap();
+        let out = common::run(&common::pair_args("migrate", &kv, &sql, &[]), &[]);
+        out.assert_code(3, "migrate into an lnd database past its invoice migration");
+        assert!(
+            out.stderr
+                .contains("already records lnd's invoice migration"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("version {last}")),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(std::fs::read(&sql).unwrap(), before, "not a byte written");
+        assert!(lnd::dump_rows(&open(&sql))
+            .unwrap()
+            .changed(&rows, &[])
+            .is_empty());
+        assert!(!with_suffix(&sql, ".lock").exists(), "no lock file left");
+    }
+}
+
+fn tracker_rows(sql: &Path) -> Vec<(i64, String)> {
+    open(sql)
+        .prepare("SELECT version, migration_time FROM migration_tracker ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+fn with_suffix(p: &Path, s: &str) -> PathBuf {
+    let mut o = p.as_os_str().to_owned();
+    o.push(s);
+    PathBuf::from(o)
+}
+
+/// An lnd started on the store before oneway finished stops on the dirty
+/// schema version and changes nothing.
+#[test]
+fn lnd_refuses_a_store_that_is_not_locked_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = fixture_kv(dir.path());
+    let sql = dir.path().join("half.sqlite");
+    let out = common::run(
+        &common::pair_args("migrate", &kv, &sql, &[]),
+        &[("ONEWAY_FAILPOINT", "tombstone.after_commit")],
     );
-    assert!(has("no schema_migrations table"), "{violations:#?}");
-    assert!(
-        has("unique(amp_sub_invoices: set_id, invoice_id) is missing"),
-        "{violations:#?}"
-    );
-    assert!(
-        has("lnd replays 000004_invoice_expiry_fix"),
-        "{violations:#?}"
-    );
-    assert!(
-        has("start-up changed data: table invoices"),
-        "{violations:#?}"
-    );
-    assert!(
-        has("lnd cannot prepare UpsertAMPSubInvoice"),
-        "{violations:#?}"
-    );
+    assert!(out.aborted(), "{}", out.stderr);
+    let rows = lnd::dump_rows(&open(&sql)).unwrap();
+    let schema = lnd::schema(&open(&sql)).unwrap();
+    let err = lnd::start_up(&sql, &mut lnd::refuse_invoice_migration).unwrap_err();
+    assert!(err.contains("Dirty database version 6"), "{err}");
+    let c = open(&sql);
+    assert!(lnd::dump_rows(&c).unwrap().changed(&rows, &[]).is_empty());
+    assert!(lnd::schema_diff(&schema, &lnd::schema(&c).unwrap()).is_empty());
+}
+
+/// The schema of a migrated store, as the emulation sees it: any drift
+/// from lnd's shows here as well as in the contract check.
+#[test]
+fn schema_of_a_migrated_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sql) = migrated_store(dir.path());
+    let schema = lnd::schema(&open(&sql)).unwrap();
+    snapshot_json!("lnd_schema_of_a_migrated_store", schema);
 }
