@@ -118,6 +118,9 @@ pub struct Report {
     pub seconds: PhaseTimes,
     /// Peak resident memory of this process in KiB (Linux; `None` elsewhere).
     pub peak_rss_kib: Option<u64>,
+    /// True when this run wrote back a tombstone the KV store had lost
+    /// after `Locked` (its invoices unchanged).
+    pub seal_restored: bool,
 }
 
 impl Report {
@@ -130,6 +133,7 @@ impl Report {
             invoices: 0,
             seconds: PhaseTimes::default(),
             peak_rss_kib: None,
+            seal_restored: false,
         }
     }
 }
@@ -453,6 +457,15 @@ impl Migrator {
             report.mismatch_count += found.len() as u64;
             report.mismatches.extend(contract_mismatches(found));
         }
+        if p.state.is_sealed() && !run.kv.tombstone_present()? {
+            report.mismatch_count += 1;
+            report.mismatches.extend(contract_mismatches(vec![format!(
+                "the KV store {} has lost its invoice-tombstone although the migration is {}: \
+                 lnd could start on the KV backend; run `oneway migrate` to restore the seal",
+                self.opts.kv.display(),
+                p.state
+            )]));
+        }
         Ok(report)
     }
 
@@ -668,6 +681,11 @@ impl Run<'_> {
             return Err(err);
         }
         if state0 == Some(State::Locked) {
+            if !tombstone {
+                let t = target.as_ref().expect("loaded, so open");
+                let p = persisted.as_ref().expect("Locked, so loaded");
+                self.restore_lost_seal(t, p)?;
+            }
             tracing::info!("invoice migration already completed");
             self.report.state = State::Locked;
             self.report.already_completed = true;
@@ -715,21 +733,16 @@ impl Run<'_> {
                     });
                     let settle = report.max_settle_index.max(self.settle_sequence()?);
                     let sql = &self.m.opts.sql;
-                    t.transition(State::Migrating, Event::VerificationPassed, details, "verify", |tx| {
-                        tx.execute(
-                            "UPDATE oneway_state SET verified_count = ?1, source_digest = ?2, target_digest = ?3
-                             WHERE singleton = 1",
-                            params![report.invoices as i64, report.source_digest, report.target_digest],
-                        )
-                        .and_then(|_| {
-                            tx.execute(
-                                "UPDATE invoice_sequences SET current_value = ?1 WHERE name = 'settle_index'",
-                                [settle as i64],
-                            )
-                        })
-                        .map_err(|e| Error::sqlite(Role::Native, sql, "recording the verification", e))?;
-                        check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
-                    })?;
+                    t.transition(
+                        State::Migrating,
+                        Event::VerificationPassed,
+                        details,
+                        "verify",
+                        |tx| {
+                            record_verification(tx, sql, &report, settle)?;
+                            check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
+                        },
+                    )?;
                 }
                 State::Verified => {
                     let t = target.as_mut().expect("open in Verified");
@@ -741,7 +754,13 @@ impl Run<'_> {
                 State::Tombstoned => {
                     let t = target.as_mut().expect("open in Tombstoned");
                     let p = persisted.as_ref().expect("loaded");
-                    self.check_sealed(t, p)?;
+                    if !self.seal_intact(t, p)? {
+                        let started = Instant::now();
+                        self.resync_under_seal(t, p)?;
+                        self.report.seconds.verify += started.elapsed().as_secs_f64();
+                        persisted = t.load()?;
+                        continue;
+                    }
                     let details = serde_json::json!({
                         "lnd_migration_version": lnd_schema::TRACKER_VERSION,
                         "lnd_schema_version": lnd_schema::SCHEMA_VERSION,
@@ -1130,33 +1149,135 @@ impl Run<'_> {
     /// Before `Lock`: the tombstone must still be there and the invoices
     /// must still be the verified ones. Anything else means something wrote
     /// to a sealed store; that is refused and logged, never papered over.
-    fn check_sealed(&mut self, t: &Target, p: &Persisted) -> Result<()> {
+    /// Whether the KV store is still exactly what was verified, tombstone
+    /// included: the condition for `Lock`. A lost tombstone over unchanged
+    /// invoices is written again here (the store is sealed, nobody else
+    /// holds it); changed invoices return `false` for a re-sync.
+    fn seal_intact(&mut self, t: &Target, p: &Persisted) -> Result<bool> {
         // This run sealed the store moments ago and nobody has committed to
         // it since: it is exactly what the tombstone transaction checked.
         if let Some(seal) = self.seal.take() {
-            if seal.untouched()? {
+            if seal.same_file() && seal.untouched()? {
                 tracing::debug!("KV store untouched since this run sealed it");
-                return Ok(());
+                self.seal = Some(seal);
+                return Ok(true);
             }
         }
         let present = self.kv.tombstone_present()?;
         let digest = self.kv.digest()?;
         let verified = p.source_digest.clone().unwrap_or_default();
-        if present && digest.sha256 == verified {
-            return Ok(());
+        if !present {
+            tracing::warn!(kv = %self.opts().kv.display(), "the KV store lost its tombstone before Lock; writing it again");
+            t.security_event(
+                Some(State::Tombstoned),
+                "seal_restored",
+                serde_json::json!({ "invoices_unchanged": digest.sha256 == verified }),
+            )?;
+            self.seal = Some(self.kv.write_tombstone()?);
         }
-        let why = if present {
-            "the invoices changed after the tombstone was written"
-        } else {
-            "the tombstone was removed from the KV store after it was written"
-        };
-        Err(sealed_store_changed(
-            t,
+        Ok(digest.sha256 == verified)
+    }
+
+    /// A `Locked` migration whose KV store lost its tombstone (a power cut
+    /// before it was durable, a restored backup): written again when the
+    /// invoices are still exactly what was verified, which loses nothing;
+    /// otherwise refused with what is true and what to do.
+    fn restore_lost_seal(&mut self, t: &Target, p: &Persisted) -> Result<()> {
+        let digest = self.kv.digest()?;
+        let verified = p.source_digest.clone().unwrap_or_default();
+        if digest.sha256 != verified {
+            let err = Error::SealLostAndChanged {
+                native: self.opts().sql.clone(),
+                kv: self.opts().kv.clone(),
+                now: digest.invoices,
+                verified: p.verified_count.unwrap_or(0),
+            };
+            security_event(
+                Some(t),
+                Some(State::Locked),
+                Request::Operation("restore the seal"),
+                false,
+                "SealLostAndChanged",
+                &err.to_string(),
+            );
+            return Err(err);
+        }
+        self.kv.write_tombstone()?;
+        t.security_event(
+            Some(State::Locked),
+            "seal_restored",
+            serde_json::json!({ "source_digest": verified, "invoices": digest.invoices }),
+        )?;
+        tracing::warn!(kv = %self.opts().kv.display(), "the KV store had lost its tombstone; its invoices are unchanged, so it is sealed again");
+        self.report.seal_restored = true;
+        Ok(())
+    }
+
+    /// Re-syncs a KV store that changed after its tombstone, before `Lock`:
+    /// copies the difference under the seal, verifies until clean, and
+    /// records `Resynced` with the new digests. lnd has never served from
+    /// the native store (the guard allows it only from `Locked`, and lnd
+    /// refuses its dirty schema version before), so the KV store is still
+    /// the only truth and nothing is lost.
+    fn resync_under_seal(&mut self, t: &mut Target, p: &Persisted) -> Result<()> {
+        self.refuse_rolled_back_source(t)?;
+        tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after the tombstone; copying the difference under the seal");
+        self.sweep_deleted(t)?;
+        self.copy(t, p)?;
+        let first = self.stream(None, reader::Kind::Verify)?;
+        self.build_indexes(t)?;
+        let report = self.verify_until_clean(t, first)?;
+        let settle = report.max_settle_index.max(self.settle_sequence()?);
+        let details = serde_json::json!({
+            "invoices": report.invoices,
+            "previous_source_digest": p.source_digest,
+            "source_digest": report.source_digest,
+            "target_digest": report.target_digest,
+        });
+        let sql = &self.m.opts.sql;
+        t.transition(
             State::Tombstoned,
-            "lock",
-            present,
-            format!("; {why}: restore the KV store from backup and investigate"),
-        ))
+            Event::Resynced,
+            details,
+            "resynced",
+            |tx| {
+                record_verification(tx, sql, &report, settle)?;
+                check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Refuses a re-sync from a KV store that went back in time (a restored
+    /// backup): lnd never lowers its add-index sequence, so a sequence below
+    /// an invoice already copied means invoices lnd accepted would be
+    /// deleted from the native copy, which may be the last place they are.
+    fn refuse_rolled_back_source(&self, t: &Target) -> Result<()> {
+        let copied: i64 = t
+            .conn()
+            .query_row("SELECT coalesce(max(id), 0) FROM invoices", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| t.err("reading the highest copied add index", e))?;
+        let sequence = match self.buckets.and_then(|b| b.add_index) {
+            Some(b) => self.kv.sequence(b)?,
+            None => 0,
+        };
+        if (sequence as i64) < copied {
+            return Err(sealed_store_changed(
+                t,
+                State::Tombstoned,
+                "resync",
+                true,
+                format!(
+                    "; its add-index sequence is {sequence} but the native store already holds add \
+                     index {copied}: the KV store went back in time (a restored backup?). Re-syncing \
+                     would delete invoices that exist only in the native store now; put back the \
+                     KV store this migration sealed, then rerun"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Moves the staged AMP sub-invoices into lnd's table
@@ -1528,15 +1649,26 @@ impl Run<'_> {
                 tracing::info!(kv = %self.opts().kv.display(), "KV invoices bucket tombstoned");
             }
             TombstoneOutcome::AlreadyPresent { unchanged: false } => {
-                return Err(sealed_store_changed(
-                    t,
+                // A tombstone committed by an earlier run that crashed before
+                // recording it, and writes after it (an lnd that had started
+                // before the commit wrote on). The tombstone's presence alone
+                // means the store is sealed: record it, and the Tombstoned
+                // step re-syncs the difference under the seal. lnd has never
+                // served from the native store before `Locked`, so nothing
+                // is lost (spec/protocol.md, rule R6).
+                let details = serde_json::json!({
+                    "written_now": false,
+                    "changed_since_verified": true,
+                    "source_digest": verified.sha256,
+                });
+                t.transition(
                     State::Verified,
-                    "tombstone",
-                    true,
-                    "; the invoices changed after the tombstone was written: something ignored it \
-                     (restore the KV store from backup and investigate)"
-                        .into(),
-                ));
+                    Event::TombstoneWritten,
+                    details,
+                    "tombstoned",
+                    |_| Ok(()),
+                )?;
+                tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after an earlier run tombstoned it; re-syncing under the seal");
             }
             TombstoneOutcome::SourceChanged(now) => {
                 let details = serde_json::json!({
@@ -1579,6 +1711,33 @@ enum BatchKind {
 
 /// Whether the copy map holds `p` as it is now: mapped to the same native id,
 /// from source bytes with the same digest.
+/// Records a clean verification: its count and digests in the state row,
+/// and lnd's settle-index sequence.
+fn record_verification(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &Path,
+    report: &VerifyReport,
+    settle: u64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE oneway_state SET verified_count = ?1, source_digest = ?2, target_digest = ?3
+         WHERE singleton = 1",
+        params![
+            report.invoices as i64,
+            report.source_digest,
+            report.target_digest
+        ],
+    )
+    .and_then(|_| {
+        tx.execute(
+            "UPDATE invoice_sequences SET current_value = ?1 WHERE name = 'settle_index'",
+            [settle as i64],
+        )
+    })
+    .map(|_| ())
+    .map_err(|e| Error::sqlite(Role::Native, sql, "recording the verification", e))
+}
+
 /// Checks lnd's contract ([`lnd_schema::check`]) on `conn`; any difference
 /// fails the step as a verification failure naming each object.
 fn check_contract(

@@ -204,6 +204,26 @@ pub enum Error {
         /// Which identity field differs.
         why: String,
     },
+    /// The migration is `Locked`, the KV store lost its tombstone, and its
+    /// invoices differ from what was verified: lnd may have run on both.
+    #[error(
+        "the migration into {native} is locked, but the KV store {kv} has lost its invoice-tombstone \
+         and its invoices changed since they were verified ({now} invoices now, {verified} verified): \
+         lnd may have run on the KV backend after the native store took over, so each store may hold \
+         payments the other lacks. oneway wrote nothing. Keep lnd on the native backend \
+         (`oneway guard --backend sql` allows it, `--backend kv` refuses), list the differing invoices \
+         with `oneway verify`, and reconcile them before the KV store is sealed again"
+    )]
+    SealLostAndChanged {
+        /// The native store.
+        native: PathBuf,
+        /// The KV store.
+        kv: PathBuf,
+        /// Invoices in the KV store now.
+        now: u64,
+        /// Invoices verified.
+        verified: u64,
+    },
     /// The native store exists but is not one oneway can work with.
     #[error("the native store {path} {why}")]
     NotOnewayStore {
@@ -255,7 +275,10 @@ impl Error {
     /// is in progress, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Refused { .. } | Error::SourceMismatch { .. } | Error::LndMigrated { .. } => 3,
+            Error::Refused { .. }
+            | Error::SourceMismatch { .. }
+            | Error::LndMigrated { .. }
+            | Error::SealLostAndChanged { .. } => 3,
             Error::InProgress { .. } => 4,
             _ => 1,
         }

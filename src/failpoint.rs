@@ -37,6 +37,8 @@ pub const NAMES: &[&str] = &[
     "tombstoned.after_commit",
     "resync.before_commit",
     "resync.after_commit",
+    "resynced.before_commit",
+    "resynced.after_commit",
     "lock.before_commit",
     "lock.after_commit",
 ];

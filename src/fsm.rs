@@ -78,18 +78,25 @@ pub enum Event {
     SourceChanged,
     /// The tombstone is durably in the KV store (written now, or found after a crash).
     TombstoneWritten,
+    /// The source changed after the tombstone but before `Locked` (an lnd
+    /// that started before the tombstone commit wrote on): the difference
+    /// was copied under the seal and a verification pass found every
+    /// invoice equal again. lnd has never served from the native store
+    /// before `Locked`, so nothing is lost.
+    Resynced,
     /// The completed migration is recorded; nothing may change after this.
     Lock,
 }
 
 impl Event {
     /// Every event, for exhaustive tables.
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 7] = [
         Event::Begin,
         Event::BatchCopied,
         Event::VerificationPassed,
         Event::SourceChanged,
         Event::TombstoneWritten,
+        Event::Resynced,
         Event::Lock,
     ];
 
@@ -101,6 +108,7 @@ impl Event {
             Event::VerificationPassed => "VerificationPassed",
             Event::SourceChanged => "SourceChanged",
             Event::TombstoneWritten => "TombstoneWritten",
+            Event::Resynced => "Resynced",
             Event::Lock => "Lock",
         }
     }
@@ -123,7 +131,7 @@ pub enum Refusal {
     NotMigrating,
     /// A tombstone before the copy was verified.
     NotVerified,
-    /// `Lock` before the tombstone was written.
+    /// `Lock` or a re-sync under the seal before the tombstone was written.
     NotTombstoned,
     /// The source changed after the tombstone was written: the KV store is sealed.
     SourceChangedAfterTombstone,
@@ -137,6 +145,10 @@ pub enum Refusal {
     SqlNotReady,
     /// The KV store is tombstoned but the native store is missing or behind: restore it from backup.
     NativeStoreMissing,
+    /// The KV backend was requested while the migration is sealed but the
+    /// KV store no longer carries the tombstone (a power cut before the
+    /// tombstone was durable, a restored backup).
+    KvSealLost,
 }
 
 impl Refusal {
@@ -154,6 +166,7 @@ impl Refusal {
             Refusal::KvTombstoned => "KvTombstoned",
             Refusal::SqlNotReady => "SqlNotReady",
             Refusal::NativeStoreMissing => "NativeStoreMissing",
+            Refusal::KvSealLost => "KvSealLost",
         }
     }
 }
@@ -165,7 +178,9 @@ impl fmt::Display for Refusal {
             Refusal::NotBegun => "the migration has not begun",
             Refusal::NotMigrating => "invoices are copied and verified only while migrating",
             Refusal::NotVerified => "the tombstone is written only after the copy is verified",
-            Refusal::NotTombstoned => "the migration is locked only after the tombstone is written",
+            Refusal::NotTombstoned => {
+                "the migration is locked, or re-synced under the seal, only after the tombstone is written"
+            }
             Refusal::SourceChangedAfterTombstone => {
                 "the KV store changed after it was tombstoned; it is sealed and must not be written"
             }
@@ -183,6 +198,10 @@ impl fmt::Display for Refusal {
                  record a completed migration: restore the native store from backup \
                  (never start a fresh, empty one)"
             }
+            Refusal::KvSealLost => {
+                "the migration is sealed but the KV store has lost its invoice-tombstone: never \
+                 start lnd on the KV backend; run `oneway migrate` to restore the seal"
+            }
         };
         f.write_str(text)
     }
@@ -199,6 +218,8 @@ impl fmt::Display for Refusal {
 /// Migrating  --VerificationPassed> Verified
 /// Verified   --SourceChanged-----> Migrating
 /// Verified   --TombstoneWritten--> Tombstoned
+/// Tombstoned --BatchCopied-------> Tombstoned   (re-sync under the seal)
+/// Tombstoned --Resynced----------> Tombstoned
 /// Tombstoned --Lock--------------> Locked
 /// ```
 pub fn transition(state: State, event: Event) -> Result<State, Refusal> {
@@ -212,17 +233,18 @@ pub fn transition(state: State, event: Event) -> Result<State, Refusal> {
         (S::Migrating, E::VerificationPassed) => Ok(S::Verified),
         (S::Migrating, E::Begin) => Err(Refusal::AlreadyBegun),
         (S::Migrating, E::TombstoneWritten) => Err(Refusal::NotVerified),
-        (S::Migrating, E::Lock) => Err(Refusal::NotTombstoned),
+        (S::Migrating, E::Lock | E::Resynced) => Err(Refusal::NotTombstoned),
 
         (S::Verified, E::SourceChanged) => Ok(S::Migrating),
         (S::Verified, E::TombstoneWritten) => Ok(S::Tombstoned),
         (S::Verified, E::Begin) => Err(Refusal::AlreadyBegun),
         (S::Verified, E::BatchCopied | E::VerificationPassed) => Err(Refusal::NotMigrating),
-        (S::Verified, E::Lock) => Err(Refusal::NotTombstoned),
+        (S::Verified, E::Lock | E::Resynced) => Err(Refusal::NotTombstoned),
 
         (S::Tombstoned, E::Lock) => Ok(S::Locked),
+        (S::Tombstoned, E::BatchCopied | E::Resynced) => Ok(S::Tombstoned),
         (S::Tombstoned, E::Begin) => Err(Refusal::AlreadyBegun),
-        (S::Tombstoned, E::BatchCopied | E::VerificationPassed) => Err(Refusal::NotMigrating),
+        (S::Tombstoned, E::VerificationPassed) => Err(Refusal::NotMigrating),
         (S::Tombstoned, E::SourceChanged) => Err(Refusal::SourceChangedAfterTombstone),
         (S::Tombstoned, E::TombstoneWritten) => Err(Refusal::AlreadyTombstoned),
 
@@ -276,8 +298,10 @@ pub fn backend_decision(
     }
     match backend {
         Backend::Kv => {
-            if tombstone_present || state.is_some_and(State::is_sealed) {
+            if tombstone_present {
                 Err(Refusal::KvTombstoned)
+            } else if state.is_some_and(State::is_sealed) {
+                Err(Refusal::KvSealLost)
             } else {
                 Ok(())
             }

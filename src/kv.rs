@@ -114,6 +114,8 @@ pub struct InvoiceBuckets {
     pub payment_hashes: Option<i64>,
     /// `invoices/invoice-settle-index`, if present.
     pub settle_index: Option<i64>,
+    /// `invoices/invoice-add-index`, if present.
+    pub add_index: Option<i64>,
 }
 
 /// One invoice as stored: its number, its value and, for AMP invoices, the
@@ -150,6 +152,18 @@ pub struct KvSource {
     conn: Connection,
     path: PathBuf,
     table: String,
+    /// Device and inode of the file at `path` when `conn` was opened.
+    file: Option<FileId>,
+}
+
+/// A file's device and inode: which file a path named at some moment.
+pub type FileId = (u64, u64);
+
+/// The device and inode of the file `path` names now (`None` if it cannot
+/// be read).
+pub fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl KvSource {
@@ -159,6 +173,7 @@ impl KvSource {
     pub fn open(path: &Path, prefix: &str) -> Result<KvSource> {
         let table = kv_table_name(prefix)?;
         check_sqlite_file(Role::Kv, path)?;
+        let before = file_id(path);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -166,10 +181,14 @@ impl KvSource {
         .map_err(|e| Error::sqlite(Role::Kv, path, "opening read-only", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| Error::sqlite(Role::Kv, path, "setting the busy timeout", e))?;
+        // The file this connection reads is the one the path named before
+        // and after the open (a swap in between shows as a difference).
+        let after = file_id(path);
         let src = KvSource {
             conn,
             path: path.to_path_buf(),
             table,
+            file: before.filter(|b| Some(*b) == after),
         };
         match src.check_table() {
             Err(Error::Sqlite {
@@ -284,7 +303,7 @@ impl KvSource {
     /// Keeps this connection as a [`Witness`] of the state it read when
     /// [`KvSource::data_version`] returned `data_version`.
     pub fn into_witness(self, data_version: i64) -> Witness {
-        Witness::new(self.conn, &self.path, data_version)
+        Witness::new(self.conn, &self.path, data_version, self.file)
     }
 
     /// The id of bucket `name` under `parent` (top level when `None`).
@@ -303,6 +322,7 @@ impl KvSource {
             invoices,
             payment_hashes: self.bucket(Some(invoices), PAYMENT_HASHES_BUCKET)?,
             settle_index: self.bucket(Some(invoices), SETTLE_INDEX_BUCKET)?,
+            add_index: self.bucket(Some(invoices), ADD_INDEX_BUCKET)?,
         }))
     }
 
@@ -639,25 +659,103 @@ impl KvSource {
         verified: &SourceDigest,
         since: Option<&Witness>,
     ) -> Result<(TombstoneOutcome, Option<Witness>)> {
+        self.tombstone_transaction(Some(verified), since)
+    }
+
+    /// Writes the tombstone whatever the invoices hold now (nothing when it
+    /// is already there), durably, and returns a witness of the sealed
+    /// state. Only for a sealed migration whose seal was lost, with no
+    /// other process holding the store: the invoices are re-synced (or
+    /// checked) against the native store afterwards.
+    pub fn write_tombstone(&self) -> Result<Witness> {
+        match self.tombstone_transaction(None, None)? {
+            (_, Some(w)) => Ok(w),
+            (outcome, None) => Err(Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: format!("could not be sealed: {outcome:?}"),
+            }),
+        }
+    }
+
+    /// Inserts the tombstone inside the caller's write transaction on `rw`
+    /// (creating the `invoices` bucket of an empty node, as lnd would).
+    fn insert_tombstone<F>(
+        &self,
+        rw: &Connection,
+        e: &impl Fn(&'static str) -> F,
+    ) -> Result<TombstoneOutcome>
+    where
+        F: FnOnce(rusqlite::Error) -> Error,
+    {
+        let invoices = bucket_id(rw, &self.table, None, INVOICES_BUCKET)
+            .map_err(e("finding the invoices bucket"))?;
+        let invoices = match invoices {
+            Some(id) => id,
+            None => {
+                // An empty node: create the bucket so the marker has a home,
+                // exactly as lnd would (a bucket row with a NULL value).
+                rw.execute(
+                    &format!(
+                        "INSERT INTO {} (key, value, parent_id) VALUES (?1, NULL, NULL)",
+                        self.table
+                    ),
+                    [INVOICES_BUCKET],
+                )
+                .map_err(e("creating the invoices bucket"))?;
+                rw.last_insert_rowid()
+            }
+        };
+        crate::failpoint::hit("tombstone.before_insert");
+        rw.execute(
+            &format!(
+                "INSERT INTO {} (key, value, parent_id) VALUES (?1, ?2, ?3)",
+                self.table
+            ),
+            params![TOMBSTONE_KEY, TOMBSTONE_VALUE, invoices],
+        )
+        .map_err(e("writing the tombstone"))?;
+        Ok(TombstoneOutcome::Written)
+    }
+
+    fn tombstone_transaction(
+        &self,
+        verified: Option<&SourceDigest>,
+        since: Option<&Witness>,
+    ) -> Result<(TombstoneOutcome, Option<Witness>)> {
         let path = &self.path;
+        let before = file_id(path);
         let rw = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| Error::sqlite(Role::Kv, path, "opening read-write for the tombstone", e))?;
+        let file = before.filter(|b| Some(*b) == file_id(path));
         let e = |action: &'static str| move |err| Error::sqlite(Role::Kv, path, action, err);
         rw.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(e("setting the busy timeout"))?;
-        rw.pragma_update(None, "synchronous", "FULL")
-            .map_err(e("setting synchronous=FULL"))?;
+        // EXTRA: in rollback-journal mode a commit is durable against power
+        // loss only once the directory entry of the deleted journal is
+        // synced too, which FULL does not do (spec/state-machine.md §6).
+        rw.pragma_update(None, "synchronous", "EXTRA")
+            .map_err(e("setting synchronous=EXTRA"))?;
         rw.execute_batch("BEGIN IMMEDIATE")
             .map_err(e("starting the tombstone transaction"))?;
         let mut data_version = 0i64;
         let result = (|| {
             let present =
                 tombstone_present(&rw, &self.table).map_err(e("looking for the tombstone"))?;
+            let Some(verified) = verified else {
+                // Unconditional: seal what is there.
+                data_version = read_data_version(&rw).map_err(e("reading data_version"))?;
+                if present {
+                    return Ok(TombstoneOutcome::AlreadyPresent { unchanged: true });
+                }
+                return self.insert_tombstone(&rw, &e);
+            };
             let now = match since {
-                Some(w) if w.untouched()? => {
+                // The witness speaks only for the file it was taken on: a
+                // path that now names another file is digested again.
+                Some(w) if file.is_some() && w.file == file && w.untouched()? => {
                     tracing::debug!("KV store untouched since the verified snapshot");
                     verified.clone()
                 }
@@ -676,46 +774,24 @@ impl KvSource {
             if now.sha256 != verified.sha256 {
                 return Ok(TombstoneOutcome::SourceChanged(now));
             }
-            let invoices = bucket_id(&rw, &self.table, None, INVOICES_BUCKET)
-                .map_err(e("finding the invoices bucket"))?;
-            let invoices = match invoices {
-                Some(id) => id,
-                None => {
-                    // An empty node: create the bucket so the marker has a home,
-                    // exactly as lnd would (a bucket row with a NULL value).
-                    rw.execute(
-                        &format!(
-                            "INSERT INTO {} (key, value, parent_id) VALUES (?1, NULL, NULL)",
-                            self.table
-                        ),
-                        [INVOICES_BUCKET],
-                    )
-                    .map_err(e("creating the invoices bucket"))?;
-                    rw.last_insert_rowid()
-                }
-            };
-            crate::failpoint::hit("tombstone.before_insert");
-            rw.execute(
-                &format!(
-                    "INSERT INTO {} (key, value, parent_id) VALUES (?1, ?2, ?3)",
-                    self.table
-                ),
-                params![TOMBSTONE_KEY, TOMBSTONE_VALUE, invoices],
-            )
-            .map_err(e("writing the tombstone"))?;
-            Ok(TombstoneOutcome::Written)
+            self.insert_tombstone(&rw, &e)
         })();
         match result {
             Ok(TombstoneOutcome::Written) => {
                 rw.execute_batch("COMMIT")
                     .map_err(e("committing the tombstone"))?;
+                sync_dir(path).map_err(|source| Error::Io {
+                    path: path.to_path_buf(),
+                    action: "syncing the folder after the tombstone".into(),
+                    source,
+                })?;
                 crate::failpoint::hit("tombstone.after_commit");
-                let witness = Witness::new(rw, path, data_version);
+                let witness = Witness::new(rw, path, data_version, file);
                 Ok((TombstoneOutcome::Written, Some(witness)))
             }
             Ok(outcome @ TombstoneOutcome::AlreadyPresent { unchanged: true }) => {
                 let _ = rw.execute_batch("ROLLBACK");
-                let witness = Witness::new(rw, path, data_version);
+                let witness = Witness::new(rw, path, data_version, file);
                 Ok((outcome, Some(witness)))
             }
             other => {
@@ -724,6 +800,16 @@ impl KvSource {
             }
         }
     }
+}
+
+/// Syncs the folder holding `path`, so that a file created or deleted there
+/// (SQLite's journal, its WAL) survives a power cut.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -746,15 +832,23 @@ pub struct Witness {
     conn: Connection,
     path: PathBuf,
     data_version: i64,
+    /// The file the connection reads (device, inode), when known.
+    file: Option<FileId>,
 }
 
 impl Witness {
-    fn new(conn: Connection, path: &Path, data_version: i64) -> Witness {
+    fn new(conn: Connection, path: &Path, data_version: i64, file: Option<FileId>) -> Witness {
         Witness {
             conn,
             path: path.to_path_buf(),
             data_version,
+            file,
         }
+    }
+
+    /// True when the path still names the file this witness reads.
+    pub fn same_file(&self) -> bool {
+        self.file.is_some() && file_id(&self.path) == self.file
     }
 
     /// True when no other connection has committed to the KV store since
