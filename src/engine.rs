@@ -231,22 +231,17 @@ struct RunLock {
 }
 
 impl RunLock {
-    fn acquire(sql: &Path) -> Result<RunLock> {
-        let mut name = sql.as_os_str().to_owned();
-        name.push(".lock");
-        let path = PathBuf::from(name);
+    /// `at` and `tombstone_present` are what this run saw before it tried
+    /// the lock (for the refusal's JSON).
+    fn acquire(sql: &Path, at: Option<State>, tombstone_present: bool) -> Result<RunLock> {
+        let path = crate::files::lock_path(sql);
         let io = |action: &str, e| Error::Io {
             path: path.clone(),
             action: action.to_string(),
             source: e,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io("creating the run lock", e))?;
+        // Mode 0600, never through a symbolic link (`files::open_lock`).
+        let mut file = crate::files::open_lock(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -257,6 +252,8 @@ impl RunLock {
                     path,
                     pid: lines.next().unwrap_or("unknown").to_string(),
                     since: lines.next().unwrap_or("unknown").to_string(),
+                    at,
+                    tombstone_present,
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the run lock", e)),
@@ -344,7 +341,7 @@ impl Migrator {
         // next to it: a wrong path must leave nothing behind.
         if let Some(parent) = self.opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.is_dir() {
-                return Err(Error::Missing {
+                return Err(Error::MissingFolder {
                     role: Role::Native,
                     path: parent.to_path_buf(),
                 });
@@ -355,7 +352,6 @@ impl Migrator {
             // Also refuses a foreign store before any lock file exists.
             Target::open(&self.opts.sql, false)?;
         }
-        let _lock = RunLock::acquire(&self.opts.sql)?;
         let mut run = Run {
             m: self,
             kv,
@@ -365,6 +361,15 @@ impl Migrator {
             seal: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
+        // Everything that can refuse this run is checked before the run
+        // lock exists, so a refused run leaves no `.lock` file behind; the
+        // same checks run again under the lock (`drive`).
+        let (_, persisted, tombstone) = run.preflight()?;
+        let state0 = persisted.as_ref().map(|p| p.state);
+        run.check_environment(state0, tombstone)?;
+        let _lock = RunLock::acquire(&self.opts.sql, state0, tombstone)?;
+        // A store left by an earlier version may be world-readable.
+        crate::files::narrow(&self.opts.sql)?;
         let mut report = run.drive()?;
         report.peak_rss_kib = peak_rss_kib();
         Ok(report)
@@ -414,15 +419,22 @@ impl Migrator {
     pub fn verify(&self) -> Result<VerifyReport> {
         let kv = self.open_kv()?;
         let Some(mut target) = Target::open(&self.opts.sql, false)? else {
+            if kv.tombstone_present()? {
+                // Not a migration yet to run: the store that was made is lost.
+                return Err(refused(Refusal::NativeStoreMissing, None, true));
+            }
             if self.opts.sql.exists() {
                 return Err(Error::NotOnewayStore {
                     path: self.opts.sql.clone(),
                     why: "is empty: run `oneway migrate` first".into(),
                 });
             }
-            return Err(Error::Missing {
-                role: Role::Native,
+            return Err(Error::NotOnewayStore {
                 path: self.opts.sql.clone(),
+                why:
+                    "does not exist yet: run `oneway migrate` first (verify compares a migration's \
+                      copy; it creates nothing)"
+                        .into(),
             });
         };
         let Some(p) = target.load()? else {
@@ -529,6 +541,7 @@ impl Migrator {
 fn refused(refusal: Refusal, state: Option<State>, tombstone_present: bool) -> Error {
     Error::Refused {
         refusal,
+        tombstone_present,
         state: state.map_or("none (no native store)".to_string(), |s| {
             s.name().to_string()
         }),
@@ -603,6 +616,7 @@ fn sealed_store_changed(
         refusal: Refusal::SourceChangedAfterTombstone,
         state: state.name().into(),
         extra,
+        tombstone_present,
     };
     security_event(
         Some(t),
@@ -653,10 +667,14 @@ impl Run<'_> {
         &self.m.opts
     }
 
-    fn drive(&mut self) -> Result<Report> {
+    /// Loads the native store and its state (when there is one) and refuses
+    /// a run that must not go on: a native store from another KV store, or
+    /// a tombstoned KV store next to a missing or early native store.
+    /// Returns the store, its state and whether the tombstone is present.
+    fn preflight(&mut self) -> Result<(Option<Target>, Option<Persisted>, bool)> {
         let tombstone = self.kv.tombstone_present()?;
-        let mut target = Target::open(&self.opts().sql, false)?;
-        let mut persisted = match &target {
+        let target = Target::open(&self.opts().sql, false)?;
+        let persisted = match &target {
             Some(t) => t.load()?,
             None => None,
         };
@@ -680,6 +698,30 @@ impl Run<'_> {
             );
             return Err(err);
         }
+        Ok((target, persisted, tombstone))
+    }
+
+    /// Checks, before anything is copied, what the rest of the run will
+    /// need: write access to the KV store while the tombstone is still to
+    /// be written, and room for the copy while there is copying to do.
+    fn check_environment(&self, state: Option<State>, tombstone: bool) -> Result<()> {
+        let copying = matches!(state, None | Some(State::Fresh) | Some(State::Migrating));
+        if !tombstone && (copying || state == Some(State::Verified)) {
+            crate::files::check_kv_writable(&self.opts().kv)?;
+        }
+        if copying {
+            let bytes = match &self.buckets {
+                Some(b) => self.kv.invoice_bytes(b)?,
+                None => 0,
+            };
+            crate::files::check_room(&self.opts().sql, bytes)?;
+        }
+        Ok(())
+    }
+
+    fn drive(&mut self) -> Result<Report> {
+        let (mut target, mut persisted, tombstone) = self.preflight()?;
+        let state0 = persisted.as_ref().map(|p| p.state);
         if state0 == Some(State::Locked) {
             if !tombstone {
                 let t = target.as_ref().expect("loaded, so open");
@@ -699,9 +741,15 @@ impl Run<'_> {
                 State::Fresh => {
                     let t = match target.take() {
                         Some(t) => t,
-                        None => Target::open(&self.opts().sql, true)?.expect("created"),
+                        None => {
+                            // Created private (0600) before SQLite opens it;
+                            // SQLite gives its -wal and -shm the same mode.
+                            crate::files::create_native(&self.opts().sql)?;
+                            Target::open(&self.opts().sql, true)?.expect("created")
+                        }
                     };
                     target = Some(self.begin(t)?);
+                    crate::files::narrow(&self.opts().sql)?;
                 }
                 State::Migrating => {
                     let t = target.as_mut().expect("open in Migrating");
@@ -851,23 +899,27 @@ impl Run<'_> {
     /// Refuses a native store that was made from a different KV store.
     fn check_identity(&self, p: &Persisted) -> Result<()> {
         let id = &p.identity;
-        let mismatch = |why: String| Error::SourceMismatch {
-            native: self.opts().sql.clone(),
-            kv: self.opts().kv.clone(),
-            why,
+        let mismatch = |why: String| -> Result<Error> {
+            Ok(Error::SourceMismatch {
+                native: self.opts().sql.clone(),
+                kv: self.opts().kv.clone(),
+                why,
+                at: Some(p.state),
+                tombstone_present: self.kv.tombstone_present()?,
+            })
         };
         if id.table_prefix != self.opts().table_prefix {
             return Err(mismatch(format!(
                 "it was made with table prefix {:?}, not {:?}",
                 id.table_prefix,
                 self.opts().table_prefix
-            )));
+            ))?);
         }
         if let (Some(a), Some(b)) = (id.invoices_bucket_id, self.buckets.map(|b| b.invoices)) {
             if a != b {
                 return Err(mismatch(format!(
                     "its invoices bucket was row {a}, this store's is row {b}"
-                )));
+                ))?);
             }
         }
         if let (Some((num, fp)), Some(b)) = (&id.anchor, self.buckets) {
@@ -876,7 +928,7 @@ impl Run<'_> {
                 if &self.fingerprint(&raw)? != fp {
                     return Err(mismatch(format!(
                         "invoice {num:08x} has different immutable fields (add index, creation date, payment request, memo)"
-                    )));
+                    ))?);
                 }
             }
         }

@@ -54,6 +54,44 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// The folder a store should be in does not exist.
+    #[error("the folder {path} for the {role} does not exist: create it first (oneway does not create folders)")]
+    MissingFolder {
+        /// Which store.
+        role: Role,
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A path oneway would create or rewrite is not safe to use (a symbolic
+    /// link, a special file, a file with other hard links).
+    #[error("refusing to use {path}: it {why}")]
+    UnsafePath {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The KV store cannot be written by this user, so the tombstone that
+    /// ends the migration could not be written.
+    #[error("the KV store {path} cannot be written: {why}; the tombstone that seals it at the end of the migration needs write access, so nothing was copied: run oneway as lnd's user (or fix the permissions) and rerun")]
+    NotWritable {
+        /// The KV store path.
+        path: PathBuf,
+        /// What is not writable, and the OS's answer.
+        why: String,
+    },
+    /// The native store's folder has too little free space.
+    #[error("the folder {} has {} free but the native SQL store needs about {} (three times the {} of invoices in the KV store); nothing was copied: free space or put the native store elsewhere, then rerun", .folder.display(), crate::files::human(*.available), crate::files::human(*.needed), crate::files::human(*.invoice_bytes))]
+    NoRoom {
+        /// The folder of the native store.
+        folder: PathBuf,
+        /// Estimated bytes needed.
+        needed: u64,
+        /// Bytes available to this user.
+        available: u64,
+        /// Bytes of invoice values in the KV store (the estimate's base).
+        invoice_bytes: u64,
+    },
     /// A path exists but is not a SQLite database.
     #[error("the {role} {path} is not a SQLite database ({why})")]
     NotSqlite {
@@ -173,6 +211,10 @@ pub enum Error {
         pid: String,
         /// When the holder started, as it recorded it.
         since: String,
+        /// The state this run saw before it tried the lock.
+        at: Option<State>,
+        /// Whether the KV store carried the tombstone then.
+        tombstone_present: bool,
     },
     /// The state machine or the guard refused.
     #[error("refused: {refusal} (state {state}{extra})")]
@@ -183,6 +225,8 @@ pub enum Error {
         state: String,
         /// More context, starting with "; " when present.
         extra: String,
+        /// Whether the KV store carries the tombstone.
+        tombstone_present: bool,
     },
     /// The state machine was asked for an illegal transition (a bug or a tampered store).
     #[error("the state machine refused {event} in state {state}: {refusal}")]
@@ -203,6 +247,10 @@ pub enum Error {
         kv: PathBuf,
         /// Which identity field differs.
         why: String,
+        /// The native store's state.
+        at: Option<State>,
+        /// Whether the KV store carries the tombstone.
+        tombstone_present: bool,
     },
     /// The migration is `Locked`, the KV store lost its tombstone, and its
     /// invoices differ from what was verified: lnd may have run on both.
@@ -284,6 +332,64 @@ impl Error {
         }
     }
 
+    /// A stable snake_case code for the error, printed as `reason` in the
+    /// `--json` output (listed in README.md). Refusals use the name of their
+    /// [`Refusal`].
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Refused { refusal, .. } => snake(refusal.name()),
+            Error::SourceMismatch { .. } => "source_mismatch".into(),
+            Error::LndMigrated { .. } => "lnd_already_migrated".into(),
+            Error::SealLostAndChanged { .. } => "seal_lost_and_changed".into(),
+            Error::InProgress { .. } => "migration_in_progress".into(),
+            Error::Missing { .. } => "missing".into(),
+            Error::MissingFolder { .. } => "missing_folder".into(),
+            Error::UnsafePath { .. } => "unsafe_path".into(),
+            Error::NotWritable { .. } => "kv_not_writable".into(),
+            Error::NoRoom { .. } => "insufficient_space".into(),
+            Error::NotSqlite { .. } => "not_sqlite".into(),
+            Error::BadPrefix { .. } => "bad_prefix".into(),
+            Error::NoKvTable { .. } => "no_kv_table".into(),
+            Error::Sqlite { .. } => "sqlite".into(),
+            Error::Full { .. } => "disk_full".into(),
+            Error::Busy { .. } => "busy".into(),
+            Error::Io { .. } => "io".into(),
+            Error::Codec { .. } => "malformed_invoice".into(),
+            Error::BadInvoice { .. } => "bad_invoice".into(),
+            Error::UnexpectedKey { .. } => "unexpected_key".into(),
+            Error::VerificationFailed { .. } => "verification_failed".into(),
+            Error::IllegalTransition { .. } => "illegal_transition".into(),
+            Error::NotOnewayStore { .. } => "not_a_oneway_store".into(),
+            Error::SourceUnstable { .. } => "source_unstable".into(),
+            Error::Fixture(_) => "fixture".into(),
+        }
+    }
+
+    /// For a refusal (exit code 3 or 4): the state the command saw (`None`:
+    /// no native store, or not known) and whether the KV store carried the
+    /// tombstone.
+    pub fn refusal_context(&self) -> Option<(Option<State>, bool)> {
+        match self {
+            Error::Refused {
+                state,
+                tombstone_present,
+                ..
+            } => Some((State::from_name(state), *tombstone_present)),
+            Error::SourceMismatch {
+                at,
+                tombstone_present,
+                ..
+            }
+            | Error::InProgress {
+                at,
+                tombstone_present,
+                ..
+            } => Some((*at, *tombstone_present)),
+            Error::SealLostAndChanged { .. } => Some((Some(State::Locked), false)),
+            _ => None,
+        }
+    }
+
     /// Builds the right variant for a SQLite failure: full disk and busy
     /// locks get their own variants so the message says what to do.
     pub fn sqlite(
@@ -317,6 +423,22 @@ impl Error {
             source,
         }
     }
+}
+
+/// `KvTombstoned` → `kv_tombstoned`.
+fn snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The crate's result type.

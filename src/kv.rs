@@ -387,7 +387,21 @@ impl KvSource {
         after: Option<u32>,
         max: usize,
     ) -> Result<Vec<RawInvoice>> {
+        self.read_invoices_bounded(buckets, after, max, usize::MAX)
+    }
+
+    /// [`KvSource::read_invoices`], also stopping before the next invoice
+    /// once the values read (invoices and their AMP sets) reach `max_bytes`:
+    /// at least one invoice, and at most one invoice's bytes past the bound.
+    pub fn read_invoices_bounded(
+        &self,
+        buckets: &InvoiceBuckets,
+        after: Option<u32>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<RawInvoice>> {
         let mut out: Vec<RawInvoice> = Vec::with_capacity(max.min(4096));
+        let mut bytes = 0usize;
         let start_key: Vec<u8> = match after {
             // Every key of invoice `n` (4 bytes, or 36 starting with them)
             // sorts below the 4-byte key of `n + 1`, so ">= n+1" starts exactly
@@ -421,13 +435,15 @@ impl KvSource {
             let is_bucket = matches!(value, rusqlite::types::ValueRef::Null);
             match key.len() {
                 4 if !is_bucket => {
-                    if out.len() == max {
+                    if out.len() == max || (!out.is_empty() && bytes >= max_bytes) {
                         break;
                     }
                     let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+                    let value = self.blob_value(key, value)?.to_vec();
+                    bytes += value.len();
                     out.push(RawInvoice {
                         num,
-                        value: self.blob_value(key, value)?.to_vec(),
+                        value,
                         amp_sets: Vec::new(),
                     });
                 }
@@ -436,6 +452,7 @@ impl KvSource {
                     let mut set_id = [0u8; 32];
                     set_id.copy_from_slice(&key[4..]);
                     let value = self.blob_value(key, value)?.to_vec();
+                    bytes += value.len();
                     match out.last_mut() {
                         Some(inv) if inv.num == num => inv.amp_sets.push((set_id, value)),
                         _ => {
@@ -624,6 +641,23 @@ impl KvSource {
             )
             .map(|n| n as u64)
             .map_err(|e| self.err("counting invoices", e))
+    }
+
+    /// The bytes of the invoice values (and AMP HTLC sets) in the
+    /// `invoices` bucket: the base of the room estimate
+    /// (`files::estimated_need`). Reads lengths only.
+    pub fn invoice_bytes(&self, buckets: &InvoiceBuckets) -> Result<u64> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT coalesce(sum(length(value)), 0) FROM {} WHERE parent_id = ?1",
+                    self.table
+                ),
+                [buckets.invoices],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err("measuring the invoices", e))
     }
 
     /// Computes the [`SourceDigest`] of the invoice buckets.

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+pub mod files;
 pub mod fixture;
 pub mod fsm;
 pub mod kv;

@@ -47,8 +47,9 @@ struct Stores {
     /// lnd's KV store (kvdb on SQLite, e.g. channel.sqlite).
     #[arg(long, value_name = "PATH")]
     kv: PathBuf,
-    /// lnd's native SQL database [default: lnd.sqlite beside the KV store,
-    /// where lnd keeps it].
+    /// lnd's native SQL database to read (only `migrate` creates or
+    /// continues it) [default: lnd.sqlite beside the KV store, where lnd
+    /// keeps it].
     #[arg(long, value_name = "PATH")]
     sql: Option<PathBuf>,
     /// Prefix of the KV table (`<prefix>_kv`).
@@ -81,6 +82,7 @@ enum BackendArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run or resume the migration until it is Locked.
+    #[command(mut_arg("sql", |a| a.help("lnd's native SQL database to create or continue [default: lnd.sqlite beside the KV store]")))]
     Migrate {
         #[command(flatten)]
         stores: Stores,
@@ -232,9 +234,22 @@ fn batch_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The log filter when `RUST_LOG` is not set. A refusal is printed once, as
+/// the `oneway: error:` line, so the human default leaves out the security
+/// event's WARN line (it is still journaled); `--log-json`, or any
+/// `RUST_LOG`, logs it.
+fn default_filter(json: bool) -> &'static str {
+    if json {
+        "warn"
+    } else {
+        "warn,oneway::security=off"
+    }
+}
+
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter(json)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -265,10 +280,32 @@ fn fail(e: &Error, json: bool) -> ExitCode {
         src = s_source(src);
     }
     if json {
-        print_json(&serde_json::json!({ "error": msg, "exit_code": e.exit_code() }));
+        print_json(&error_json(e, &msg));
     }
     eprintln!("oneway: error: {msg}");
     ExitCode::from(e.exit_code() as u8)
+}
+
+/// The `--json` form of an error. A refusal (exit code 3 or 4) has the
+/// same shape as the guard's answer: `allowed`, a stable `reason`, the
+/// `state` and `tombstone_present` the command saw, the `message`; any other
+/// error is `error` (the message), `reason` and `exit_code`.
+fn error_json(e: &Error, msg: &str) -> serde_json::Value {
+    match e.refusal_context() {
+        Some((state, tombstone_present)) => serde_json::json!({
+            "allowed": false,
+            "reason": e.reason(),
+            "state": state,
+            "tombstone_present": tombstone_present,
+            "message": msg,
+            "exit_code": e.exit_code(),
+        }),
+        None => serde_json::json!({
+            "error": msg,
+            "reason": e.reason(),
+            "exit_code": e.exit_code(),
+        }),
+    }
 }
 
 fn s_source<'a>(
@@ -374,9 +411,15 @@ fn main() -> ExitCode {
             match Migrator::new(stores.options(1)).guard(backend) {
                 Ok(g) => {
                     if json {
-                        print_json(
-                            &serde_json::json!({ "allowed": true, "backend": backend.name(), "state": g.state, "tombstone_present": g.tombstone_present }),
-                        );
+                        print_json(&serde_json::json!({
+                            "allowed": true,
+                            "backend": backend.name(),
+                            "reason": null,
+                            "state": g.state,
+                            "tombstone_present": g.tombstone_present,
+                            "message": format!("backend {backend} allowed"),
+                            "exit_code": exit::OK,
+                        }));
                     } else {
                         out!(
                             "backend {backend} allowed (state {})",

@@ -23,6 +23,11 @@ use crate::native::NativeInvoice;
 /// Batches decoded ahead of the writer.
 pub const IN_FLIGHT: usize = 2;
 
+/// A batch also ends once its invoices' KV values reach this many bytes,
+/// whatever the batch size: memory stays bounded however large
+/// `--batch-size` is, and however large the invoices are (`README.md`).
+pub const MAX_BATCH_BYTES: usize = 512 << 10;
+
 /// A decoded source invoice, ready to write or compare.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -167,12 +172,15 @@ impl Decoder {
         })
     }
 
-    /// Reads and prepares up to `max` invoices after `after`.
+    /// Reads and prepares up to `max` invoices after `after`, fewer when
+    /// their values reach [`MAX_BATCH_BYTES`].
     pub fn batch(&mut self, after: Option<u32>, max: usize) -> Result<Vec<Prepared>> {
         let Some(b) = self.buckets else {
             return Ok(Vec::new());
         };
-        let raws = self.kv.read_invoices(&b, after, max)?;
+        let raws = self
+            .kv
+            .read_invoices_bounded(&b, after, max, MAX_BATCH_BYTES)?;
         raws.iter().map(|r| self.prepare(r)).collect()
     }
 }

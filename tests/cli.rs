@@ -794,12 +794,16 @@ fn acceptance_flow_5000_invoices() {
     assert_eq!(last.details["reason"], "KvTombstoned");
     assert_eq!(last.details["tombstone_present"], true);
 
-    // guard --json on a refusal prints the error as JSON.
+    // guard --json on a refusal prints the refusal as JSON.
     let o = p.run("guard", &["--backend", "kv", "--json"]);
     assert_exit(&o, 3);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["exit_code"], 3);
-    assert!(v["error"].as_str().unwrap().contains("already completed"));
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["reason"], "kv_tombstoned");
+    assert_eq!(v["state"], "Locked");
+    assert_eq!(v["tombstone_present"], true);
+    assert!(v["message"].as_str().unwrap().contains("already completed"));
 
     // guard --backend sql: allowed, and journals nothing.
     let before = journal(&p.sql).len();
@@ -1210,12 +1214,26 @@ fn logging_is_quiet_by_default_and_structured_on_request() {
         ["Begin", "VerificationPassed", "TombstoneWritten", "Lock"]
     );
 
-    // A refusal is a WARN security event even without RUST_LOG.
+    // Without RUST_LOG a refusal is printed once, as the error line (the
+    // security event is still journaled).
     let o = quiet.run("guard", &["--backend", "kv"]);
+    assert_exit(&o, 3);
+    let err = strip_ansi(&stderr(&o));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("oneway: error: refused: "), "{err}");
+    // With logging enabled it is also a WARN security event.
+    let o = quiet.run_env("guard", &["--backend", "kv"], &[("RUST_LOG", "warn")]);
     assert_exit(&o, 3);
     let err = strip_ansi(&stderr(&o));
     assert!(err.contains("WARN oneway::security"), "{err}");
     assert!(err.contains("security_event=\"backend_refused\""), "{err}");
+    let o = quiet.run("guard", &["--backend", "kv", "--log-json"]);
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"security_event\":\"backend_refused\""),
+        "{err}"
+    );
 }
 
 #[test]

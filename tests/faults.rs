@@ -1076,7 +1076,9 @@ fn native_store_deleted_after_the_tombstone_is_never_recreated() {
     assert_refused_everywhere(&lab.kv, &lab.sql, RESTORE, "deleted");
     // status and verify do not create it either.
     assert_eq!(status(&lab.kv, &lab.sql)["state"], "Fresh");
-    verify(&lab.kv, &lab.sql).assert_code(1, "verify without a native store");
+    // verify says what migrate and the guard say: restore it (exit 3).
+    let out = verify(&lab.kv, &lab.sql);
+    assert_error(&out, 3, &[RESTORE], "deleted: verify");
     for p in [
         lab.sql.clone(),
         with_suffix(&lab.sql, "-wal"),
@@ -1250,15 +1252,29 @@ fn log_field(stderr: &str, field: &str) -> String {
     }
 }
 
+/// `KvTombstoned` → `kv_tombstoned` (the refusal's JSON `reason`).
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 /// One row per backend: what `oneway guard --backend B --json` answered on
 /// the pair, and whether it journaled a security event.
 fn guard_rows(case: &str, kv: &Path, sql: &Path, out: &mut String) -> [bool; 2] {
     let mut allowed = [false; 2];
     for (i, backend) in ["kv", "sql"].into_iter().enumerate() {
         let before = security_rows(sql).len();
+        // With RUST_LOG the security event is logged too (the default human
+        // output prints the refusal once, as the error line).
         let o = run(
             &pair_args("guard", kv, sql, &["--backend", backend, "--json"]),
-            &[],
+            &[("RUST_LOG", "warn")],
         );
         let journaled = security_rows(sql).len() - before;
         let j = o.json();
@@ -1276,12 +1292,17 @@ fn guard_rows(case: &str, kv: &Path, sql: &Path, out: &mut String) -> [bool; 2] 
             }
             Some(3) => {
                 assert_eq!(j["exit_code"], 3, "{case}: {j}");
-                (
-                    "refused",
+                assert_eq!(j["allowed"], false, "{case}: {j}");
+                let (reason, state, tomb) = (
                     log_field(&o.stderr, "reason"),
                     log_field(&o.stderr, "state"),
                     log_field(&o.stderr, "tombstone_present"),
-                )
+                );
+                // The refusal's JSON says what the security event logs.
+                assert_eq!(j["reason"], snake(&reason), "{case}: {j}");
+                assert_eq!(j["state"].as_str().unwrap_or("none"), state, "{case}: {j}");
+                assert_eq!(j["tombstone_present"].to_string(), tomb, "{case}: {j}");
+                ("refused", reason, state, tomb)
             }
             _ => panic!("{case}: guard {backend}: {o:?}"),
         };
@@ -1298,7 +1319,7 @@ fn guard_rows(case: &str, kv: &Path, sql: &Path, out: &mut String) -> [bool; 2] 
         )
         .unwrap();
         if o.code == Some(3) {
-            let msg = j["error"]
+            let msg = j["message"]
                 .as_str()
                 .unwrap_or_default()
                 .replace(&kv.display().to_string(), "[kv]")
