@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod files;
 pub mod fixture;
 pub mod fsm;
+pub mod holders;
 pub mod kv;
 pub mod lnd_schema;
 pub mod model;

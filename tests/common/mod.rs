@@ -51,19 +51,19 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
-use oneway::codec::{decode_invoice, encode_invoice};
-use oneway::fixture::{write_fixture, FixtureSpec, FixtureSummary, KvWriter};
-use oneway::model::{htlc_state, state, GoTime, Htlc, Invoice};
+use oneway::fixture::{write_fixture, FixtureSpec, FixtureSummary};
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_oneway");
 
-/// The KV table of lnd's channel database.
-pub const KV_TABLE: &str = "channeldb_kv";
+/// Editing a KV store as lnd would ([`Source`]); also included by
+/// `examples/lnd_standin.rs`.
+pub mod source;
+pub use source::{Source, KV_TABLE};
 
 /// Environment variables of the engine's fault injection; removed from every
 /// child unless a test sets them explicitly.
@@ -824,264 +824,8 @@ pub fn assert_matches_reference(kv: &Path, sql: &Path, r: &Reference, what: &str
 }
 
 // ---------------------------------------------------------------------------
-// Editing a KV store
+// Editing a KV store (`Source` is in `source.rs`)
 // ---------------------------------------------------------------------------
-
-/// Direct access to the invoice buckets of a KV store, for tests that
-/// change the source the way lnd would, or damage it.
-pub struct Source {
-    w: KvWriter,
-    /// Row id of `invoices`.
-    pub invoices: i64,
-    /// Row id of `invoices/paymenthashes`.
-    pub hashes: i64,
-    /// Row id of `invoices/invoice-add-index`.
-    pub add_index: i64,
-    /// Row id of `invoices/invoice-settle-index`.
-    pub settle_index: i64,
-    /// Row id of `pay-addr-index`.
-    pub pay_addr: i64,
-}
-
-impl Source {
-    /// Opens the KV store at `path` for writing.
-    pub fn open(path: &Path) -> Source {
-        let mut w = KvWriter::create(path, "channeldb").expect("open KV store for writing");
-        let invoices = w.top_bucket(b"invoices").expect("invoices bucket");
-        let hashes = w
-            .sub_bucket(invoices, b"paymenthashes")
-            .expect("paymenthashes");
-        let add_index = w
-            .sub_bucket(invoices, b"invoice-add-index")
-            .expect("add index");
-        let settle_index = w
-            .sub_bucket(invoices, b"invoice-settle-index")
-            .expect("settle index");
-        let pay_addr = w.top_bucket(b"pay-addr-index").expect("pay-addr-index");
-        Source {
-            w,
-            invoices,
-            hashes,
-            add_index,
-            settle_index,
-            pay_addr,
-        }
-    }
-
-    fn conn(&self) -> &Connection {
-        self.w.connection()
-    }
-
-    /// The raw value of invoice `num`.
-    pub fn value(&self, num: u32) -> Vec<u8> {
-        self.conn()
-            .query_row(
-                &format!("SELECT value FROM {KV_TABLE} WHERE parent_id = ?1 AND key = ?2"),
-                params![self.invoices, num.to_be_bytes().as_slice()],
-                |r| r.get(0),
-            )
-            .unwrap_or_else(|e| panic!("invoice {num:08x}: {e}"))
-    }
-
-    /// Overwrites the raw value of invoice `num` (bound as a BLOB).
-    pub fn set_value(&mut self, num: u32, value: &[u8]) {
-        self.w
-            .put(self.invoices, &num.to_be_bytes(), value)
-            .expect("put invoice");
-    }
-
-    /// Every invoice (4-byte key) decoded, in key order.
-    pub fn invoices(&self) -> Vec<(u32, Invoice)> {
-        let mut st = self
-            .conn()
-            .prepare(&format!(
-                "SELECT key, value FROM {KV_TABLE} WHERE parent_id = ?1 AND length(key) = 4 AND value IS NOT NULL ORDER BY key"
-            ))
-            .expect("invoices");
-        st.query_map([self.invoices], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
-        .expect("invoices")
-        .into_iter()
-        .map(|(k, v)| {
-            let num = u32::from_be_bytes(k.as_slice().try_into().expect("4-byte key"));
-            (
-                num,
-                decode_invoice(&v).unwrap_or_else(|e| panic!("invoice {num:08x}: {e}")),
-            )
-        })
-        .collect()
-    }
-
-    /// The key in `paymenthashes` that points to invoice `num`.
-    pub fn hash_entry(&self, num: u32) -> Option<Vec<u8>> {
-        self.conn()
-            .query_row(
-                &format!(
-                    "SELECT key FROM {KV_TABLE} WHERE parent_id = ?1 AND value = ?2 AND key != ?3"
-                ),
-                params![self.hashes, num.to_be_bytes().as_slice(), b"nik".as_slice()],
-                |r| r.get(0),
-            )
-            .optional()
-            .expect("paymenthashes")
-    }
-
-    /// Removes `key` from `paymenthashes`.
-    pub fn delete_hash_entry(&mut self, key: &[u8]) {
-        self.w.delete(self.hashes, key).expect("delete hash entry");
-    }
-
-    /// Adds `key` → invoice `num` to `paymenthashes`.
-    pub fn put_hash_entry(&mut self, key: &[u8], num: u32) {
-        self.w
-            .put(self.hashes, key, &num.to_be_bytes())
-            .expect("put hash entry");
-    }
-
-    fn get(&self, bucket: i64, key: &[u8]) -> Option<Vec<u8>> {
-        self.conn()
-            .query_row(
-                &format!("SELECT value FROM {KV_TABLE} WHERE parent_id = ?1 AND key = ?2"),
-                params![bucket, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .expect("get")
-    }
-
-    fn sequence(&self, bucket: i64) -> u64 {
-        self.conn()
-            .query_row(
-                &format!("SELECT sequence FROM {KV_TABLE} WHERE id = ?1"),
-                [bucket],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .expect("sequence")
-            .unwrap_or(0) as u64
-    }
-
-    /// Adds `count` new open invoices after the last one, as lnd's AddInvoice
-    /// does: value, payment hash index, add index (and its sequence), payment
-    /// address index, `nik`. Returns their numbers.
-    pub fn add_invoices(&mut self, count: u32, tag: &str) -> Vec<u32> {
-        let template = self
-            .invoices()
-            .into_iter()
-            .map(|(_, i)| i)
-            .find(|i| {
-                i.state == state::OPEN
-                    && !i.is_amp()
-                    && i.preimage.is_some()
-                    && !i.payment_request.is_empty()
-                    && i.payment_addr != [0; 32]
-            })
-            .expect("an open invoice to copy the shape of");
-        let nik = u32::from_be_bytes(
-            self.get(self.hashes, b"nik")
-                .expect("nik")
-                .as_slice()
-                .try_into()
-                .expect("nik is 4 bytes"),
-        );
-        let mut added = Vec::new();
-        self.w.begin().expect("begin");
-        for i in 0..count {
-            let num = nik + i;
-            let seed = Sha256::digest(format!("{tag}/{num}").as_bytes());
-            let preimage: [u8; 32] = Sha256::digest([seed.as_slice(), b"preimage"].concat()).into();
-            let addr: [u8; 32] = Sha256::digest([seed.as_slice(), b"addr"].concat()).into();
-            let mut inv = template.clone();
-            inv.memo = format!("added later: {tag} {num}").into_bytes();
-            inv.payment_request = [
-                template.payment_request.as_slice(),
-                format!("{tag}{num}").as_bytes(),
-            ]
-            .concat();
-            inv.add_index = u64::from(num);
-            inv.preimage = Some(preimage);
-            inv.payment_addr = addr;
-            inv.creation_date = GoTime::from_unix(1_760_000_000 + i64::from(num), 0);
-            inv.htlcs.clear();
-            inv.value_msat = 1_000 * u64::from(num);
-            let key = num.to_be_bytes();
-            let hash: [u8; 32] = Sha256::digest(preimage).into();
-            self.w
-                .put(self.invoices, &key, &encode_invoice(&inv))
-                .expect("put");
-            self.w.put(self.hashes, &hash, &key).expect("hash");
-            self.w
-                .put(self.add_index, &u64::from(num).to_be_bytes(), &key)
-                .expect("add index");
-            self.w.put(self.pay_addr, &addr, &key).expect("pay addr");
-            added.push(num);
-        }
-        let last = nik + count - 1;
-        self.w
-            .put(self.hashes, b"nik", &(last + 1).to_be_bytes())
-            .expect("nik");
-        self.w
-            .set_sequence(self.add_index, u64::from(last))
-            .expect("add seq");
-        self.w.commit().expect("commit");
-        added
-    }
-
-    /// Settles open invoice `num` as lnd does when an HTLC pays it: state
-    /// settled, amount paid, the next settle index and a settle date, one new
-    /// settled HTLC, the settle-index entry and sequence.
-    pub fn settle(&mut self, num: u32) {
-        let (_, mut inv) = self
-            .invoices()
-            .into_iter()
-            .find(|(n, _)| *n == num)
-            .unwrap_or_else(|| panic!("no invoice {num:08x}"));
-        assert_eq!(inv.state, state::OPEN, "invoice {num:08x} is not open");
-        assert!(!inv.is_amp() && inv.preimage.is_some());
-        let index = self.sequence(self.settle_index) + 1;
-        let at = inv.creation_date.unix_secs() + 600;
-        inv.state = state::SETTLED;
-        inv.settle_index = index;
-        inv.settle_date = GoTime::from_unix(at, 123_000);
-        inv.amt_paid_msat = inv.value_msat;
-        let mut custom = BTreeMap::new();
-        custom.insert(65_537u64, b"settled later".to_vec());
-        inv.htlcs.push(Htlc {
-            chan_id: 0x00ab_cdef_0000_0000 | u64::from(num),
-            htlc_id: u64::from(num),
-            amt_msat: inv.value_msat,
-            accept_height: 800_000,
-            accept_time_ns: (at as u64 - 5) * 1_000_000_000,
-            resolve_time_ns: at as u64 * 1_000_000_000,
-            expiry_height: 800_144,
-            state: htlc_state::SETTLED,
-            mpp_total_msat: inv.value_msat,
-            amp: None,
-            custom_records: custom,
-        });
-        self.w.begin().expect("begin");
-        self.w
-            .put(self.invoices, &num.to_be_bytes(), &encode_invoice(&inv))
-            .expect("put");
-        self.w
-            .put(self.settle_index, &index.to_be_bytes(), &num.to_be_bytes())
-            .expect("settle index");
-        self.w
-            .set_sequence(self.settle_index, index)
-            .expect("settle seq");
-        self.w.commit().expect("commit");
-    }
-
-    /// Numbers of open, non-AMP invoices with a known preimage (settleable).
-    pub fn open_invoices(&self) -> Vec<u32> {
-        self.invoices()
-            .into_iter()
-            .filter(|(_, i)| i.state == state::OPEN && !i.is_amp() && i.preimage.is_some())
-            .map(|(n, _)| n)
-            .collect()
-    }
-}
 
 /// The change every "source changed" scenario applies: `added` new invoices
 /// and the settlement of the `settle_nth` settleable open invoice whose
@@ -1156,4 +900,87 @@ pub fn body_record(value: &[u8], ty: u64) -> Rec {
         .iter()
         .find(|r| r.ty == ty)
         .unwrap_or_else(|| panic!("no body record of type {ty}"))
+}
+
+// ---------------------------------------------------------------------------
+// A stand-in for a running lnd (`examples/lnd_standin.rs`)
+// ---------------------------------------------------------------------------
+
+/// The `lnd_standin` example binary of this build: next to the test binary,
+/// `target/<profile>/deps/<test>-<hash>` → `target/<profile>/examples/lnd_standin`.
+/// `cargo test --test <name>` does not build examples, so it is built here
+/// once per test process (`cargo build --example lnd_standin` with the same
+/// profile and target directory; a no-op when it is up to date).
+pub fn lnd_standin_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile directory name")
+            .to_string();
+        let target_dir = profile_dir.parent().expect("target directory");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args([
+            "build",
+            "--quiet",
+            "--example",
+            "lnd_standin",
+            "--manifest-path",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                c.arg("--release");
+            }
+            other => {
+                c.args(["--profile", other]);
+            }
+        }
+        let status = c.status().expect("run cargo build --example lnd_standin");
+        assert!(status.success(), "cargo build --example lnd_standin failed");
+        let bin = profile_dir.join("examples").join("lnd_standin");
+        assert!(bin.is_file(), "no stand-in at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Starts the lnd stand-in on the KV store `kv` with `args` (see
+/// `examples/lnd_standin.rs`), stdout piped, and waits for its `opened …`
+/// line, so that the store is open (and its journal mode set) on return.
+/// Returns the child and a reader of its further stdout lines.
+pub fn lnd_standin(
+    kv: &Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(lnd_standin_bin())
+        .arg("--kv")
+        .arg(kv)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start lnd_standin");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines
+        .next()
+        .expect("lnd_standin printed nothing")
+        .expect("read stdout");
+    assert!(first.starts_with("opened "), "lnd_standin said {first:?}");
+    (child, lines)
 }
