@@ -795,6 +795,7 @@ impl Run<'_> {
                 State::Verified => {
                     let t = target.as_mut().expect("open in Verified");
                     let p = persisted.as_ref().expect("loaded");
+                    self.refuse_seal_while_held(p, false)?;
                     let started = Instant::now();
                     self.tombstone(t, p)?;
                     self.report.seconds.tombstone += started.elapsed().as_secs_f64();
@@ -802,6 +803,7 @@ impl Run<'_> {
                 State::Tombstoned => {
                     let t = target.as_mut().expect("open in Tombstoned");
                     let p = persisted.as_ref().expect("loaded");
+                    self.refuse_seal_while_held(p, true)?;
                     if !self.seal_intact(t, p)? {
                         let started = Instant::now();
                         self.resync_under_seal(t, p)?;
@@ -1230,11 +1232,62 @@ impl Run<'_> {
         Ok(digest.sha256 == verified)
     }
 
+    /// Refuses to take a seal step (the tombstone, `Lock`, restoring a lost
+    /// tombstone) while any other process holds the KV store open: lnd
+    /// reads the tombstone only when it starts, so a running lnd would
+    /// write past the seal (spec/protocol.md, rule R1). Nothing is written
+    /// by this check; the rerun after lnd stops continues from here. A
+    /// store whose holders cannot be determined is treated as held.
+    fn refuse_seal_while_held(&self, p: &Persisted, tombstone_present: bool) -> Result<()> {
+        let kv = &self.opts().kv;
+        let Some(held) = self.held_by_others() else {
+            return Ok(());
+        };
+        let invoices = p.verified_count.unwrap_or(0);
+        let done = match p.state {
+            State::Locked => {
+                "the migration is locked but the KV store has lost its tombstone".into()
+            }
+            State::Tombstoned => {
+                format!("copied and verified {invoices} invoices and wrote the tombstone")
+            }
+            _ => format!("copied and verified {invoices} invoices"),
+        };
+        // The rerun digests the source and copies and verifies what changed:
+        // at most about one verification pass of this size.
+        let estimate = if self.report.seconds.verify > 0.0 {
+            self.report.seconds.verify
+        } else {
+            invoices as f64 / 30_000.0
+        };
+        Err(Error::KvInUse {
+            kv: kv.clone(),
+            holders: held,
+            done,
+            estimate_s: estimate.ceil().max(1.0) as u64,
+            at: p.state,
+            tombstone_present,
+        })
+    }
+
+    /// Which other processes hold the KV store open, as a sentence; `None`
+    /// when none does. Not knowing counts as held.
+    fn held_by_others(&self) -> Option<String> {
+        match crate::holders::other_holders(&self.opts().kv) {
+            Ok(h) if h.is_empty() => None,
+            Ok(h) => Some(h.to_string()),
+            Err(e) => Some(format!(
+                "oneway cannot tell whether another process has it open ({e})"
+            )),
+        }
+    }
+
     /// A `Locked` migration whose KV store lost its tombstone (a power cut
     /// before it was durable, a restored backup): written again when the
     /// invoices are still exactly what was verified, which loses nothing;
     /// otherwise refused with what is true and what to do.
     fn restore_lost_seal(&mut self, t: &Target, p: &Persisted) -> Result<()> {
+        self.refuse_seal_while_held(p, false)?;
         let digest = self.kv.digest()?;
         let verified = p.source_digest.clone().unwrap_or_default();
         if digest.sha256 != verified {
@@ -1454,6 +1507,7 @@ impl Run<'_> {
     ) -> Result<VerifyReport> {
         let mut first = Some(first);
         for _ in 0..MAX_VERIFY_PASSES {
+            let pass_started = Instant::now();
             let report = self.verify_pass(t, true, first.take())?;
             if report.mismatch_count > 0 {
                 return Err(Error::VerificationFailed {
@@ -1468,6 +1522,22 @@ impl Run<'_> {
                 repaired = report.outdated,
                 "source changed during the migration; verifying again"
             );
+            // A running lnd keeps writing: a pass will not come out clean
+            // while it runs. Everything up to here is copied and durable;
+            // stop and let the run after lnd stops catch up.
+            if let Some(held) = self.held_by_others() {
+                return Err(Error::KvInUse {
+                    kv: self.opts().kv.clone(),
+                    holders: held,
+                    done: format!(
+                        "copied {} invoices and verified them but for the {} lnd changed meanwhile",
+                        report.invoices, report.outdated
+                    ),
+                    estimate_s: (pass_started.elapsed().as_secs_f64() * 2.0).ceil() as u64,
+                    at: State::Migrating,
+                    tombstone_present: false,
+                });
+            }
         }
         Err(Error::SourceUnstable {
             path: self.opts().kv.clone(),

@@ -202,6 +202,27 @@ pub enum Error {
         /// The first few mismatches.
         mismatches: Vec<Mismatch>,
     },
+    /// Another process (a running lnd) holds the KV store open, so the seal
+    /// step was not taken: everything before it is done and durable.
+    #[error(
+        "{done}; the KV store {kv} is open in another process: {holders}. \
+         Stop lnd (or whatever holds it) and run `oneway migrate` again to seal: \
+         the rest takes about {estimate_s} s"
+    )]
+    KvInUse {
+        /// The KV store.
+        kv: PathBuf,
+        /// What holds it, as a sentence.
+        holders: String,
+        /// What is done, as a sentence.
+        done: String,
+        /// Seconds the rerun should take, roughly.
+        estimate_s: u64,
+        /// The state the run stopped in.
+        at: State,
+        /// Whether the KV store carried the tombstone.
+        tombstone_present: bool,
+    },
     /// Another `oneway migrate` works on the same native store.
     #[error("migration in progress (pid {pid}, since {since}) on {path}: wait for it to finish")]
     InProgress {
@@ -328,6 +349,7 @@ impl Error {
             | Error::LndMigrated { .. }
             | Error::SealLostAndChanged { .. } => 3,
             Error::InProgress { .. } => 4,
+            Error::KvInUse { .. } => 5,
             _ => 1,
         }
     }
@@ -340,6 +362,7 @@ impl Error {
             Error::Refused { refusal, .. } => snake(refusal.name()),
             Error::SourceMismatch { .. } => "source_mismatch".into(),
             Error::LndMigrated { .. } => "lnd_already_migrated".into(),
+            Error::KvInUse { .. } => "kv_in_use".into(),
             Error::SealLostAndChanged { .. } => "seal_lost_and_changed".into(),
             Error::InProgress { .. } => "migration_in_progress".into(),
             Error::Missing { .. } => "missing".into(),
@@ -386,6 +409,11 @@ impl Error {
                 ..
             } => Some((*at, *tombstone_present)),
             Error::SealLostAndChanged { .. } => Some((Some(State::Locked), false)),
+            Error::KvInUse {
+                at,
+                tombstone_present,
+                ..
+            } => Some((Some(*at), *tombstone_present)),
             _ => None,
         }
     }
