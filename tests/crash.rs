@@ -242,6 +242,40 @@ fn every_failpoint_crash_then_rerun_equals_uncrashed_run() {
         driven.insert(spec.to_string());
     }
 
+    // The source changes after the tombstone but before `Lock` (an lnd that
+    // started before the tombstone commit wrote on): the Tombstoned step
+    // re-syncs under the seal and records `Resynced` (transition
+    // "resynced"). A crash on either side of that commit reruns to the
+    // same end as the reference made from the changed source.
+    for (i, spec) in ["resynced.before_commit", "resynced.after_commit"]
+        .into_iter()
+        .enumerate()
+    {
+        let kv = dir.path().join(format!("kv-resynced-{i}.sqlite"));
+        let sql = dir.path().join(format!("native-resynced-{i}.sqlite"));
+        copy_store(&base, &kv);
+        crash_at(&kv, &sql, FP_BATCH, "tombstoned.after_commit");
+        assert_eq!(status(&kv, &sql)["state"], "Tombstoned");
+        let (s2, a2) = change_source(&kv, 20, SETTLE_BELOW, "fp");
+        assert_eq!(
+            (s2, &a2),
+            (settled, &added),
+            "the same edit as the reference's"
+        );
+        crash_at(&kv, &sql, FP_BATCH, spec);
+        let s = status(&kv, &sql);
+        assert_eq!(s["state"], "Tombstoned", "{spec}: {s}");
+        assert_eq!(s["tombstone_present"], true, "{spec}: {s}");
+        migrate_ok(&kv, &sql, FP_BATCH);
+        assert_matches_reference(&kv, &sql, &changed_ref, spec);
+        let j = journal(&sql);
+        assert!(
+            j.iter().any(|e| e.event.as_deref() == Some("Resynced")),
+            "{spec}: the journal records the re-sync"
+        );
+        driven.insert(spec.to_string());
+    }
+
     // The source changes while `Migrating` (after 4 batches): the copy goes
     // on from the cursor, and the verification pass re-copies the invoice
     // settled behind the cursor in a repair batch. Crash in that batch.

@@ -166,7 +166,10 @@ fn a_huge_batch_size_still_gives_batches_bounded_by_bytes() {
     }
     assert!(largest < total, "one batch held every invoice");
 
-    // And the binary accepts the flag and migrates correctly.
+    // And the binary accepts the flag and migrates correctly (with this
+    // process's connections closed: oneway seals only a store nobody else
+    // holds open).
+    drop(src);
     let sql = dir.path().join("native.sqlite");
     let v = migrate_ok(&kv, &sql, 1_000_000_000);
     assert_eq!(v["invoices"], total as u64);
@@ -287,8 +290,9 @@ fn the_usual_mistakes_are_named_as_what_they_are() {
     for cmd in ["status", "verify", "guard"] {
         let o = run(&[cmd, "--help"], &[]);
         assert!(
-            o.stdout
-                .contains("The native SQL store to read (only `migrate` creates or continues it)"),
+            o.stdout.contains(
+                "lnd's native SQL database to read (only `migrate` creates or continues it)"
+            ),
             "{cmd}: {}",
             o.stdout
         );
@@ -296,7 +300,7 @@ fn the_usual_mistakes_are_named_as_what_they_are() {
     let o = run(&["migrate", "--help"], &[]);
     assert!(
         o.stdout
-            .contains("The native SQL store to create or continue"),
+            .contains("lnd's native SQL database to create or continue"),
         "{}",
         o.stdout
     );

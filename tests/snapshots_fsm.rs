@@ -80,8 +80,8 @@ fn backend_table() -> String {
 #[test]
 fn transition_table_snapshot() {
     let table = transition_table();
-    // 5 states x 6 events, plus the header.
-    assert_eq!(table.lines().count(), 1 + 5 * 6);
+    // 5 states x 7 events, plus the header.
+    assert_eq!(table.lines().count(), 1 + 5 * 7);
     snapshot!("fsm_transition_table", table);
 }
 
@@ -210,11 +210,12 @@ fn tombstone_always_refuses_kv_and_sql_needs_locked() {
         }
     }
     // A sealed native state refuses KV even if the tombstone is gone (someone
-    // deleted it): the native store is the truth.
+    // deleted it): the native store is the truth, and the refusal says the
+    // seal was lost rather than claiming a tombstone.
     for s in [State::Tombstoned, State::Locked] {
         assert_eq!(
             backend_decision(Some(s), false, Backend::Kv),
-            Err(Refusal::KvTombstoned)
+            Err(Refusal::KvSealLost)
         );
     }
 }
