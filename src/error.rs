@@ -204,6 +204,19 @@ pub enum Error {
         /// Which identity field differs.
         why: String,
     },
+    /// Nothing shows that the KV store is the one the native store was made
+    /// from (see [`crate::identity`]).
+    #[error("the native store {native} cannot be shown to come from the KV store {kv}: {why}. If it \
+             is that store and it carries no tombstone, move the native store aside (keep it) and \
+             run `oneway migrate` again to start afresh; otherwise point oneway at the matching pair")]
+    SourceUnproven {
+        /// The native store.
+        native: PathBuf,
+        /// The KV store given.
+        kv: PathBuf,
+        /// What evidence is missing.
+        why: String,
+    },
     /// The native store exists but is not one oneway can work with.
     #[error("the native store {path} {why}")]
     NotOnewayStore {
@@ -255,7 +268,10 @@ impl Error {
     /// is in progress, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Refused { .. } | Error::SourceMismatch { .. } | Error::LndMigrated { .. } => 3,
+            Error::Refused { .. }
+            | Error::SourceMismatch { .. }
+            | Error::SourceUnproven { .. }
+            | Error::LndMigrated { .. } => 3,
             Error::InProgress { .. } => 4,
             _ => 1,
         }

@@ -293,6 +293,23 @@ impl KvSource {
             .map_err(|e| self.err("finding a bucket", e))
     }
 
+    /// The value of `key` in bucket `bucket`; `None` when the key is absent
+    /// or is a sub-bucket.
+    pub fn value(&self, bucket: i64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT value FROM {} WHERE parent_id = ?1 AND key = ?2",
+                    self.table
+                ),
+                params![bucket, key],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err("reading a value", e))
+    }
+
     /// Finds the invoice buckets; `None` when the store has no `invoices`
     /// bucket at all (a node that never created an invoice).
     pub fn invoice_buckets(&self) -> Result<Option<InvoiceBuckets>> {

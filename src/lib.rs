@@ -14,6 +14,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fixture;
 pub mod fsm;
+pub mod identity;
 pub mod kv;
 pub mod lnd_schema;
 pub mod model;
