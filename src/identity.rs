@@ -254,7 +254,9 @@ pub fn check(
         let nums: Vec<String> = anchors.iter().map(|(n, _)| format!("{n:08x}")).collect();
         let keys = match (&recorded.node_pubkey, &node_now) {
             (None, None) => "neither store records lnd's node key (graph-node/source)",
-            (None, Some(_)) => "the node key (graph-node/source) was not recorded when the migration began",
+            (None, Some(_)) => {
+                "the node key (graph-node/source) was not recorded when the migration began"
+            }
             // Unreachable: a recorded key is compared or is a difference.
             (Some(_), _) => "the node keys cannot be compared",
         };
