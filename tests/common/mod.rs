@@ -1088,6 +1088,38 @@ impl Source {
         self.w.commit().expect("commit");
     }
 
+    /// Deletes invoice `num` the way lnd's DeleteInvoice does: the invoice
+    /// (and any AMP HTLC sets under its number), and every index entry that
+    /// points to it (payment hash, add index, settle index, payment address).
+    pub fn delete_invoice(&mut self, num: u32) {
+        let key = num.to_be_bytes();
+        let c = self.conn();
+        let tx = c.unchecked_transaction().expect("begin");
+        let deleted = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {KV_TABLE} WHERE parent_id = ?1 AND substr(key, 1, 4) = ?2
+                     AND length(key) IN (4, 36)"
+                ),
+                params![self.invoices, key.as_slice()],
+            )
+            .expect("delete invoice");
+        assert!(deleted >= 1, "no invoice {num:08x}");
+        for bucket in [
+            self.hashes,
+            self.add_index,
+            self.settle_index,
+            self.pay_addr,
+        ] {
+            tx.execute(
+                &format!("DELETE FROM {KV_TABLE} WHERE parent_id = ?1 AND value = ?2"),
+                params![bucket, key.as_slice()],
+            )
+            .expect("delete index entry");
+        }
+        tx.commit().expect("commit");
+    }
+
     /// Numbers of open, non-AMP invoices with a known preimage (settleable).
     pub fn open_invoices(&self) -> Vec<u32> {
         self.invoices()
