@@ -233,19 +233,30 @@ pub fn check(
     }
     let anchors = recorded.recorded_anchors();
     let mut present = 0usize;
+    let mut differing = Vec::new();
     if let Some(b) = buckets {
         for (num, fp) in &anchors {
             let found = kv.read_invoices(&b, num.checked_sub(1), 1)?;
             if let Some(raw) = found.into_iter().find(|r| r.num == *num) {
                 present += 1;
                 if &fingerprint(&raw, kv_path)? != fp {
-                    differences.push(format!(
-                        "invoice {num:08x} has different immutable fields (add index, creation date, \
-                         payment request, memo)"
-                    ));
+                    differing.push(*num);
                 }
             }
         }
+    }
+    if let Some(first) = differing.first() {
+        let mut why = format!(
+            "invoice {first:08x} has different immutable fields (add index, creation date, \
+             payment request, memo)"
+        );
+        if differing.len() > 1 {
+            why.push_str(&format!(
+                ", and so do {} more of the {present} recorded invoices present",
+                differing.len() - 1
+            ));
+        }
+        differences.push(why);
     }
     if !differences.is_empty() {
         return Err(mismatch(differences.join("; ")));
