@@ -13,12 +13,11 @@ use std::time::Instant;
 
 use rusqlite::params;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::codec;
 use crate::error::{Error, Mismatch, Result, Role};
 use crate::fsm::{self, Backend, Event, Refusal, State};
-use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, TombstoneOutcome, Witness};
+use crate::identity;
+use crate::kv::{InvoiceBuckets, KvSource, SourceDigest, TombstoneOutcome, Witness};
 use crate::lnd_schema;
 use crate::native;
 use crate::reader::{self, Msg, Prepared};
@@ -864,77 +863,50 @@ impl Run<'_> {
         }
     }
 
-    /// The identity of the source as it is now.
+    /// The identity of the source as it is now (see [`crate::identity`]).
     fn identity(&mut self) -> Result<SourceIdentity> {
-        let anchor = match self.buckets {
-            Some(b) => match self.kv.read_invoices(&b, None, 1)?.into_iter().next() {
-                Some(raw) => Some((raw.num, self.fingerprint(&raw)?)),
-                None => None,
-            },
-            None => None,
-        };
-        Ok(SourceIdentity {
-            kv_path: self.opts().kv.display().to_string(),
-            table_prefix: self.opts().table_prefix.clone(),
-            invoices_bucket_id: self.buckets.map(|b| b.invoices),
-            anchor,
-        })
+        identity::current(
+            &self.kv,
+            self.buckets,
+            &self.opts().kv,
+            &self.opts().table_prefix,
+        )
     }
 
-    /// A fingerprint of an invoice's immutable fields.
-    fn fingerprint(&self, raw: &RawInvoice) -> Result<String> {
-        let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
-            invoice_key: raw.key_hex(),
-            path: self.opts().kv.clone(),
-            source,
-        })?;
-        let mut h = Sha256::new();
-        h.update(inv.add_index.to_be_bytes());
-        h.update(inv.creation_date.unix_nanos().to_be_bytes());
-        h.update((inv.payment_request.len() as u64).to_be_bytes());
-        h.update(&inv.payment_request);
-        h.update((inv.memo.len() as u64).to_be_bytes());
-        h.update(&inv.memo);
-        Ok(hex::encode(h.finalize()))
-    }
-
-    /// Refuses a native store that was made from a different KV store.
+    /// Refuses a native store that was made from a different KV store, or
+    /// from one this KV store cannot be shown to be (see
+    /// [`crate::identity::check`]).
     fn check_identity(&self, p: &Persisted) -> Result<()> {
-        let id = &p.identity;
-        let mismatch = |why: String| -> Result<Error> {
-            Ok(Error::SourceMismatch {
-                native: self.opts().sql.clone(),
-                kv: self.opts().kv.clone(),
+        let tombstone_present = || self.kv.tombstone_present().unwrap_or(false);
+        identity::check(
+            &p.identity,
+            &self.kv,
+            self.buckets,
+            &self.opts().table_prefix,
+            &self.opts().kv,
+            &self.opts().sql,
+        )
+        .map_err(|e| match e {
+            Error::SourceMismatch {
+                native, kv, why, ..
+            } => Error::SourceMismatch {
+                native,
+                kv,
                 why,
                 at: Some(p.state),
-                tombstone_present: self.kv.tombstone_present()?,
-            })
-        };
-        if id.table_prefix != self.opts().table_prefix {
-            return Err(mismatch(format!(
-                "it was made with table prefix {:?}, not {:?}",
-                id.table_prefix,
-                self.opts().table_prefix
-            ))?);
-        }
-        if let (Some(a), Some(b)) = (id.invoices_bucket_id, self.buckets.map(|b| b.invoices)) {
-            if a != b {
-                return Err(mismatch(format!(
-                    "its invoices bucket was row {a}, this store's is row {b}"
-                ))?);
-            }
-        }
-        if let (Some((num, fp)), Some(b)) = (&id.anchor, self.buckets) {
-            let first = self.kv.read_invoices(&b, num.checked_sub(1), 1)?;
-            if let Some(raw) = first.into_iter().find(|r| r.num == *num) {
-                if &self.fingerprint(&raw)? != fp {
-                    return Err(mismatch(format!(
-                        "invoice {num:08x} has different immutable fields (add index, creation date, payment request, memo)"
-                    ))?);
-                }
-            }
-        }
-        Ok(())
+                tombstone_present: tombstone_present(),
+            },
+            Error::SourceUnproven {
+                native, kv, why, ..
+            } => Error::SourceUnproven {
+                native,
+                kv,
+                why,
+                at: Some(p.state),
+                tombstone_present: tombstone_present(),
+            },
+            other => other,
+        })
     }
 
     /// `Fresh → Migrating`: schema, state row and journal in one transaction.

@@ -293,6 +293,23 @@ pub enum Error {
         /// Invoices verified.
         verified: u64,
     },
+    /// Nothing shows that the KV store is the one the native store was made
+    /// from (see [`crate::identity`]).
+    #[error("the native store {native} cannot be shown to come from the KV store {kv}: {why}. If it \
+             is that store and it carries no tombstone, move the native store aside (keep it) and \
+             run `oneway migrate` again to start afresh; otherwise point oneway at the matching pair")]
+    SourceUnproven {
+        /// The native store.
+        native: PathBuf,
+        /// The KV store given.
+        kv: PathBuf,
+        /// What evidence is missing.
+        why: String,
+        /// The state of the native store.
+        at: Option<State>,
+        /// Whether the KV store carried the tombstone.
+        tombstone_present: bool,
+    },
     /// The native store exists but is not one oneway can work with.
     #[error("the native store {path} {why}")]
     NotOnewayStore {
@@ -346,6 +363,7 @@ impl Error {
         match self {
             Error::Refused { .. }
             | Error::SourceMismatch { .. }
+            | Error::SourceUnproven { .. }
             | Error::LndMigrated { .. }
             | Error::SealLostAndChanged { .. } => 3,
             Error::InProgress { .. } => 4,
@@ -361,6 +379,7 @@ impl Error {
         match self {
             Error::Refused { refusal, .. } => snake(refusal.name()),
             Error::SourceMismatch { .. } => "source_mismatch".into(),
+            Error::SourceUnproven { .. } => "source_unproven".into(),
             Error::LndMigrated { .. } => "lnd_already_migrated".into(),
             Error::KvInUse { .. } => "kv_in_use".into(),
             Error::SealLostAndChanged { .. } => "seal_lost_and_changed".into(),
@@ -399,6 +418,11 @@ impl Error {
                 ..
             } => Some((State::from_name(state), *tombstone_present)),
             Error::SourceMismatch {
+                at,
+                tombstone_present,
+                ..
+            }
+            | Error::SourceUnproven {
                 at,
                 tombstone_present,
                 ..

@@ -12,7 +12,11 @@
 //! With `ONEWAY_FAILPOINT_PAUSE=DIR` as well, the armed hit pauses instead
 //! of aborting: it creates `DIR/reached` and goes on once `DIR/resume`
 //! exists, so a test can change the source at that exact point of a live
-//! run (see `tests/seal_witness.rs`).
+//! run (see `tests/seal_witness.rs`). `NAME:N,M,…` arms several hits; each
+//! pauses in turn, and removes `DIR/reached` and then `DIR/resume` before
+//! going on, so the test waits for `resume` to vanish and then for the next
+//! `reached` (see `tests/live_hashes.rs`). Without a pause, the first armed
+//! hit aborts.
 //!
 //! The variable is read once. It exists for the crash tests
 //! (`tests/crash.rs`); production runs never set it. [`NAMES`] lists every
@@ -45,7 +49,8 @@ pub const NAMES: &[&str] = &[
 
 struct Armed {
     name: String,
-    at: u64,
+    /// The armed hits (1-based), ascending.
+    at: Vec<u64>,
     hits: AtomicU64,
     /// `ONEWAY_FAILPOINT_PAUSE`: pause here instead of aborting.
     pause: Option<std::path::PathBuf>,
@@ -57,12 +62,17 @@ fn armed() -> Option<&'static Armed> {
         .get_or_init(|| {
             let spec = std::env::var("ONEWAY_FAILPOINT").ok()?;
             let (name, at) = match spec.split_once(':') {
-                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
-                None => (spec, 1),
+                Some((n, k)) => (
+                    n.to_string(),
+                    k.split(',')
+                        .map(|k| k.parse().unwrap_or(1u64).max(1))
+                        .collect(),
+                ),
+                None => (spec, vec![1]),
             };
             Some(Armed {
                 name,
-                at: at.max(1),
+                at,
                 hits: AtomicU64::new(0),
                 pause: std::env::var_os("ONEWAY_FAILPOINT_PAUSE").map(Into::into),
             })
@@ -74,12 +84,17 @@ fn armed() -> Option<&'static Armed> {
 /// the armed hit.
 pub fn hit(name: &str) {
     if let Some(a) = armed() {
-        if a.name == name && a.hits.fetch_add(1, Ordering::Relaxed) + 1 == a.at {
+        let n = if a.name == name {
+            a.hits.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        if a.at.contains(&n) {
             if let Some(dir) = &a.pause {
                 pause(name, dir);
                 return;
             }
-            eprintln!("oneway: failpoint {name} reached (hit {}), aborting", a.at);
+            eprintln!("oneway: failpoint {name} reached (hit {n}), aborting");
             std::process::abort();
         }
     }
@@ -102,4 +117,8 @@ fn pause(name: &str, dir: &std::path::Path) {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // Ready for the next armed hit: `reached` goes first, so a test that
+    // saw `resume` vanish never sees a stale `reached`.
+    let _ = std::fs::remove_file(dir.join("reached"));
+    let _ = std::fs::remove_file(resume);
 }

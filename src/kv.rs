@@ -312,6 +312,23 @@ impl KvSource {
             .map_err(|e| self.err("finding a bucket", e))
     }
 
+    /// The value of `key` in bucket `bucket`; `None` when the key is absent
+    /// or is a sub-bucket.
+    pub fn value(&self, bucket: i64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT value FROM {} WHERE parent_id = ?1 AND key = ?2",
+                    self.table
+                ),
+                params![bucket, key],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err("reading a value", e))
+    }
+
     /// Finds the invoice buckets; `None` when the store has no `invoices`
     /// bucket at all (a node that never created an invoice).
     pub fn invoice_buckets(&self) -> Result<Option<InvoiceBuckets>> {
@@ -560,7 +577,12 @@ impl KvSource {
     /// Builds (or rebuilds) a temporary reverse index of `paymenthashes`,
     /// invoice number → payment hash, in this connection's TEMP database (not
     /// in the KV file). Needed for invoices whose preimage is unknown.
-    pub fn build_hash_index(&self, buckets: &InvoiceBuckets) -> Result<()> {
+    ///
+    /// Returns the index's high-water mark: the highest row id of the KV
+    /// table when it was read, for [`KvSource::extend_hash_index`]. Inside a
+    /// read transaction ([`KvSource::begin_read`]) the index and the mark
+    /// belong to that transaction's snapshot.
+    pub fn build_hash_index(&self, buckets: &InvoiceBuckets) -> Result<i64> {
         let e = |err| self.err("building the payment-hash reverse index", err);
         self.conn
             .execute_batch(
@@ -568,22 +590,61 @@ impl KvSource {
                  DELETE FROM temp.oneway_hash_by_num;",
             )
             .map_err(e)?;
+        let mark = self.max_row_id().map_err(e)?;
         if let Some(bucket) = buckets.payment_hashes {
             self.conn
                 .execute(
                     &format!(
                         "INSERT INTO temp.oneway_hash_by_num (num, hash)
-                         SELECT value, key FROM {} WHERE parent_id = ?1 AND value IS NOT NULL AND key != ?2",
+                         SELECT value, key FROM {} WHERE parent_id = ?1 AND value IS NOT NULL AND key != ?2
+                         AND id <= ?3",
                         self.table
                     ),
-                    params![bucket, NEXT_INVOICE_KEY],
+                    params![bucket, NEXT_INVOICE_KEY, mark],
                 )
                 .map_err(e)?;
         }
         self.conn
             .execute_batch("CREATE INDEX IF NOT EXISTS temp.oneway_hash_by_num_idx ON oneway_hash_by_num (num)")
             .map_err(e)?;
-        Ok(())
+        Ok(mark)
+    }
+
+    /// Adds to the index of [`KvSource::build_hash_index`] the entries of
+    /// `paymenthashes` whose row id is above `mark` (a previous high-water
+    /// mark), and returns the new mark. Costs a range scan of the rows
+    /// written since, not of the whole bucket.
+    ///
+    /// Not a substitute for a rebuild: the KV table's ids are SQLite rowids
+    /// without `AUTOINCREMENT`, so after rows at the top of the table are
+    /// deleted a new row may reuse an id at or below `mark`, and deleted
+    /// entries stay in the index. A lookup that still fails afterwards must
+    /// rebuild before concluding anything (see `reader::Decoder`).
+    pub fn extend_hash_index(&self, buckets: &InvoiceBuckets, mark: i64) -> Result<i64> {
+        let e = |err| self.err("extending the payment-hash reverse index", err);
+        let new_mark = self.max_row_id().map_err(e)?;
+        if let Some(bucket) = buckets.payment_hashes {
+            self.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO temp.oneway_hash_by_num (num, hash)
+                     SELECT value, key FROM {} WHERE id > ?1 AND id <= ?2 AND parent_id = ?3
+                     AND value IS NOT NULL AND key != ?4",
+                    self.table
+                ))
+                .and_then(|mut st| st.execute(params![mark, new_mark, bucket, NEXT_INVOICE_KEY]))
+                .map_err(e)?;
+        }
+        // Lower than `mark` when rows at the top were deleted: ids above it
+        // are free again, and whatever takes them later is new.
+        Ok(new_mark)
+    }
+
+    fn max_row_id(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row(
+            &format!("SELECT coalesce(max(id), 0) FROM {}", self.table),
+            [],
+            |r| r.get(0),
+        )
     }
 
     /// The payment hashes `paymenthashes` maps to invoice `num` (needs

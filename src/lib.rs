@@ -16,6 +16,7 @@ pub mod files;
 pub mod fixture;
 pub mod fsm;
 pub mod holders;
+pub mod identity;
 pub mod kv;
 pub mod lnd_schema;
 pub mod model;

@@ -41,13 +41,55 @@ pub struct Prepared {
 }
 
 /// Reads, decodes and maps invoices from one KV connection.
+///
+/// # Payment hashes of invoices without a preimage
+///
+/// Their hash is only in `invoices/paymenthashes` (hash → number), so the
+/// decoder keeps a reverse index in its connection's TEMP database. While
+/// lnd runs, it adds invoices during a copy, so the index can be older than
+/// an invoice the decoder reads. The rule that keeps a lookup both correct
+/// and cheap however many invoices lnd adds:
+///
+/// - every read happens in a read transaction: a [`Decoder::batch`] reads its
+///   invoices and resolves their hashes inside one (its own, or the
+///   snapshot's of a [`Kind::Verify`] stream, [`Decoder::begin_read`]);
+/// - a lookup that finds exactly one 32-byte hash is taken as it is: the
+///   entry exists (the index only ever holds entries that were committed),
+///   and the verification pass, which re-resolves every hash inside its own
+///   snapshot, proves the copy right or repairs it;
+/// - a lookup that finds none (or several) is a finding only when the index
+///   was fully built in the *same* read transaction as the invoice was
+///   read: both then come from one snapshot of the store, in which lnd's
+///   `AddInvoice` (one transaction writing the invoice and its hash entry)
+///   is either entirely visible or not at all, so a missing entry is really
+///   missing. Otherwise the decoder first adds the entries written since
+///   the last build (a range scan over row ids above a high-water mark,
+///   [`KvSource::extend_hash_index`]: cheap, usually enough), looks again,
+///   and if that still fails rebuilds the whole index in the current
+///   transaction and looks a last time, which is then final.
+///
+/// So a full rebuild happens at most once per read transaction, i.e. at most
+/// once per batch (and once per verification pass), and only in batches
+/// with an invoice the index did not know; and "cannot be found" is only
+/// ever said after a rebuild in the same transaction as the invoice's read.
 pub struct Decoder {
     kv: KvSource,
     buckets: Option<InvoiceBuckets>,
-    hashes_built: bool,
-    /// Whether the hash index was rebuilt after a miss (once per decoder):
-    /// an invoice added to the source after the index was built is found.
-    rebuilt_after_miss: bool,
+    /// The hash index, once built.
+    index: Option<HashIndex>,
+    /// Read transactions begun so far (numbers them).
+    reads: u64,
+    /// The read transaction in progress, if any.
+    reading: Option<u64>,
+}
+
+/// The state of a decoder's payment-hash index.
+#[derive(Debug, Clone, Copy)]
+struct HashIndex {
+    /// Highest KV row id it has seen (see [`KvSource::extend_hash_index`]).
+    mark: i64,
+    /// The read transaction of its last full build (`None`: outside one).
+    built_in: Option<u64>,
 }
 
 impl Decoder {
@@ -61,8 +103,9 @@ impl Decoder {
         Ok(Decoder {
             kv,
             buckets,
-            hashes_built: false,
-            rebuilt_after_miss: false,
+            index: None,
+            reads: 0,
+            reading: None,
         })
     }
 
@@ -71,14 +114,73 @@ impl Decoder {
         &self.kv
     }
 
-    fn ensure_hash_index(&mut self) -> Result<()> {
-        if !self.hashes_built {
-            if let Some(b) = self.buckets {
-                self.kv.build_hash_index(&b)?;
-            }
-            self.hashes_built = true;
-        }
+    /// Starts a read transaction: everything read and resolved until
+    /// [`Decoder::end_read`] comes from one snapshot of the store.
+    pub fn begin_read(&mut self) -> Result<()> {
+        self.kv.begin_read()?;
+        self.reads += 1;
+        self.reading = Some(self.reads);
         Ok(())
+    }
+
+    /// Ends the read transaction of [`Decoder::begin_read`].
+    pub fn end_read(&mut self) -> Result<()> {
+        self.reading = None;
+        self.kv.end_read()
+    }
+
+    /// Builds the index from scratch, in the current read transaction.
+    fn rebuild_hash_index(&mut self) -> Result<()> {
+        if let Some(b) = self.buckets.as_mut() {
+            if b.payment_hashes.is_none() {
+                // lnd creates the bucket with the first invoice, which may
+                // have come after this decoder opened.
+                b.payment_hashes = self
+                    .kv
+                    .bucket(Some(b.invoices), crate::kv::PAYMENT_HASHES_BUCKET)?;
+            }
+        }
+        let mark = match self.buckets {
+            Some(b) => self.kv.build_hash_index(&b)?,
+            None => 0,
+        };
+        self.index = Some(HashIndex {
+            mark,
+            built_in: self.reading,
+        });
+        Ok(())
+    }
+
+    /// The payment hashes `paymenthashes` maps to invoice `num`, by the rule
+    /// in the type's documentation: an answer other than exactly one hash
+    /// comes from an index fully built in the current read transaction.
+    fn hashes_for(&mut self, num: u32) -> Result<Vec<Vec<u8>>> {
+        let usable = |found: &[Vec<u8>]| matches!(found, [one] if one.len() == 32);
+        if self.index.is_none() {
+            self.rebuild_hash_index()?;
+        }
+        let mut found = self.kv.hashes_for(num)?;
+        let index = self.index.expect("built above");
+        let final_here = self.reading.is_some() && index.built_in == self.reading;
+        if usable(&found) || final_here {
+            return Ok(found);
+        }
+        if found.is_empty() {
+            if let Some(b) = self.buckets {
+                let mark = self.kv.extend_hash_index(&b, index.mark)?;
+                self.index = Some(HashIndex { mark, ..index });
+                found = self.kv.hashes_for(num)?;
+                if usable(&found) {
+                    return Ok(found);
+                }
+            }
+        }
+        tracing::debug!(
+            invoice = format_args!("{num:08x}"),
+            "payment hash not in the index: rebuilding it"
+        );
+        self.rebuild_hash_index()?;
+        self.kv.hashes_for(num)
     }
 
     /// Decodes one raw invoice into its native rows and source digest.
@@ -102,14 +204,7 @@ impl Decoder {
         let hash: [u8; 32] = match inv.preimage {
             Some(p) => Sha256::digest(p).into(),
             None => {
-                self.ensure_hash_index()?;
-                let mut found = self.kv.hashes_for(raw.num)?;
-                if found.is_empty() && !self.rebuilt_after_miss {
-                    self.rebuilt_after_miss = true;
-                    self.hashes_built = false;
-                    self.ensure_hash_index()?;
-                    found = self.kv.hashes_for(raw.num)?;
-                }
+                let found = self.hashes_for(raw.num)?;
                 match found.as_slice() {
                     [one] if one.len() == 32 => {
                         let mut h = [0u8; 32];
@@ -173,15 +268,29 @@ impl Decoder {
     }
 
     /// Reads and prepares up to `max` invoices after `after`, fewer when
-    /// their values reach [`MAX_BATCH_BYTES`].
+    /// their values reach [`MAX_BATCH_BYTES`], inside one read transaction
+    /// (the caller's, from [`Decoder::begin_read`], or one of its own), so
+    /// that the invoices and the payment hashes resolved for them come from
+    /// the same snapshot.
     pub fn batch(&mut self, after: Option<u32>, max: usize) -> Result<Vec<Prepared>> {
         let Some(b) = self.buckets else {
             return Ok(Vec::new());
         };
-        let raws = self
+        let own = self.reading.is_none();
+        if own {
+            self.begin_read()?;
+        }
+        let result = self
             .kv
-            .read_invoices_bounded(&b, after, max, MAX_BATCH_BYTES)?;
-        raws.iter().map(|r| self.prepare(r)).collect()
+            .read_invoices_bounded(&b, after, max, MAX_BATCH_BYTES)
+            .and_then(|raws| raws.iter().map(|r| self.prepare(r)).collect());
+        if own {
+            let ended = self.end_read();
+            if result.is_ok() {
+                ended?;
+            }
+        }
+        result
     }
 }
 
@@ -291,7 +400,7 @@ pub fn stream(
                 let mut d = Decoder::open(&kv_path, &prefix)?;
                 let mut version = None;
                 if snapshot {
-                    d.kv.begin_read()?;
+                    d.begin_read()?;
                     let digest = d.kv.digest()?;
                     // Same read transaction as the digest: this value
                     // belongs to the digested snapshot.
@@ -340,7 +449,7 @@ pub fn stream(
                 }
                 match version {
                     Some(v) => {
-                        d.kv.end_read()?;
+                        d.end_read()?;
                         Ok(Some(d.kv.into_witness(v)))
                     }
                     None => Ok(None),

@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result, Role};
 use crate::fsm::{self, Event, State};
@@ -86,19 +86,7 @@ CREATE TABLE oneway_amp_staging (
 CREATE INDEX oneway_amp_staging_invoice ON oneway_amp_staging(invoice_id);
 ";
 
-/// What identifies the KV store a native store was made from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceIdentity {
-    /// The KV store's path when the migration began (informational).
-    pub kv_path: String,
-    /// The table prefix.
-    pub table_prefix: String,
-    /// Row id of the `invoices` bucket, if it existed.
-    pub invoices_bucket_id: Option<i64>,
-    /// The lowest invoice number at the start and a fingerprint of its
-    /// immutable fields (add index, creation date, payment request, memo).
-    pub anchor: Option<(u32, String)>,
-}
+pub use crate::identity::SourceIdentity;
 
 /// The persisted state row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

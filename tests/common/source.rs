@@ -160,6 +160,17 @@ impl Source {
     /// does: value, payment hash index, add index (and its sequence), payment
     /// address index, `nik`. Returns their numbers.
     pub fn add_invoices(&mut self, count: u32, tag: &str) -> Vec<u32> {
+        self.add_invoices_as(count, tag, false)
+    }
+
+    /// Like [`Source::add_invoices`], but hodl invoices whose preimage is
+    /// unknown (stored as zeros): their payment hash is only in
+    /// `paymenthashes`, as lnd's AddInvoice writes a hodl invoice.
+    pub fn add_hodl_invoices(&mut self, count: u32, tag: &str) -> Vec<u32> {
+        self.add_invoices_as(count, tag, true)
+    }
+
+    fn add_invoices_as(&mut self, count: u32, tag: &str, hodl: bool) -> Vec<u32> {
         let template = self
             .invoices()
             .into_iter()
@@ -201,6 +212,10 @@ impl Source {
             inv.value_msat = 1_000 * u64::from(num);
             let key = num.to_be_bytes();
             let hash: [u8; 32] = Sha256::digest(preimage).into();
+            if hodl {
+                inv.preimage = None;
+                inv.hodl = true;
+            }
             self.w
                 .put(self.invoices, &key, &encode_invoice(&inv))
                 .expect("put");
