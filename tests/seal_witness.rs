@@ -13,8 +13,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use oneway::fixture::{write_fixture, FixtureSpec};
 use oneway::kv::{KvSource, TombstoneOutcome, DEFAULT_PREFIX};
@@ -134,42 +132,6 @@ fn a_changed_source_gets_no_tombstone_and_no_witness() {
 }
 
 /// A `oneway migrate` child paused at failpoint `spec` until [`Paused::resume`].
-struct Paused {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Paused {
-    fn start(kv: &Path, sql: &Path, spec: &str) -> Paused {
-        let dir = tempfile::tempdir().unwrap();
-        let pause = dir.path().to_str().unwrap().to_string();
-        let child = common::command(
-            &common::migrate_args(kv, sql, 50),
-            &[
-                ("ONEWAY_FAILPOINT", spec),
-                ("ONEWAY_FAILPOINT_PAUSE", &pause),
-                ("RUST_LOG", "oneway=debug"),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn oneway migrate");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !dir.path().join("reached").exists() {
-            assert!(Instant::now() < deadline, "failpoint {spec} never reached");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Paused { child, dir }
-    }
-
-    fn resume(self) -> common::Out {
-        std::fs::write(self.dir.path().join("resume"), b"").unwrap();
-        let out = self.child.wait_with_output().expect("wait");
-        common::Out::from_parts(out.status, &out.stdout, &out.stderr)
-    }
-}
-
 fn settle_one(kv: &Path) -> u32 {
     let mut src = common::Source::open(kv);
     let num = *src.open_invoices().first().expect("an open invoice");
@@ -184,7 +146,7 @@ fn a_run_whose_verified_snapshot_is_untouched_skips_the_digest() {
     let sql = dir.path().join("native.sqlite");
     common::make_fixture(&kv, 300, 5);
     let original = common::kv_dump(&kv);
-    let paused = Paused::start(&kv, &sql, "verify.after_commit");
+    let paused = common::Paused::start(&kv, &sql, "verify.after_commit");
     // Reading the store while the run waits is no change.
     let _ = common::kv_dump(&kv);
     let out = paused.resume();
@@ -210,7 +172,7 @@ fn lnd_settling_an_invoice_after_verification_is_resynced_before_the_tombstone()
     let kv = dir.path().join("kv.sqlite");
     let sql = dir.path().join("native.sqlite");
     common::make_fixture(&kv, 300, 6);
-    let paused = Paused::start(&kv, &sql, "verify.after_commit");
+    let paused = common::Paused::start(&kv, &sql, "verify.after_commit");
     assert_eq!(common::state_row(&sql).unwrap().0, "Verified");
     let settled = settle_one(&kv);
     // What the store holds now is what must end up migrated.
@@ -251,7 +213,7 @@ fn lnd_writing_after_the_tombstone_is_resynced_under_the_seal() {
     let kv = dir.path().join("kv.sqlite");
     let sql = dir.path().join("native.sqlite");
     common::make_fixture(&kv, 300, 7);
-    let paused = Paused::start(&kv, &sql, "tombstoned.after_commit");
+    let paused = common::Paused::start(&kv, &sql, "tombstoned.after_commit");
     assert_eq!(common::state_row(&sql).unwrap().0, "Tombstoned");
     let settled = settle_one(&kv);
     let out = paused.resume();

@@ -50,6 +50,7 @@ use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use oneway::fixture::{write_fixture, FixtureSpec, FixtureSummary};
 use rusqlite::types::ValueRef;
@@ -983,4 +984,58 @@ pub fn lnd_standin(
         .expect("read stdout");
     assert!(first.starts_with("opened "), "lnd_standin said {first:?}");
     (child, lines)
+}
+
+/// A `oneway migrate` child paused at a failpoint (`ONEWAY_FAILPOINT` with
+/// `ONEWAY_FAILPOINT_PAUSE`), so a test can change the stores at exactly
+/// that point and let it go on.
+pub struct Paused {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Paused {
+    pub fn start(kv: &Path, sql: &Path, spec: &str) -> Paused {
+        let dir = tempfile::tempdir().unwrap();
+        let pause = dir.path().to_str().unwrap().to_string();
+        let child = command(
+            &migrate_args(kv, sql, 50),
+            &[
+                ("ONEWAY_FAILPOINT", spec),
+                ("ONEWAY_FAILPOINT_PAUSE", &pause),
+                ("RUST_LOG", "oneway=debug"),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oneway migrate");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.path().join("reached").exists() {
+            assert!(Instant::now() < deadline, "failpoint {spec} never reached");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Paused { child, dir }
+    }
+
+    pub fn resume(self) -> Out {
+        std::fs::write(self.dir.path().join("resume"), b"").unwrap();
+        let out = self.child.wait_with_output().expect("wait");
+        Out::from_parts(out.status, &out.stdout, &out.stderr)
+    }
+}
+
+/// Deletes the tombstone from the KV store, as a restored backup or a lost
+/// write would leave it.
+pub fn remove_tombstone(kv: &Path) {
+    let c = rusqlite::Connection::open(kv).expect("open the KV store");
+    let n = c
+        .execute(
+            "DELETE FROM channeldb_kv WHERE key = CAST('invoice-tombstone' AS BLOB)
+             AND parent_id = (SELECT id FROM channeldb_kv WHERE parent_id IS NULL
+                              AND key = CAST('invoices' AS BLOB))",
+            [],
+        )
+        .expect("delete the tombstone");
+    assert_eq!(n, 1, "the store carried a tombstone");
 }
