@@ -282,40 +282,39 @@ impl Source {
         self.w.commit().expect("commit");
     }
 
-    /// Deletes plain (non-AMP) invoice `num` as lnd's `DeleteInvoice` does,
-    /// in one transaction: its payment-hash entry, its payment-address entry
-    /// (when it points to this invoice), its add-index entry, its
-    /// settle-index entry when it was settled, and the invoice value.
+    /// Deletes invoice `num` as lnd's `DeleteInvoice` does, in one
+    /// transaction: the invoice value and the AMP HTLC sets under its
+    /// number, and every index entry that points to it (payment hash,
+    /// payment address, add index, settle index). Entries a damaged or
+    /// legacy store lacks are simply not there to delete.
     pub fn delete_invoice(&mut self, num: u32) {
-        let (_, inv) = self
-            .invoices()
-            .into_iter()
-            .find(|(n, _)| *n == num)
-            .unwrap_or_else(|| panic!("no invoice {num:08x}"));
-        assert!(!inv.is_amp(), "delete_invoice handles plain invoices only");
+        assert!(
+            self.invoices().iter().any(|(n, _)| *n == num),
+            "no invoice {num:08x}"
+        );
         let key = num.to_be_bytes();
-        let hash = self.hash_entry(num).expect("payment-hash entry");
-        let pay_addr_points_here =
-            self.get(self.pay_addr, &inv.payment_addr).as_deref() == Some(key.as_slice());
-        self.w.begin().expect("begin");
-        self.w
-            .delete(self.hashes, &hash)
-            .expect("delete hash entry");
-        if pay_addr_points_here {
-            self.w
-                .delete(self.pay_addr, &inv.payment_addr)
-                .expect("delete pay-addr entry");
+        let tx = self.conn().unchecked_transaction().expect("begin");
+        tx.execute(
+            &format!(
+                "DELETE FROM {KV_TABLE} WHERE parent_id = ?1 AND substr(key, 1, 4) = ?2
+                 AND length(key) IN (4, 36)"
+            ),
+            rusqlite::params![self.invoices, key.as_slice()],
+        )
+        .expect("delete the invoice");
+        for bucket in [
+            self.hashes,
+            self.add_index,
+            self.settle_index,
+            self.pay_addr,
+        ] {
+            tx.execute(
+                &format!("DELETE FROM {KV_TABLE} WHERE parent_id = ?1 AND value = ?2"),
+                rusqlite::params![bucket, key.as_slice()],
+            )
+            .expect("delete an index entry");
         }
-        self.w
-            .delete(self.add_index, &inv.add_index.to_be_bytes())
-            .expect("delete add-index entry");
-        if inv.settle_index > 0 {
-            self.w
-                .delete(self.settle_index, &inv.settle_index.to_be_bytes())
-                .expect("delete settle-index entry");
-        }
-        self.w.delete(self.invoices, &key).expect("delete invoice");
-        self.w.commit().expect("commit");
+        tx.commit().expect("commit");
     }
 
     /// Numbers of plain (non-AMP) canceled invoices.
