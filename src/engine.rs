@@ -709,11 +709,20 @@ impl Run<'_> {
             crate::files::check_kv_writable(&self.opts().kv)?;
         }
         if copying {
-            let bytes = match &self.buckets {
-                Some(b) => self.kv.invoice_bytes(b)?,
-                None => 0,
-            };
-            crate::files::check_room(&self.opts().sql, bytes)?;
+            let kv = &self.opts().kv;
+            let on_disk: u64 = ["", "-wal"]
+                .iter()
+                .filter_map(|s| {
+                    let mut p = kv.as_os_str().to_owned();
+                    p.push(s);
+                    std::fs::metadata(p).ok()
+                })
+                .map(|m| m.len())
+                .sum();
+            crate::files::check_room(&self.opts().sql, on_disk, || match &self.buckets {
+                Some(b) => self.kv.invoice_bytes(b),
+                None => Ok(0),
+            })?;
         }
         Ok(())
     }

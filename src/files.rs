@@ -189,7 +189,16 @@ pub fn room_decision(folder: &Path, needed: u64, available: u64, invoice_bytes: 
 
 /// Refuses up front when the folder of the native store `sql` has less free
 /// space (for this user) than [`estimated_need`].
-pub fn check_room(sql: &Path, invoice_bytes: u64) -> Result<()> {
+///
+/// `invoice_bytes` is asked only when `upper_bound` (the KV store's size on
+/// disk, which holds every invoice byte and more) would not fit: reading
+/// every invoice's length is a pass over the store, and most folders have
+/// room for three KV stores anyway.
+pub fn check_room(
+    sql: &Path,
+    upper_bound: u64,
+    invoice_bytes: impl FnOnce() -> Result<u64>,
+) -> Result<()> {
     let folder = match sql.parent().filter(|p| !p.as_os_str().is_empty()) {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
@@ -205,6 +214,10 @@ pub fn check_room(sql: &Path, invoice_bytes: u64) -> Result<()> {
         source: e.into(),
     })?;
     let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    if available >= estimated_need(upper_bound, native_now) {
+        return Ok(());
+    }
+    let invoice_bytes = invoice_bytes()?;
     room_decision(
         &folder,
         estimated_need(invoice_bytes, native_now),

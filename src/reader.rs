@@ -26,7 +26,7 @@ pub const IN_FLIGHT: usize = 2;
 /// A batch also ends once its invoices' KV values reach this many bytes,
 /// whatever the batch size: memory stays bounded however large
 /// `--batch-size` is, and however large the invoices are (`README.md`).
-pub const MAX_BATCH_BYTES: usize = 512 << 10;
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// A decoded source invoice, ready to write or compare.
 #[derive(Debug, Clone)]

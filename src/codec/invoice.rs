@@ -457,25 +457,51 @@ fn write_htlc(out: &mut Vec<u8>, h: &Htlc) {
 // Public API
 // ---------------------------------------------------------------------------
 
-/// Decodes an invoice value from the `invoices` bucket.
-///
-/// Reads the u64 BE body length, the body stream, and then every HTLC record
-/// that follows, whatever the feature bits say (legacy AMP invoices carry
-/// both the AMP feature and inline HTLCs).
-pub fn decode_invoice(bytes: &[u8]) -> Result<Invoice, CodecError> {
+/// The body stream of an encoded invoice: the bytes after its `u64` length,
+/// as many as it declares.
+fn invoice_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     let Some(declared) = read_u64_be(bytes) else {
         return Err(CodecError::BodyLengthMissing {
             available: bytes.len(),
         });
     };
     let rest = bytes.get(8..).unwrap_or(&[]);
-    let body = usize::try_from(declared)
+    usize::try_from(declared)
         .ok()
         .and_then(|l| rest.get(..l))
         .ok_or(CodecError::BodyTruncated {
             declared,
             available: rest.len(),
-        })?;
+        })
+}
+
+/// The preimage of an encoded invoice (body record 6) without decoding the
+/// rest, exactly as [`decode_invoice`] reads it: `None` when the record is
+/// absent or all zeros (a hodl invoice whose preimage is not known yet).
+/// The records before it are walked, so a malformed stream up to there is
+/// an error here too.
+pub fn invoice_preimage(bytes: &[u8]) -> Result<Option<[u8; 32]>, CodecError> {
+    let place = Place::Body;
+    for rec in TlvReader::new(invoice_body(bytes)?, place) {
+        let (ty, v) = rec?;
+        if ty == PREIMAGE {
+            let p = fixed::<32>(place, ty, v)?;
+            return Ok((p != [0; 32]).then_some(p));
+        }
+        if ty > PREIMAGE {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// Decodes an invoice value from the `invoices` bucket.
+///
+/// Reads the u64 BE body length, the body stream, and then every HTLC record
+/// that follows, whatever the feature bits say (legacy AMP invoices carry
+/// both the AMP feature and inline HTLCs).
+pub fn decode_invoice(bytes: &[u8]) -> Result<Invoice, CodecError> {
+    let body = invoice_body(bytes)?;
 
     let place = Place::Body;
     let mut inv = Invoice {
@@ -523,7 +549,7 @@ pub fn decode_invoice(bytes: &[u8]) -> Result<Invoice, CodecError> {
         }
     }
 
-    let htlc_bytes = rest.get(body.len()..).unwrap_or(&[]);
+    let htlc_bytes = bytes.get(8 + body.len()..).unwrap_or(&[]);
     decode_htlc_records(htlc_bytes, &mut inv.htlcs)?;
     Ok(inv)
 }

@@ -16,7 +16,9 @@ pub mod tlv;
 
 pub use bigsize::BigSizeFault;
 pub use gotime::{decode_go_time, encode_go_time, GoTimeFault};
-pub use invoice::{decode_htlc_set, decode_invoice, encode_htlc_set, encode_invoice};
+pub use invoice::{
+    decode_htlc_set, decode_invoice, encode_htlc_set, encode_invoice, invoice_preimage,
+};
 
 /// Which TLV stream a problem was found in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
