@@ -358,6 +358,7 @@ impl Migrator {
             report: Report::new(State::Fresh),
             verified: None,
             seal: None,
+            prescan: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
         // Everything that can refuse this run is checked before the run
@@ -449,6 +450,7 @@ impl Migrator {
             report: Report::new(p.state),
             verified: None,
             seal: None,
+            prescan: None,
         };
         run.buckets = run.kv.invoice_buckets()?;
         run.check_identity(&p)?;
@@ -502,6 +504,7 @@ impl Migrator {
                 report: Report::new(p.state),
                 verified: None,
                 seal: None,
+                prescan: None,
             };
             if let Err(e) = run.check_identity(p) {
                 security_event(
@@ -646,6 +649,16 @@ impl std::fmt::Display for Request {
     }
 }
 
+/// A scan of the source made by the tombstone step of a resumed run
+/// ([`KvSource::invoice_digests`]), kept for the catch-up verification that
+/// follows when it found the source changed: one walk of the store instead
+/// of two. Valid only while the connection's `data_version` is unchanged.
+struct Prescan {
+    dec: reader::Decoder,
+    scan: crate::kv::InvoiceDigests,
+    data_version: i64,
+}
+
 /// One invocation of [`Migrator::run`] (or of the read-only verification).
 struct Run<'a> {
     m: &'a Migrator,
@@ -659,6 +672,8 @@ struct Run<'a> {
     /// Set when this run itself checked and sealed the KV store; lets the
     /// Lock step skip a second digest.
     seal: Option<Witness>,
+    /// See [`Prescan`].
+    prescan: Option<Prescan>,
 }
 
 impl Run<'_> {
@@ -762,25 +777,7 @@ impl Run<'_> {
                 State::Migrating => {
                     let t = target.as_mut().expect("open in Migrating");
                     let p = persisted.as_ref().expect("loaded");
-                    let started = Instant::now();
-                    if p.cursor.is_some() {
-                        // A resumed run: invoices deleted from the source
-                        // since they were copied must go before anything new
-                        // is inserted or indexed.
-                        self.sweep_deleted(t)?;
-                    }
-                    self.copy(t, p)?;
-                    // The first verification pass's decoder starts now, so
-                    // that it digests the source and decodes its first
-                    // batches on the second core while this thread builds
-                    // lnd's indexes. Its snapshot begins after the copy;
-                    // what the pass proves does not depend on when it began.
-                    let first = self.stream(None, reader::Kind::Verify)?;
-                    self.build_indexes(t)?;
-                    self.report.seconds.copy += started.elapsed().as_secs_f64();
-                    let started = Instant::now();
-                    let report = self.verify_until_clean(t, first)?;
-                    self.report.seconds.verify += started.elapsed().as_secs_f64();
+                    let report = self.copy_and_verify(t, p)?;
                     let details = serde_json::json!({
                         "invoices": report.invoices,
                         "source_digest": report.source_digest,
@@ -1077,14 +1074,26 @@ impl Run<'_> {
                 native::Inserter::new(&tx, advance).map_err(e("preparing the inserts"))?;
             let mut map_row = tx
                 .prepare_cached(
-                    "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest, features, htlcs,
+                         custom_records, amp_sets, amp_htlcs)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(e("preparing the inserts"))?;
             for p in batch.iter().filter(|p| !is_current(&mapped, p)) {
                 rows.insert(&p.native)
                     .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
+                let c = p.native.child_rows();
                 map_row
-                    .execute(params![p.num, p.native.id, p.digest.as_slice()])
+                    .execute(params![
+                        p.num,
+                        p.native.id,
+                        p.digest.as_slice(),
+                        c.invoice_features as i64,
+                        c.invoice_htlcs as i64,
+                        c.invoice_htlc_custom_records as i64,
+                        c.amp_sub_invoices as i64,
+                        c.amp_sub_invoice_htlcs as i64
+                    ])
                     .map_err(|err| insert_error(err, &kv_path, &sql_path, p))?;
                 max_settle = max_settle.max(p.native.max_settle_index());
                 written += 1;
@@ -1308,11 +1317,7 @@ impl Run<'_> {
     fn resync_under_seal(&mut self, t: &mut Target, p: &Persisted) -> Result<()> {
         self.refuse_rolled_back_source(t)?;
         tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after the tombstone; copying the difference under the seal");
-        self.sweep_deleted(t)?;
-        self.copy(t, p)?;
-        let first = self.stream(None, reader::Kind::Verify)?;
-        self.build_indexes(t)?;
-        let report = self.verify_until_clean(t, first)?;
+        let report = self.copy_and_verify(t, p)?;
         let settle = report.max_settle_index.max(self.settle_sequence()?);
         let details = serde_json::json!({
             "invoices": report.invoices,
@@ -1484,9 +1489,8 @@ impl Run<'_> {
     fn verify_until_clean(
         &mut self,
         t: &mut Target,
-        first: reader::Stream,
+        mut first: Option<reader::Stream>,
     ) -> Result<VerifyReport> {
-        let mut first = Some(first);
         for _ in 0..MAX_VERIFY_PASSES {
             let pass_started = Instant::now();
             let report = self.verify_pass(t, true, first.take())?;
@@ -1524,6 +1528,301 @@ impl Run<'_> {
             path: self.opts().kv.clone(),
             attempts: MAX_VERIFY_PASSES,
         })
+    }
+
+    /// Brings the native store level with the source and verifies it: the
+    /// catch-up verification when copies were verified before and little
+    /// changed, otherwise the bulk path (sweep, copy, lnd's indexes, full
+    /// verification passes). Returns the clean verification's report.
+    fn copy_and_verify(&mut self, t: &mut Target, p: &Persisted) -> Result<VerifyReport> {
+        let started = Instant::now();
+        if let Some(report) = self.catch_up_first(t)? {
+            self.report.seconds.verify += started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        if p.cursor.is_some() {
+            // A resumed run: invoices deleted from the source since they
+            // were copied must go before anything new is inserted or indexed.
+            self.sweep_deleted(t)?;
+        }
+        self.copy(t, p)?;
+        // The first verification pass's decoder starts now, so that it
+        // digests the source and decodes its first batches on the second
+        // core while this thread builds lnd's indexes. Its snapshot begins
+        // after the copy; what the pass proves does not depend on when it
+        // began.
+        let first = self.stream(None, reader::Kind::Verify)?;
+        self.build_indexes(t)?;
+        self.report.seconds.copy += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let report = self.verify_until_clean(t, Some(first))?;
+        self.report.seconds.verify += started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// The catch-up verification, when copies were verified before (a
+    /// resumed or re-synced run): `None` when there are none yet, or when too
+    /// much changed for it.
+    fn catch_up_first(&mut self, t: &mut Target) -> Result<Option<VerifyReport>> {
+        let checked: bool = t
+            .conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM oneway_invoice_map WHERE checked = 1)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| t.err("reading the copy map", e))?;
+        if !checked {
+            return Ok(None);
+        }
+        // Copies were verified, so the bulk copy ended and the index build
+        // ran or is to run again (idempotent): lnd's indexes exist before
+        // the catch-up writes directly into lnd's tables.
+        self.build_indexes(t)?;
+        let Some(report) = self.catch_up(t)? else {
+            return Ok(None);
+        };
+        if report.mismatch_count > 0 {
+            return Err(Error::VerificationFailed {
+                total: report.mismatch_count,
+                mismatches: report.mismatches,
+            });
+        }
+        Ok(Some(report))
+    }
+
+    /// The catch-up verification: as strong as a full pass, reading back
+    /// only what changed. One snapshot of the source gives the source digest
+    /// and every invoice's copy digest without decoding
+    /// ([`KvSource::invoice_digests`]). A copy whose digest is unchanged and
+    /// which is `checked` equals its source already (the copy map's
+    /// invariants, `store.rs`); every other invoice is decoded from the same
+    /// snapshot, re-copied when outdated, and read back and compared field by
+    /// field; copies of invoices gone from the snapshot are removed. The
+    /// per-invoice child-row counts of the map then prove, as
+    /// `native::ChildRows` does for a full pass, that no row belongs to no
+    /// invoice. Returns `None`, having written nothing, when more than a
+    /// tenth of the invoices need this (a full pass is as cheap then) or the
+    /// snapshot holds a row the walk cannot place. The argument is in
+    /// `spec/state-machine.md` §7.1.
+    fn catch_up(&mut self, t: &mut Target) -> Result<Option<VerifyReport>> {
+        if self.buckets.is_none() {
+            return Ok(None);
+        };
+        let (mut dec, scan) = self.take_prescan_or_scan()?;
+        let plan = if scan.irregular {
+            None
+        } else {
+            catch_up_plan(t, &scan)?
+        };
+        let Some((todo, gone)) = plan else {
+            dec.end_read()?;
+            return Ok(None);
+        };
+        self.m
+            .progress
+            .start(Phase::Verify, (todo.len() + gone.len()) as u64);
+        for &num in &gone {
+            let (written, _) =
+                self.apply_batch(t, num.checked_sub(1), Some(num), &[], BatchKind::Repair)?;
+            debug_assert_eq!(written, 0);
+            self.m.progress.advance(1);
+        }
+        let mut report = VerifyReport {
+            invoices: scan.invoices.len() as u64,
+            outdated: 0,
+            mismatch_count: 0,
+            mismatches: Vec::new(),
+            source_digest: scan.source.sha256.clone(),
+            target_digest: String::new(),
+            max_settle_index: 0,
+        };
+        let mut prepared = Vec::with_capacity(todo.len());
+        for (num, want) in &todo {
+            let p = dec
+                .batch(num.checked_sub(1), 1)?
+                .into_iter()
+                .find(|p| p.num == *num);
+            let Some(p) = p else {
+                continue; // unreachable: the walk saw it in this snapshot
+            };
+            if want.is_some_and(|d| d != p.digest) {
+                // The walk and the reader disagree: trust neither shortcut.
+                dec.end_read()?;
+                tracing::warn!(invoice = %format!("{num:08x}"), "catch-up digest differs from the reader's; verifying fully");
+                return Ok(None);
+            }
+            if want.is_none() || !self.copy_is_current(t, &p)? {
+                let (written, _) = self.apply_batch(
+                    t,
+                    num.checked_sub(1),
+                    Some(*num),
+                    std::slice::from_ref(&p),
+                    BatchKind::Repair,
+                )?;
+                self.report.copied_this_run += written;
+            }
+            prepared.push(p);
+            self.m.progress.advance(1);
+        }
+        self.compare_and_mark(t, &prepared, &mut report)?;
+        let data_version = dec.kv().data_version()?;
+        dec.end_read()?;
+        self.m.progress.finish();
+        self.check_row_counts(t, &mut report)?;
+        report.max_settle_index = self.expected_settle_index(t)?;
+        self.verified = if report.mismatch_count == 0 {
+            Some(dec.into_kv().into_witness(data_version))
+        } else {
+            None
+        };
+        tracing::info!(
+            invoices = report.invoices,
+            verified_again = todo.len(),
+            removed = gone.len(),
+            "catch-up verification done"
+        );
+        Ok(Some(report))
+    }
+
+    /// A decoder inside a read transaction and the digests of its snapshot:
+    /// the scan the tombstone step made (`prescan`) when nothing has been
+    /// committed to the KV store since (its snapshot is then this one), or
+    /// a new scan.
+    fn take_prescan_or_scan(&mut self) -> Result<(reader::Decoder, crate::kv::InvoiceDigests)> {
+        if let Some(mut pre) = self.prescan.take() {
+            pre.dec.begin_read()?;
+            let now = pre.dec.kv().data_version()?;
+            tracing::debug!(then = pre.data_version, now, "the tombstone step's scan");
+            if now == pre.data_version {
+                tracing::debug!("KV store untouched since the tombstone step's scan; reusing it");
+                return Ok((pre.dec, pre.scan));
+            }
+            pre.dec.end_read()?;
+        }
+        let Some(buckets) = self.buckets else {
+            unreachable!("catch-up needs the invoices bucket");
+        };
+        let mut dec = reader::Decoder::open(&self.opts().kv, &self.opts().table_prefix)?;
+        dec.begin_read()?;
+        let scan = dec.kv().invoice_digests(&buckets)?;
+        Ok((dec, scan))
+    }
+
+    /// One snapshot's digests, with the connection kept (outside its read
+    /// transaction) so that a later step can tell whether anything was
+    /// committed since ([`Prescan`]).
+    fn scan_source(&self, buckets: &crate::kv::InvoiceBuckets) -> Result<Prescan> {
+        let mut dec = reader::Decoder::open(&self.opts().kv, &self.opts().table_prefix)?;
+        dec.begin_read()?;
+        let scan = dec.kv().invoice_digests(buckets)?;
+        let data_version = dec.kv().data_version()?;
+        dec.end_read()?;
+        Ok(Prescan {
+            dec,
+            scan,
+            data_version,
+        })
+    }
+
+    /// Whether the copy map holds invoice `p` with `p`'s digest.
+    fn copy_is_current(&self, t: &Target, p: &Prepared) -> Result<bool> {
+        let mapped = map_range(t.conn(), p.num.checked_sub(1), Some(p.num))
+            .map_err(|e| t.err("reading the copy map", e))?;
+        Ok(is_current(&mapped, p))
+    }
+
+    /// Reads the rows of `prepared` back, compares each with its source,
+    /// records differences in `report`, and marks the equal copies checked
+    /// (one transaction; `digest` in the condition, so a copy replaced
+    /// meanwhile is not marked).
+    fn compare_and_mark(
+        &self,
+        t: &mut Target,
+        prepared: &[Prepared],
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        let ids: Vec<i64> = prepared.iter().map(|p| p.native.id).collect();
+        let loaded =
+            native::load_many(t.conn(), &ids).map_err(|e| t.err("reading invoices back", e))?;
+        let mut equal = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let diffs = match loaded.get(&p.native.id) {
+                Some(got) => native::diff(&p.native, got),
+                None => vec![format!(
+                    "invoices row {} is missing from the native store",
+                    p.native.id
+                )],
+            };
+            if diffs.is_empty() {
+                equal.push(p);
+            }
+            for d in diffs {
+                report.mismatch_count += 1;
+                if report.mismatches.len() < 20 {
+                    report.mismatches.push(Mismatch {
+                        invoice_key: format!("{:08x}", p.num),
+                        detail: d,
+                    });
+                }
+            }
+        }
+        let tx = t.begin_batch()?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE oneway_invoice_map SET checked = 1 WHERE kv_num = ?1 AND digest = ?2",
+                )
+                .map_err(|e| {
+                    Error::sqlite(Role::Native, &self.opts().sql, "marking verified copies", e)
+                })?;
+            for p in equal {
+                st.execute(params![p.num, p.digest.as_slice()])
+                    .map_err(|e| {
+                        Error::sqlite(Role::Native, &self.opts().sql, "marking verified copies", e)
+                    })?;
+            }
+        }
+        tx.commit().map_err(|e| {
+            Error::sqlite(Role::Native, &self.opts().sql, "marking verified copies", e)
+        })
+    }
+
+    /// The store-wide checks of a catch-up: as many copies and native
+    /// invoices as source invoices, and every child table holding exactly
+    /// the rows the copies own by the map's per-invoice counts.
+    fn check_row_counts(&self, t: &Target, report: &mut VerifyReport) -> Result<()> {
+        let native_count = t.count("invoices")?;
+        let map_count = t.count("oneway_invoice_map")?;
+        let mut found = Vec::new();
+        if native_count != report.invoices || map_count != report.invoices {
+            found.push(format!(
+                "the source has {} invoices but the native store has {native_count} (copy map {map_count})",
+                report.invoices
+            ));
+        }
+        let owned: [i64; 5] = t
+            .conn()
+            .query_row(
+                "SELECT coalesce(sum(features), 0), coalesce(sum(htlcs), 0), coalesce(sum(custom_records), 0),
+                        coalesce(sum(amp_sets), 0), coalesce(sum(amp_htlcs), 0) FROM oneway_invoice_map",
+                [],
+                |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]),
+            )
+            .map_err(|e| t.err("summing the copies' rows", e))?;
+        let tables = native::ChildRows::default().tables();
+        for ((table, _), owned) in tables.iter().zip(owned) {
+            let rows = t.count(table)?;
+            if rows != owned as u64 {
+                found.push(format!(
+                    "{table} holds {rows} rows but the verified invoices own {owned}: \
+                     the native store has rows that belong to no verified invoice or lacks some"
+                ));
+            }
+        }
+        report.mismatch_count += found.len() as u64;
+        report.mismatches.extend(contract_mismatches(found));
+        Ok(())
     }
 
     /// One verification pass over a consistent snapshot of the source: every
@@ -1626,6 +1925,7 @@ impl Run<'_> {
                     outdated += 1;
                 }
             }
+            let mismatches_before = report.mismatch_count;
             let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
             let loaded =
                 native::load_many(t.conn(), &ids).map_err(|e| t.err("reading invoices back", e))?;
@@ -1649,6 +1949,16 @@ impl Run<'_> {
             }
             // Copies in (cursor, last] whose source invoice is gone count too.
             report.outdated += outdated + stale;
+            // A batch whose every copy was current and read back equal: its
+            // map rows are exactly this batch's invoices, all checked now.
+            if repair
+                && outdated == 0
+                && stale == 0
+                && report.mismatch_count == mismatches_before
+                && !batch.is_empty()
+            {
+                mark_checked(t, cursor, last)?;
+            }
             if repair && (outdated > 0 || stale > 0) {
                 // The whole batch goes in, so that present invoices are not
                 // taken for deleted ones; unchanged ones are skipped there by
@@ -1727,8 +2037,22 @@ impl Run<'_> {
             invoices: p.verified_count.unwrap_or(0),
             sha256: p.source_digest.clone().unwrap_or_default(),
         };
+        let mut since = self.verified.take();
+        if since.is_none() && !self.kv.tombstone_present()? {
+            if let Some(buckets) = self.buckets {
+                // A resumed run has no witness of the verified snapshot: one
+                // walk tells whether the source changed and, if it did, serves
+                // the catch-up verification too.
+                let pre = self.scan_source(&buckets)?;
+                if pre.scan.source.sha256 != verified.sha256 {
+                    let now = pre.scan.source.clone();
+                    self.prescan = Some(pre);
+                    return self.source_changed_since_verified(t, &verified, &now);
+                }
+                since = Some(pre.dec.into_kv().into_witness(pre.data_version));
+            }
+        }
         self.m.progress.start(Phase::Tombstone, 1);
-        let since = self.verified.take();
         let (outcome, seal) = self
             .kv
             .write_tombstone_if_unchanged(&verified, since.as_ref())?;
@@ -1774,29 +2098,44 @@ impl Run<'_> {
                 tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after an earlier run tombstoned it; re-syncing under the seal");
             }
             TombstoneOutcome::SourceChanged(now) => {
-                let details = serde_json::json!({
-                    "verified_digest": verified.sha256,
-                    "current_digest": now.sha256,
-                    "verified_invoices": verified.invoices,
-                    "current_invoices": now.invoices,
-                });
-                tracing::warn!(
-                    verified = %verified.sha256,
-                    current = %now.sha256,
-                    "the source changed after verification; copying the difference before the tombstone"
-                );
-                let sql = self.opts().sql.clone();
-                t.transition(State::Verified, Event::SourceChanged, details, "resync", |tx| {
-                    tx.execute(
-                        "UPDATE oneway_state SET pass = pass + 1, verified_count = NULL, source_digest = NULL,
-                             target_digest = NULL WHERE singleton = 1",
-                        [],
-                    )
-                    .map(|_| ())
-                    .map_err(|e| Error::sqlite(Role::Native, &sql, "recording the source change", e))
-                })?;
+                self.source_changed_since_verified(t, &verified, &now)?;
             }
         }
+        Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// `Verified --SourceChanged--> Migrating`: the source differs from the
+    /// verified digest, so the difference is copied and verified again
+    /// before any tombstone.
+    fn source_changed_since_verified(
+        &mut self,
+        t: &mut Target,
+        verified: &SourceDigest,
+        now: &SourceDigest,
+    ) -> Result<()> {
+        let details = serde_json::json!({
+            "verified_digest": verified.sha256,
+            "current_digest": now.sha256,
+            "verified_invoices": verified.invoices,
+            "current_invoices": now.invoices,
+        });
+        tracing::warn!(
+            verified = %verified.sha256,
+            current = %now.sha256,
+            "the source changed after verification; copying the difference before the tombstone"
+        );
+        let sql = self.opts().sql.clone();
+        t.transition(State::Verified, Event::SourceChanged, details, "resync", |tx| {
+            tx.execute(
+                "UPDATE oneway_state SET pass = pass + 1, verified_count = NULL, source_digest = NULL,
+                     target_digest = NULL WHERE singleton = 1",
+                [],
+            )
+            .map(|_| ())
+            .map_err(|e| Error::sqlite(Role::Native, &sql, "recording the source change", e))
+        })?;
         Ok(())
     }
 }
@@ -1814,6 +2153,76 @@ enum BatchKind {
 
 /// Whether the copy map holds `p` as it is now: mapped to the same native id,
 /// from source bytes with the same digest.
+/// What a catch-up must look at, from the copy map against one snapshot's
+/// digests: (invoices to decode and compare, with their walk digest;
+/// copies whose invoice is gone). `None` when that is more than a tenth of
+/// the invoices (and more than a thousand).
+#[allow(clippy::type_complexity)]
+fn catch_up_plan(
+    t: &Target,
+    scan: &crate::kv::InvoiceDigests,
+) -> Result<Option<(Vec<(u32, Option<[u8; 32]>)>, Vec<u32>)>> {
+    let limit = (scan.invoices.len() / 10).max(1000);
+    let mut st = t
+        .conn()
+        .prepare("SELECT kv_num, digest, checked FROM oneway_invoice_map ORDER BY kv_num")
+        .map_err(|e| t.err("reading the copy map", e))?;
+    let mut rows = st.query([]).map_err(|e| t.err("reading the copy map", e))?;
+    let (mut todo, mut gone) = (Vec::new(), Vec::new());
+    let mut scan_it = scan.invoices.iter().peekable();
+    let too_many = |todo: &Vec<_>, gone: &Vec<_>| todo.len() + gone.len() > limit;
+    while let Some(row) = rows.next().map_err(|e| t.err("reading the copy map", e))? {
+        let num = row
+            .get::<_, i64>(0)
+            .map_err(|e| t.err("reading the copy map", e))? as u32;
+        let digest: Vec<u8> = row.get(1).map_err(|e| t.err("reading the copy map", e))?;
+        let checked: bool = row.get(2).map_err(|e| t.err("reading the copy map", e))?;
+        while let Some(&&(n, d)) = scan_it.peek() {
+            if n >= num {
+                break;
+            }
+            todo.push((n, d)); // not copied yet
+            scan_it.next();
+        }
+        match scan_it.peek() {
+            Some(&&(n, d)) if n == num => {
+                if !(checked && d.is_some_and(|d| d.as_slice() == digest.as_slice())) {
+                    todo.push((n, d));
+                }
+                scan_it.next();
+            }
+            _ => gone.push(num),
+        }
+        if too_many(&todo, &gone) {
+            return Ok(None);
+        }
+    }
+    todo.extend(scan_it.copied());
+    if too_many(&todo, &gone) {
+        return Ok(None);
+    }
+    Ok(Some((todo, gone)))
+}
+
+/// Marks the copy-map rows in `(after, last]` checked: their rows were just
+/// read back and found equal to the source (see the map's invariants in
+/// `store.rs`). Its own small transaction.
+fn mark_checked(t: &mut Target, after: Option<u32>, last: Option<u32>) -> Result<()> {
+    let tx = t.begin_batch()?;
+    tx.prepare_cached(
+        "UPDATE oneway_invoice_map SET checked = 1
+         WHERE kv_num > ?1 AND kv_num <= ?2 AND checked = 0",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            after.map_or(-1, i64::from),
+            last.map_or(-1, i64::from)
+        ])
+    })
+    .and_then(|_| tx.commit())
+    .map_err(|e| t.err("marking verified copies", e))
+}
+
 /// Records a clean verification: its count and digests in the state row,
 /// and lnd's settle-index sequence.
 fn record_verification(
@@ -1828,7 +2237,9 @@ fn record_verification(
         params![
             report.invoices as i64,
             report.source_digest,
-            report.target_digest
+            // A catch-up verification builds only the changed rows: it has
+            // no target digest to record.
+            (!report.target_digest.is_empty()).then_some(&report.target_digest)
         ],
     )
     .and_then(|_| {

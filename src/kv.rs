@@ -139,7 +139,7 @@ impl RawInvoice {
 
 /// A content digest of the invoice buckets: every key, value and sequence
 /// under `invoices` (recursively), except the tombstone.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceDigest {
     /// Number of invoices (4-byte keys) in the bucket.
     pub invoices: u64,
@@ -721,6 +721,107 @@ impl KvSource {
             .map_err(|e| self.err("measuring the invoices", e))
     }
 
+    /// In one walk of the invoice buckets (inside the caller's read
+    /// transaction, for one snapshot): the [`SourceDigest`], and each
+    /// invoice's copy digest exactly as [`crate::reader::Decoder::prepare`]
+    /// computes it, without decoding the invoices (only their preimage
+    /// record is read; a hodl invoice's payment hash comes from
+    /// `invoices/paymenthashes`, as the reader resolves it). An invoice
+    /// whose preimage record cannot be read or whose hash is not exactly one
+    /// 32-byte entry gets `None`: the reader decides what is wrong with it.
+    /// `irregular` is set for any row of the `invoices` bucket that is not
+    /// an invoice, an AMP set of the invoice before it, or a sub-bucket.
+    pub fn invoice_digests(&self, buckets: &InvoiceBuckets) -> Result<InvoiceDigests> {
+        let mut out = InvoiceDigests::default();
+        // The invoice being read, its digest so far, and its hash if known.
+        let mut current: Option<(u32, Sha256, Option<[u8; 32]>)> = None;
+        // Invoices waiting for their hash from `paymenthashes`.
+        let mut pending: std::collections::HashMap<u32, (usize, Sha256)> = Default::default();
+        let mut found: std::collections::HashMap<u32, Vec<Vec<u8>>> = Default::default();
+        let finish =
+            |cur: (u32, Sha256, Option<[u8; 32]>),
+             out: &mut InvoiceDigests,
+             pending: &mut std::collections::HashMap<u32, (usize, Sha256)>| {
+                let (num, mut h, hash) = cur;
+                match hash {
+                    Some(hash) => {
+                        h.update(hash);
+                        out.invoices.push((num, Some(h.finalize().into())));
+                    }
+                    None => {
+                        pending.insert(num, (out.invoices.len(), h));
+                        out.invoices.push((num, None));
+                    }
+                }
+            };
+        let source = walk_invoice_tree(&self.conn, &self.table, |row| {
+            if row.depth == 0 && row.bucket == buckets.invoices {
+                let Some(value) = row.value else {
+                    return; // a sub-bucket
+                };
+                if !row.key_is_blob {
+                    out.irregular = true;
+                    return;
+                }
+                match row.key.len() {
+                    4 => {
+                        if let Some(cur) = current.take() {
+                            finish(cur, &mut out, &mut pending);
+                        }
+                        let num = u32::from_be_bytes(row.key.try_into().unwrap_or_default());
+                        let mut h = Sha256::new();
+                        h.update(num.to_be_bytes());
+                        h.update((value.len() as u64).to_be_bytes());
+                        h.update(value);
+                        match crate::codec::invoice_preimage(value) {
+                            Ok(Some(p)) => current = Some((num, h, Some(Sha256::digest(p).into()))),
+                            Ok(None) => current = Some((num, h, None)),
+                            Err(_) => {
+                                out.invoices.push((num, None));
+                                current = None;
+                            }
+                        }
+                    }
+                    36 => match &mut current {
+                        Some((num, h, _)) if row.key[..4] == num.to_be_bytes() => {
+                            h.update(&row.key[4..]);
+                            h.update((value.len() as u64).to_be_bytes());
+                            h.update(value);
+                        }
+                        _ => out.irregular = true,
+                    },
+                    _ => out.irregular = true,
+                }
+            } else if Some(row.bucket) == buckets.payment_hashes {
+                if let Some(cur) = current.take() {
+                    finish(cur, &mut out, &mut pending);
+                }
+                if let (Some(v), true) = (row.value, row.key != NEXT_INVOICE_KEY) {
+                    if let Ok(b) = <[u8; 4]>::try_from(v) {
+                        found
+                            .entry(u32::from_be_bytes(b))
+                            .or_default()
+                            .push(row.key.to_vec());
+                    }
+                }
+            }
+        })
+        .map_err(|e| self.err("digesting the invoices", e))?;
+        if let Some(cur) = current.take() {
+            finish(cur, &mut out, &mut pending);
+        }
+        for (num, (at, mut h)) in pending {
+            if let Some([one]) = found.get(&num).map(Vec::as_slice) {
+                if one.len() == 32 {
+                    h.update(one);
+                    out.invoices[at].1 = Some(h.finalize().into());
+                }
+            }
+        }
+        out.source = source;
+        Ok(out)
+    }
+
     /// Computes the [`SourceDigest`] of the invoice buckets.
     pub fn digest(&self) -> Result<SourceDigest> {
         source_digest(&self.conn, &self.table)
@@ -964,6 +1065,18 @@ impl std::fmt::Debug for Witness {
     }
 }
 
+/// What [`KvSource::invoice_digests`] found in one snapshot.
+#[derive(Debug, Default)]
+pub struct InvoiceDigests {
+    /// The source digest of the invoice buckets.
+    pub source: SourceDigest,
+    /// Every invoice number in key order with its copy digest (`None`: the
+    /// reader must look at it).
+    pub invoices: Vec<(u32, Option<[u8; 32]>)>,
+    /// A row the walk could not place (see the method).
+    pub irregular: bool,
+}
+
 /// What [`KvSource::write_tombstone_if_unchanged`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TombstoneOutcome {
@@ -1019,6 +1132,33 @@ fn tombstone_present(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
 /// tombstone row of the invoices bucket is skipped so that the digest before
 /// and after the tombstone write compare equal.
 fn source_digest(conn: &Connection, table: &str) -> rusqlite::Result<SourceDigest> {
+    walk_invoice_tree(conn, table, |_| {})
+}
+
+/// One row of the `invoices` bucket tree, as [`walk_invoice_tree`] visits
+/// it (the tombstone excepted).
+pub struct TreeRow<'a> {
+    /// 0 for rows of the `invoices` bucket itself, 1 for its sub-buckets' rows.
+    pub depth: u8,
+    /// The id of the bucket the row is in.
+    pub bucket: i64,
+    /// The key, and whether it is stored as a BLOB.
+    pub key: &'a [u8],
+    /// True when the key is a BLOB (lnd's keys always are).
+    pub key_is_blob: bool,
+    /// The value; `None` for a sub-bucket.
+    pub value: Option<&'a [u8]>,
+}
+
+/// Walks the `invoices` bucket tree in the source digest's order (each
+/// bucket's rows in key order, the bucket's own rows before its
+/// sub-buckets'), computing the [`SourceDigest`] and showing every row to
+/// `visit`.
+fn walk_invoice_tree(
+    conn: &Connection,
+    table: &str,
+    mut visit: impl FnMut(&TreeRow<'_>),
+) -> rusqlite::Result<SourceDigest> {
     let mut hasher = Sha256::new();
     let mut invoices = 0u64;
     let Some(root) = bucket_id(conn, table, None, INVOICES_BUCKET)? else {
@@ -1049,11 +1189,19 @@ fn source_digest(conn: &Connection, table: &str) -> rusqlite::Result<SourceDiges
             if depth == 0 && key_bytes == TOMBSTONE_KEY {
                 continue;
             }
+            let key_is_blob = matches!(key, rusqlite::types::ValueRef::Blob(_));
             hasher.update([depth]);
             hasher.update((key_bytes.len() as u64).to_be_bytes());
             hasher.update(key_bytes);
             match row.get_ref(1)? {
                 rusqlite::types::ValueRef::Null => {
+                    visit(&TreeRow {
+                        depth,
+                        bucket,
+                        key: key_bytes,
+                        key_is_blob,
+                        value: None,
+                    });
                     hasher.update([0xff]);
                     let seq: Option<i64> = row.get(3)?;
                     hasher.update(seq.unwrap_or(0).to_be_bytes());
@@ -1065,12 +1213,16 @@ fn source_digest(conn: &Connection, table: &str) -> rusqlite::Result<SourceDiges
                         rusqlite::types::ValueRef::Text(t) => t,
                         _ => &[],
                     };
-                    if depth == 0
-                        && key_bytes.len() == 4
-                        && matches!(key, rusqlite::types::ValueRef::Blob(_))
-                    {
+                    if depth == 0 && key_bytes.len() == 4 && key_is_blob {
                         invoices += 1;
                     }
+                    visit(&TreeRow {
+                        depth,
+                        bucket,
+                        key: key_bytes,
+                        key_is_blob,
+                        value: Some(b),
+                    });
                     hasher.update([0x01]);
                     hasher.update((b.len() as u64).to_be_bytes());
                     hasher.update(b);

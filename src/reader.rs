@@ -114,6 +114,11 @@ impl Decoder {
         &self.kv
     }
 
+    /// The decoder's KV connection, to keep as a witness of what it read.
+    pub fn into_kv(self) -> KvSource {
+        self.kv
+    }
+
     /// Starts a read transaction: everything read and resolved until
     /// [`Decoder::end_read`] comes from one snapshot of the store.
     pub fn begin_read(&mut self) -> Result<()> {

@@ -9,7 +9,13 @@
 //!   row per transition and per security event;
 //! - `oneway_invoice_map`: KV invoice number → native id and a digest of the
 //!   source bytes it was copied from, which makes a copy idempotent and lets a
-//!   re-sync copy only what changed;
+//!   re-sync copy only what changed; the number of child rows of each lnd
+//!   table the invoice owns; and `checked`, set once its rows were read back
+//!   and found equal to the source with that digest. Two invariants, which
+//!   the catch-up verification rests on (`spec/state-machine.md` §7.1):
+//!   every write of an invoice's rows replaces its map row (with
+//!   `checked = 0`) in the same transaction, and `checked = 1` is written
+//!   only after a comparison found the rows equal;
 //! - `oneway_amp_staging`: AMP sub-invoice rows written by copy batches,
 //!   moved into `amp_sub_invoices` in set-id order by the index build
 //!   ([`crate::native::AMP_STAGING`] says why).
@@ -39,7 +45,7 @@ pub const NATIVE_PAGE_SIZE: i64 = 16384;
 pub const NATIVE_CACHE_KIB: i64 = 16384;
 
 /// Version of oneway's own tables; bumped on incompatible change.
-pub const FORMAT_VERSION: i64 = 1;
+pub const FORMAT_VERSION: i64 = 2;
 
 /// oneway's own tables (see the module documentation).
 pub const ONEWAY_SCHEMA: &str = "
@@ -73,7 +79,13 @@ BEGIN SELECT RAISE(ABORT, 'oneway_journal is append-only'); END;
 CREATE TABLE oneway_invoice_map (
     kv_num INTEGER PRIMARY KEY,
     invoice_id INTEGER NOT NULL,
-    digest BLOB NOT NULL
+    digest BLOB NOT NULL,
+    checked INTEGER NOT NULL DEFAULT 0,
+    features INTEGER NOT NULL DEFAULT 0,
+    htlcs INTEGER NOT NULL DEFAULT 0,
+    custom_records INTEGER NOT NULL DEFAULT 0,
+    amp_sets INTEGER NOT NULL DEFAULT 0,
+    amp_htlcs INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE oneway_amp_staging (
     set_id BLOB NOT NULL,

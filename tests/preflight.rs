@@ -116,7 +116,7 @@ fn a_kv_store_this_user_cannot_write_is_refused_before_anything_is_copied() {
 fn a_huge_batch_size_still_gives_batches_bounded_by_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("channel.sqlite");
-    make_fixture(&kv, 3000, 92);
+    make_fixture(&kv, 5000, 92);
     let src = oneway::kv::KvSource::open(&kv, "channeldb").unwrap();
     let buckets = src.invoice_buckets().unwrap().unwrap();
     let total = src.count_invoices(&buckets).unwrap() as usize;
