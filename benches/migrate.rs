@@ -21,7 +21,7 @@ fn main() {
         &exe,
         None,
         &sizes,
-        oneway::engine::DEFAULT_BATCH_SIZE,
+        oneway::DEFAULT_BATCH_SIZE,
         runs,
         |row| {
             println!("{}", oneway::bench::markdown_row(row));

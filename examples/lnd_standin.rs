@@ -81,7 +81,7 @@ fn say(line: &str) {
 fn main() {
     let args = Args::parse();
     if args.print_holders {
-        let h = oneway::holders::other_holders(&args.kv).expect("other_holders");
+        let h = oneway::__test_support::holders::other_holders(&args.kv).expect("other_holders");
         for holder in &h.holders {
             let via: Vec<String> = holder.via.iter().map(|v| format!("{v:?}")).collect();
             match holder.pid {

@@ -82,7 +82,11 @@ impl Phase {
 }
 
 /// Receives progress. The CLI draws a bar with it; embedders may log.
-pub trait Progress {
+///
+/// `Send + Sync`, so that a [`Migrator`] holding one can run on another
+/// thread; the calls come from the thread that runs the migration, one at a
+/// time.
+pub trait Progress: Send + Sync {
     /// A phase starts with `total` units of work.
     fn start(&self, phase: Phase, total: u64);
     /// `n` more units are done.
@@ -92,12 +96,58 @@ pub trait Progress {
 }
 
 /// A [`Progress`] that reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NoProgress;
 
 impl Progress for NoProgress {
     fn start(&self, _: Phase, _: u64) {}
     fn advance(&self, _: u64) {}
     fn finish(&self) {}
+}
+
+/// Shared progress: the caller keeps one `Arc` to read what it recorded.
+impl<P: Progress + ?Sized> Progress for std::sync::Arc<P> {
+    fn start(&self, phase: Phase, total: u64) {
+        (**self).start(phase, total);
+    }
+    fn advance(&self, n: u64) {
+        (**self).advance(n);
+    }
+    fn finish(&self) {
+        (**self).finish();
+    }
+}
+
+/// Stops a [`Migrator`]'s run from any thread: the run checks it between
+/// batches (of the copy and of every verification pass) and then returns
+/// [`Error::Cancelled`]. What was committed stays; the next run continues
+/// from there. The index build and the tombstone step are not interrupted.
+///
+/// Cancelling is sticky: a cancelled migrator's later runs (and
+/// [`Migrator::verify`]) return `Cancelled` at once; build a new
+/// [`Migrator`] to continue.
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelHandle {
+    /// Asks the run to stop at its next check.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `Err(Error::Cancelled)` once cancelled.
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            tracing::info!("cancelled: stopping after the last committed batch");
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
 }
 
 /// What a run of [`Migrator::run`] did.
@@ -115,8 +165,6 @@ pub struct Report {
     pub invoices: u64,
     /// Seconds spent per phase in this run.
     pub seconds: PhaseTimes,
-    /// Peak resident memory of this process in KiB (Linux; `None` elsewhere).
-    pub peak_rss_kib: Option<u64>,
     /// True when this run wrote back a tombstone the KV store had lost
     /// after `Locked` (its invoices unchanged).
     pub seal_restored: bool,
@@ -131,7 +179,6 @@ impl Report {
             resynced: 0,
             invoices: 0,
             seconds: PhaseTimes::default(),
-            peak_rss_kib: None,
             seal_restored: false,
         }
     }
@@ -289,6 +336,7 @@ impl RunLock {
 pub struct Migrator {
     opts: Options,
     progress: Box<dyn Progress>,
+    cancel: CancelHandle,
 }
 
 impl Migrator {
@@ -297,7 +345,14 @@ impl Migrator {
         Migrator {
             opts,
             progress: Box::new(NoProgress),
+            cancel: CancelHandle::default(),
         }
+    }
+
+    /// A handle that stops this migrator's runs from any thread (see
+    /// [`CancelHandle`]).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
     }
 
     /// Reports progress to `progress`.
@@ -328,7 +383,10 @@ impl Migrator {
     ///
     /// Safe to call at every start-up: once `Locked` it changes nothing and
     /// returns a report with `already_completed = true`.
+    ///
+    /// Returns [`Error::Cancelled`] once its [`CancelHandle`] is cancelled.
     pub fn run(&self) -> Result<Report> {
+        self.cancel.check()?;
         if self.opts.batch_size == 0 {
             return Err(Error::NotOnewayStore {
                 path: self.opts.sql.clone(),
@@ -370,9 +428,7 @@ impl Migrator {
         let _lock = RunLock::acquire(&self.opts.sql, state0, tombstone)?;
         // A store left by an earlier version may be world-readable.
         crate::files::narrow(&self.opts.sql)?;
-        let mut report = run.drive()?;
-        report.peak_rss_kib = peak_rss_kib();
-        Ok(report)
+        run.drive()
     }
 
     /// Reports the persisted state and counts without changing anything.
@@ -544,9 +600,7 @@ fn refused(refusal: Refusal, state: Option<State>, tombstone_present: bool) -> E
     Error::Refused {
         refusal,
         tombstone_present,
-        state: state.map_or("none (no native store)".to_string(), |s| {
-            s.name().to_string()
-        }),
+        state,
         extra: {
             let mut extra = String::new();
             if tombstone_present {
@@ -616,7 +670,7 @@ fn sealed_store_changed(
 ) -> Error {
     let err = Error::Refused {
         refusal: Refusal::SourceChangedAfterTombstone,
-        state: state.name().into(),
+        state: Some(state),
         extra,
         tombstone_present,
     };
@@ -957,6 +1011,7 @@ impl Run<'_> {
         // Where the time goes (logged at the end; see BENCHMARKS.md).
         let (mut waited, mut wrote) = (0f64, 0f64);
         loop {
+            self.m.cancel.check()?;
             let clock = Instant::now();
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
@@ -1893,6 +1948,7 @@ impl Run<'_> {
         let mut cursor: Option<u32> = None;
         let (mut waited, mut compared) = (0f64, 0f64);
         loop {
+            self.m.cancel.check()?;
             let clock = Instant::now();
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
@@ -2330,13 +2386,6 @@ fn insert_error(err: rusqlite::Error, kv: &Path, sql: &Path, p: &Prepared) -> Er
         }
     }
     Error::sqlite(Role::Native, sql, "inserting an invoice", err)
-}
-
-/// Peak resident set size of this process (`VmHWM`), in KiB, on Linux.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn now_nanos() -> i128 {

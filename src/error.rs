@@ -44,7 +44,11 @@ impl fmt::Display for Mismatch {
 }
 
 /// Everything that can go wrong.
+///
+/// Non-exhaustive: new failure modes may be added; match the ones you act
+/// on and fall back on [`Error::exit_code`] and [`Error::reason`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A path given for a store does not exist.
     #[error("the {role} {path} does not exist")]
@@ -238,12 +242,12 @@ pub enum Error {
         tombstone_present: bool,
     },
     /// The state machine or the guard refused.
-    #[error("refused: {refusal} (state {state}{extra})")]
+    #[error("refused: {refusal} (state {}{extra})", state_text(*.state))]
     Refused {
         /// The refusal.
         refusal: Refusal,
-        /// The state at the time ("none" when there is no native store).
-        state: String,
+        /// The state at the time (`None`: no native store).
+        state: Option<State>,
         /// More context, starting with "; " when present.
         extra: String,
         /// Whether the KV store carries the tombstone.
@@ -294,7 +298,7 @@ pub enum Error {
         verified: u64,
     },
     /// Nothing shows that the KV store is the one the native store was made
-    /// from (see [`crate::identity`]).
+    /// from (`spec/state-machine.md` §8.2).
     #[error("the native store {native} cannot be shown to come from the KV store {kv}: {why}. If it \
              is that store and it carries no tombstone, move the native store aside (keep it) and \
              run `oneway migrate` again to start afresh; otherwise point oneway at the matching pair")]
@@ -342,9 +346,19 @@ pub enum Error {
         /// Passes attempted.
         attempts: u32,
     },
+    /// The run was cancelled through its [`crate::CancelHandle`]: what was
+    /// committed before is intact, and the next run continues from there.
+    #[error("the migration was cancelled; everything committed before is intact: run it again to continue")]
+    Cancelled,
     /// Writing a fixture failed.
+    #[cfg(feature = "fixture")]
     #[error(transparent)]
     Fixture(#[from] crate::fixture::FixtureError),
+}
+
+/// A refusal's state as its message prints it.
+fn state_text(state: Option<State>) -> &'static str {
+    state.map_or("none (no native store)", State::name)
 }
 
 fn first_mismatches(m: &[Mismatch]) -> String {
@@ -358,7 +372,8 @@ fn first_mismatches(m: &[Mismatch]) -> String {
 impl Error {
     /// The exit status the CLI uses for this error: 3 for refusals (the
     /// guard, a sealed store, an operator mistake), 4 when another migration
-    /// is in progress, 1 for everything else.
+    /// is in progress, 5 when another process holds the KV store open, 6
+    /// when the run was cancelled, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Refused { .. }
@@ -368,6 +383,7 @@ impl Error {
             | Error::SealLostAndChanged { .. } => 3,
             Error::InProgress { .. } => 4,
             Error::KvInUse { .. } => 5,
+            Error::Cancelled => 6,
             _ => 1,
         }
     }
@@ -403,6 +419,8 @@ impl Error {
             Error::IllegalTransition { .. } => "illegal_transition".into(),
             Error::NotOnewayStore { .. } => "not_a_oneway_store".into(),
             Error::SourceUnstable { .. } => "source_unstable".into(),
+            Error::Cancelled => "cancelled".into(),
+            #[cfg(feature = "fixture")]
             Error::Fixture(_) => "fixture".into(),
         }
     }
@@ -416,7 +434,7 @@ impl Error {
                 state,
                 tombstone_present,
                 ..
-            } => Some((State::from_name(state), *tombstone_present)),
+            } => Some((*state, *tombstone_present)),
             Error::SourceMismatch {
                 at,
                 tombstone_present,

@@ -21,8 +21,13 @@
 //! The variable is read once. It exists for the crash tests
 //! (`tests/crash.rs`); production runs never set it. [`NAMES`] lists every
 //! failpoint so the tests can drive each one.
+//!
+//! All of this is compiled only with the `failpoints` feature (the tests
+//! turn it on); without it [`hit`] is empty and no variable is read.
 
+#[cfg(feature = "failpoints")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
 
 /// Every failpoint the engine contains, in the order a migration passes them.
@@ -47,6 +52,7 @@ pub const NAMES: &[&str] = &[
     "lock.after_commit",
 ];
 
+#[cfg(feature = "failpoints")]
 struct Armed {
     name: String,
     /// The armed hits (1-based), ascending.
@@ -56,6 +62,7 @@ struct Armed {
     pause: Option<std::path::PathBuf>,
 }
 
+#[cfg(feature = "failpoints")]
 fn armed() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
@@ -80,8 +87,14 @@ fn armed() -> Option<&'static Armed> {
         .as_ref()
 }
 
+/// Marks a failpoint; does nothing without the `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
+
 /// Marks a failpoint; aborts the process if it is the armed one and this is
 /// the armed hit.
+#[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
     if let Some(a) = armed() {
         let n = if a.name == name {
@@ -103,6 +116,7 @@ pub fn hit(name: &str) {
 /// Creates `DIR/reached`, then waits until the test creates `DIR/resume`:
 /// lets a test act (as lnd would) at an exact point of a live run. Aborts
 /// if nobody answers within a minute, so a broken test cannot hang.
+#[cfg(feature = "failpoints")]
 fn pause(name: &str, dir: &std::path::Path) {
     eprintln!("oneway: failpoint {name} reached, pausing");
     if std::fs::write(dir.join("reached"), name).is_err() {

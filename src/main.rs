@@ -1,16 +1,15 @@
 //! The `oneway` command: a thin shell over the library.
 #![forbid(unsafe_code)]
 
-use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use oneway::engine::{Phase, Progress};
-use oneway::{fixture, Backend, Error, Migrator, Options};
+use oneway::{fixture, Backend, Error, Migrator, Options, Phase, Progress};
 
 /// Prints a line on stdout, ignoring a closed pipe (`oneway status | head -1`)
 /// instead of panicking as `println!` does.
@@ -53,7 +52,7 @@ struct Stores {
     #[arg(long, value_name = "PATH")]
     sql: Option<PathBuf>,
     /// Prefix of the KV table (`<prefix>_kv`).
-    #[arg(long, default_value = oneway::kv::DEFAULT_PREFIX, value_name = "PREFIX")]
+    #[arg(long, default_value = oneway::DEFAULT_PREFIX, value_name = "PREFIX")]
     table_prefix: String,
 }
 
@@ -65,7 +64,7 @@ impl Stores {
                 self.kv
                     .parent()
                     .unwrap_or(std::path::Path::new(""))
-                    .join(oneway::lnd_schema::LND_NATIVE_FILE)
+                    .join(oneway::LND_NATIVE_FILE)
             }),
             table_prefix: self.table_prefix.clone(),
             batch_size,
@@ -87,7 +86,7 @@ enum Cmd {
         #[command(flatten)]
         stores: Stores,
         /// Invoices per batch transaction (at least 1).
-        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
+        #[arg(long, default_value_t = oneway::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
         batch_size: usize,
         /// Print the result as JSON; no progress bar.
         #[arg(long)]
@@ -132,7 +131,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Prefix of the KV table.
-        #[arg(long, default_value = oneway::kv::DEFAULT_PREFIX)]
+        #[arg(long, default_value = oneway::DEFAULT_PREFIX)]
         table_prefix: String,
     },
     /// Benchmark the migration against the raw-copy floor (see BENCHMARKS.md).
@@ -144,7 +143,7 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Invoices per batch transaction (at least 1).
-        #[arg(long, default_value_t = oneway::engine::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
+        #[arg(long, default_value_t = oneway::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
         batch_size: usize,
         /// Runs per size; the table shows medians (at least 1).
         #[arg(long, default_value_t = oneway::bench::DEFAULT_RUNS as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -168,7 +167,7 @@ enum Cmd {
 /// Draws an indicatif bar on stderr, or prints one line per phase when
 /// `lines` is set and stderr is not a terminal.
 struct CliProgress {
-    bar: RefCell<Option<(ProgressBar, Phase, Instant, u64)>>,
+    bar: Mutex<Option<(ProgressBar, Phase, Instant, u64)>>,
     tty: bool,
     lines: bool,
 }
@@ -176,7 +175,7 @@ struct CliProgress {
 impl CliProgress {
     fn new(lines: bool) -> CliProgress {
         CliProgress {
-            bar: RefCell::new(None),
+            bar: Mutex::new(None),
             tty: std::io::stderr().is_terminal(),
             lines,
         }
@@ -199,17 +198,19 @@ impl Progress for CliProgress {
         } else {
             ProgressBar::hidden()
         };
-        *self.bar.borrow_mut() = Some((bar, phase, Instant::now(), total));
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((bar, phase, Instant::now(), total));
     }
 
     fn advance(&self, n: u64) {
-        if let Some((b, ..)) = self.bar.borrow().as_ref() {
+        if let Some((b, ..)) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             b.inc(n);
         }
     }
 
     fn finish(&self) {
-        if let Some((b, phase, started, total)) = self.bar.borrow_mut().take() {
+        let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((b, phase, started, total)) = bar {
             b.finish();
             if !self.tty && self.lines {
                 let secs = started.elapsed().as_secs_f64();
@@ -259,6 +260,23 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// Peak resident set size of this process (`VmHWM`), in KiB, on Linux: a
+/// figure about the whole process, so the CLI adds it to `migrate --json`
+/// (the benchmark reads it there) rather than the library's `Report`.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `migrate --json`: the library's report and this process's peak memory.
+#[derive(serde::Serialize)]
+struct MigrateJson<'a> {
+    #[serde(flatten)]
+    report: &'a oneway::Report,
+    peak_rss_kib: Option<u64>,
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -338,7 +356,10 @@ fn main() -> ExitCode {
             match m.run() {
                 Ok(r) => {
                     if json {
-                        print_json(&r);
+                        print_json(&MigrateJson {
+                            report: &r,
+                            peak_rss_kib: peak_rss_kib(),
+                        });
                     } else if r.already_completed {
                         out!(
                             "invoice migration already completed: {} invoices, state {}",
@@ -377,7 +398,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e, json),
         },
         Cmd::Verify { stores, json } => {
-            match Migrator::new(stores.options(oneway::engine::DEFAULT_BATCH_SIZE)).verify() {
+            match Migrator::new(stores.options(oneway::DEFAULT_BATCH_SIZE)).verify() {
                 Ok(r) => {
                     if json {
                         print_json(&r);

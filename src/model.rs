@@ -5,7 +5,7 @@
 //! its Go binary version and zone offset, a preimage of all zeros is `None`
 //! ("unknown", as lnd reads it), and custom records keep their bytes. The
 //! codec in [`crate::codec`] turns bytes into these types and back; the
-//! mapping to lnd's native SQL schema lives in [`crate::native`].
+//! mapping to lnd's native SQL schema lives in `native.rs` (internal).
 
 use std::collections::BTreeMap;
 

@@ -247,6 +247,7 @@ impl Target {
             .pragma_update(None, "foreign_keys", "OFF")
             .map_err(|e| t.err("configuring foreign keys", e))?;
         t.conn.set_prepared_statement_cache_capacity(64);
+        #[cfg(feature = "failpoints")]
         if let Ok(pages) = std::env::var("ONEWAY_MAX_PAGE_COUNT") {
             // A size limit for fault-injection tests: SQLite fails writes
             // beyond it with SQLITE_FULL, exactly as on a full disk.

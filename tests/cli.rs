@@ -1512,7 +1512,9 @@ fn edge_legacy_amp_groups_inline_htlcs_by_set_id() {
         .unwrap()
         .collect::<rusqlite::Result<_>>()
         .unwrap();
-    let t = |secs: i64| oneway::timefmt::sql_time(i128::from(edge::T0 + secs) * 1_000_000_000);
+    let t = |secs: i64| {
+        oneway::__test_support::timefmt::sql_time(i128::from(edge::T0 + secs) * 1_000_000_000)
+    };
     assert_eq!(
         sets,
         vec![

@@ -1,6 +1,6 @@
 //! Crash safety, proven by killing real `oneway migrate` processes.
 //!
-//! * Every failpoint of the engine (`oneway::failpoint::NAMES`), and the
+//! * Every failpoint of the engine (`oneway::__test_support::failpoint::NAMES`), and the
 //!   batch failpoints at later hits, aborts a child at that durable-write
 //!   boundary; a rerun without the failpoint must then produce a native store
 //!   and a KV store identical (canonical content digest) to those of an
@@ -62,13 +62,13 @@ fn failpoint_names_match_the_code() {
         found.insert(format!("{name}.before_commit"));
         found.insert(format!("{name}.after_commit"));
     }
-    let names: std::collections::BTreeSet<String> = oneway::failpoint::NAMES
+    let names: std::collections::BTreeSet<String> = oneway::__test_support::failpoint::NAMES
         .iter()
         .map(|s| s.to_string())
         .collect();
     assert_eq!(
         found, names,
-        "failpoints in the code vs oneway::failpoint::NAMES"
+        "failpoints in the code vs oneway::__test_support::failpoint::NAMES"
     );
 }
 
@@ -310,7 +310,7 @@ fn every_failpoint_crash_then_rerun_equals_uncrashed_run() {
         assert_matches_reference(&kv, &sql, &changed_ref, &spec);
     }
 
-    let all: std::collections::BTreeSet<String> = oneway::failpoint::NAMES
+    let all: std::collections::BTreeSet<String> = oneway::__test_support::failpoint::NAMES
         .iter()
         .map(|s| s.to_string())
         .collect();

@@ -12,7 +12,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{lnd_standin, lnd_standin_bin, make_fixture, migrate_ok, with_suffix, Source};
-use oneway::holders::{other_holders, Holder, Via};
+use oneway::__test_support::holders::{other_holders, Holder, Via};
 use oneway::model::state;
 
 /// A fixture KV store of `n` invoices in a fresh folder.
@@ -159,7 +159,7 @@ fn a_missing_database_is_an_error_not_nobody() {
     let dir = tempfile::tempdir().unwrap();
     let e = other_holders(&dir.path().join("nope.sqlite")).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
-    assert!(oneway::holders::describe_limits().contains("PID namespace"));
+    assert!(oneway::__test_support::holders::describe_limits().contains("PID namespace"));
 }
 
 /// Run as root, the detection is repeated as an unprivileged user (65534)

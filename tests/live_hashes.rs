@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Source;
-use oneway::reader::Decoder;
+use oneway::__test_support::reader::Decoder;
 use rusqlite::{Connection, OpenFlags};
 
 /// The payment hash `paymenthashes` holds for invoice `num`.

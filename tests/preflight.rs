@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use oneway::__test_support::kv::{KvSource, RawInvoice};
+use oneway::__test_support::reader;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -117,24 +119,24 @@ fn a_huge_batch_size_still_gives_batches_bounded_by_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("channel.sqlite");
     make_fixture(&kv, 5000, 92);
-    let src = oneway::kv::KvSource::open(&kv, "channeldb").unwrap();
+    let src = KvSource::open(&kv, "channeldb").unwrap();
     let buckets = src.invoice_buckets().unwrap().unwrap();
     let total = src.count_invoices(&buckets).unwrap() as usize;
     let bytes = src.invoice_bytes(&buckets).unwrap() as usize;
-    assert!(bytes > 2 * oneway::reader::MAX_BATCH_BYTES, "{bytes}");
+    assert!(bytes > 2 * reader::MAX_BATCH_BYTES, "{bytes}");
 
     // What the copy and the verification read through.
-    let stream = oneway::reader::stream(
+    let stream = reader::stream(
         kv.clone(),
         "channeldb".into(),
         1_000_000_000,
         None,
-        oneway::reader::Kind::Copy,
+        reader::Kind::Copy,
     )
     .unwrap();
     let mut sizes = Vec::new();
     for m in stream {
-        if let oneway::reader::Msg::Batch(b) = m.unwrap() {
+        if let reader::Msg::Batch(b) = m.unwrap() {
             if b.is_empty() {
                 break;
             }
@@ -149,17 +151,16 @@ fn a_huge_batch_size_still_gives_batches_bounded_by_bytes() {
     let mut largest = 0usize;
     loop {
         let raws = src
-            .read_invoices_bounded(&buckets, after, usize::MAX, oneway::reader::MAX_BATCH_BYTES)
+            .read_invoices_bounded(&buckets, after, usize::MAX, reader::MAX_BATCH_BYTES)
             .unwrap();
         let Some(last) = raws.last() else { break };
         after = Some(last.num);
-        let size = |r: &oneway::kv::RawInvoice| {
-            r.value.len() + r.amp_sets.iter().map(|(_, v)| v.len()).sum::<usize>()
-        };
+        let size =
+            |r: &RawInvoice| r.value.len() + r.amp_sets.iter().map(|(_, v)| v.len()).sum::<usize>();
         let sum: usize = raws.iter().map(size).sum();
         let biggest = raws.iter().map(size).max().unwrap();
         assert!(
-            sum < oneway::reader::MAX_BATCH_BYTES + biggest,
+            sum < reader::MAX_BATCH_BYTES + biggest,
             "a batch of {sum} bytes"
         );
         largest = largest.max(raws.len());

@@ -14,8 +14,8 @@ mod common;
 
 use std::path::Path;
 
+use oneway::__test_support::kv::{KvSource, TombstoneOutcome, DEFAULT_PREFIX};
 use oneway::fixture::{write_fixture, FixtureSpec};
-use oneway::kv::{KvSource, TombstoneOutcome, DEFAULT_PREFIX};
 use rusqlite::Connection;
 
 fn store(dir: &Path, invoices: u64) -> std::path::PathBuf {

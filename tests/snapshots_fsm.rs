@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
-use oneway::fsm::{backend_decision, transition, Backend, Event, Refusal, State};
+use oneway::__test_support::fsm::{backend_decision, transition, Backend, Event, Refusal, State};
 
 /// Every backend, in a fixed order.
 const BACKENDS: [Backend; 2] = [Backend::Kv, Backend::Sql];
