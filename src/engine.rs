@@ -1945,6 +1945,8 @@ impl Run<'_> {
             max_settle_index: 0,
         };
         let mut children = native::ChildRows::default();
+        // Clean batches not marked checked yet: (after, batches).
+        let mut marking: Option<(Option<u32>, u32)> = None;
         let mut cursor: Option<u32> = None;
         let (mut waited, mut compared) = (0f64, 0f64);
         loop {
@@ -2007,13 +2009,22 @@ impl Run<'_> {
             report.outdated += outdated + stale;
             // A batch whose every copy was current and read back equal: its
             // map rows are exactly this batch's invoices, all checked now.
-            if repair
-                && outdated == 0
+            // Runs of such batches are marked together, in one transaction
+            // per `MARK_RUN` batches; any other batch ends the run first.
+            let clean = outdated == 0
                 && stale == 0
                 && report.mismatch_count == mismatches_before
-                && !batch.is_empty()
-            {
-                mark_checked(t, cursor, last)?;
+                && !batch.is_empty();
+            if repair && clean {
+                let from = marking.map_or(cursor, |(from, _)| from);
+                let runs = marking.map_or(0, |(_, n)| n) + 1;
+                marking = Some((from, runs));
+                if runs >= MARK_RUN {
+                    mark_checked(t, from, last)?;
+                    marking = None;
+                }
+            } else if let Some((from, _)) = marking.take() {
+                mark_checked(t, from, cursor)?;
             }
             if repair && (outdated > 0 || stale > 0) {
                 // The whole batch goes in, so that present invoices are not
@@ -2030,6 +2041,9 @@ impl Run<'_> {
                 Some(l) => cursor = Some(l),
                 None => break,
             }
+        }
+        if let Some((from, _)) = marking.take() {
+            mark_checked(t, from, cursor)?;
         }
         self.m.progress.finish();
         tracing::info!(
@@ -2259,6 +2273,9 @@ fn catch_up_plan(
     }
     Ok(Some((todo, gone)))
 }
+
+/// Clean verification batches marked checked together (see `verify_stream`).
+const MARK_RUN: u32 = 50;
 
 /// Marks the copy-map rows in `(after, last]` checked: their rows were just
 /// read back and found equal to the source (see the map's invariants in
