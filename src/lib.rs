@@ -25,6 +25,8 @@ pub mod reader;
 pub mod store;
 pub mod timefmt;
 
-pub use engine::{GuardOutcome, Migrator, Options, Phase, Progress, Report, Status, VerifyReport};
+pub use engine::{
+    Coverage, GuardOutcome, Migrator, Options, Phase, Progress, Report, Status, VerifyReport,
+};
 pub use error::{Error, Result};
 pub use fsm::{Backend, Event, Refusal, State};
