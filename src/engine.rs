@@ -23,6 +23,8 @@ use crate::native;
 use crate::reader::{self, Msg, Prepared};
 use crate::store::{Persisted, SourceIdentity, Target};
 
+mod unfinished;
+
 /// Default number of invoices per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 
@@ -60,24 +62,43 @@ impl Options {
 }
 
 /// A phase of the migration, for progress reporting.
+///
+/// [`Phase::counted`] phases report invoices ([`Progress::advance`]); the
+/// others are single steps whose length cannot be counted (a spinner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Dropping copies of invoices deleted from the source (a resumed run).
+    Sweep,
     /// Copying invoices in batches.
     Copy,
+    /// Building lnd's indexes and moving the staged AMP sets into lnd's table.
+    Index,
     /// Re-reading and comparing every invoice.
     Verify,
-    /// Writing the tombstone.
+    /// Writing lnd's invoice-tombstone into the KV store.
     Tombstone,
+    /// Checking the seal and recording the migration in lnd's tracker.
+    Lock,
 }
 
 impl Phase {
-    /// A short label.
+    /// A short label (also the `phase` of the CLI's JSON progress events).
     pub fn label(self) -> &'static str {
         match self {
+            Phase::Sweep => "sweep",
             Phase::Copy => "copy",
+            Phase::Index => "index",
             Phase::Verify => "verify",
             Phase::Tombstone => "tombstone",
+            Phase::Lock => "lock",
         }
+    }
+
+    /// Whether the phase counts invoices (its `total` and `advance`s mean
+    /// invoices); otherwise it is one step of unknown length.
+    pub fn counted(self) -> bool {
+        matches!(self, Phase::Copy | Phase::Verify)
     }
 }
 
@@ -85,10 +106,18 @@ impl Phase {
 ///
 /// `Send + Sync`, so that a [`Migrator`] holding one can run on another
 /// thread; the calls come from the thread that runs the migration, one at a
-/// time.
+/// time. A phase is `start`ed, then `resume`d and `advance`d (counted phases
+/// only), then `finish`ed. A run that fails stops calling: the phase in
+/// progress is never finished.
 pub trait Progress: Send + Sync {
-    /// A phase starts with `total` units of work.
+    /// A phase starts with `total` units of work (0 for an uncounted phase).
     fn start(&self, phase: Phase, total: u64);
+    /// `n` units were done by earlier runs (a resumed copy): they move the
+    /// position but are not this run's work, so they do not count towards
+    /// a rate. Called right after `start`, if at all.
+    fn resume(&self, n: u64) {
+        self.advance(n);
+    }
     /// `n` more units are done.
     fn advance(&self, n: u64);
     /// The current phase is over.
@@ -213,12 +242,74 @@ pub struct VerifyReport {
     pub target_digest: String,
     /// Highest settle index in the source.
     pub max_settle_index: u64,
+    /// How far the migration is, and so what the comparison covered.
+    #[serde(flatten)]
+    pub coverage: Coverage,
 }
 
 impl VerifyReport {
     /// True when nothing differs and nothing is outdated.
     pub fn clean(&self) -> bool {
         self.outdated == 0 && self.mismatch_count == 0
+    }
+
+    /// True when nothing final differs: for a complete migration (from
+    /// `Verified` on) [`VerifyReport::clean`]; for an unfinished one, no
+    /// mismatch in the copies made so far (copies the source has changed
+    /// since, and invoices not copied yet, are the migration's work still to
+    /// do, not faults). `oneway verify` exits 0 exactly then.
+    pub fn passed(&self) -> bool {
+        if self.coverage.complete {
+            self.clean()
+        } else {
+            self.mismatch_count == 0
+        }
+    }
+}
+
+/// How far a migration is when `oneway verify` reads it
+/// ([`Migrator::verify`]).
+///
+/// Before `Verified` the migration is unfinished: only the copies made so
+/// far are final enough to compare (those whose source has not changed
+/// since); invoices still to copy are counted in `not_copied_yet`, AMP sets
+/// waiting in `oneway_amp_staging` for the index build are compared where
+/// they are and counted in `staged_amp_sets`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    /// The migration's state when it was read.
+    pub state: State,
+    /// True from `Verified` on: every invoice and lnd's schema compared.
+    /// False before: the migration is unfinished (run `oneway migrate`).
+    pub complete: bool,
+    /// Invoices copied so far (rows of the copy map).
+    pub copied: u64,
+    /// Source invoices with no copy yet (after the cursor, or added since).
+    pub not_copied_yet: u64,
+    /// Copies compared field by field (those whose source is unchanged
+    /// since they were copied).
+    pub compared: u64,
+    /// AMP sets copied into `oneway_amp_staging` and not yet moved into
+    /// lnd's `amp_sub_invoices` by the index build.
+    pub staged_amp_sets: u64,
+    /// Whether lnd's indexes exist yet (built after the copy).
+    pub indexes_built: bool,
+    /// The copy cursor: last copied invoice key, hex.
+    pub cursor: Option<String>,
+}
+
+impl Default for Coverage {
+    fn default() -> Coverage {
+        Coverage {
+            state: State::Migrating,
+            complete: true,
+            copied: 0,
+            not_copied_yet: 0,
+            compared: 0,
+            staged_amp_sets: 0,
+            indexes_built: false,
+            cursor: None,
+        }
     }
 }
 
@@ -472,6 +563,15 @@ impl Migrator {
 
     /// Compares every source invoice with the native store without writing
     /// anything (`oneway verify`).
+    ///
+    /// From `Verified` on the comparison is complete: every invoice, every
+    /// row, lnd's schema and bookkeeping, the seal. Before (`Fresh`,
+    /// `Migrating`: a run crashed or is still going) the migration is
+    /// unfinished and the report says how far it is ([`Coverage`]): it
+    /// compares the copies made so far whose source is unchanged, and counts
+    /// invoices not copied yet, copies the source changed since (`outdated`)
+    /// and AMP sets still staged, none of them a mismatch
+    /// ([`VerifyReport::passed`]).
     pub fn verify(&self) -> Result<VerifyReport> {
         let kv = self.open_kv()?;
         let Some(mut target) = Target::open(&self.opts.sql, false)? else {
@@ -510,7 +610,26 @@ impl Migrator {
         };
         run.buckets = run.kv.invoice_buckets()?;
         run.check_identity(&p)?;
+        let p = if matches!(p.state, State::Fresh | State::Migrating) {
+            if let Some(report) = run.verify_unfinished(&target)? {
+                return Ok(report);
+            }
+            // A running `migrate` verified it meanwhile: compare it in full.
+            target.load()?.unwrap_or(p)
+        } else {
+            p
+        };
         let mut report = run.verify_pass(&mut target, false, None)?;
+        report.coverage = Coverage {
+            state: p.state,
+            complete: true,
+            copied: target.count("oneway_invoice_map")?,
+            not_copied_yet: 0,
+            compared: report.invoices.saturating_sub(report.outdated),
+            staged_amp_sets: target.count("oneway_amp_staging").unwrap_or(0),
+            indexes_built: unfinished::indexes_built(&target)?,
+            cursor: p.cursor.map(|c| format!("{c:08x}")),
+        };
         // lnd's schema and bookkeeping are final from `Verified` on (the
         // indexes, the settle sequence) and from `Locked` on (the tracker).
         let stage = match p.state {
@@ -863,7 +982,9 @@ impl Run<'_> {
                     let t = target.as_mut().expect("open in Tombstoned");
                     let p = persisted.as_ref().expect("loaded");
                     self.refuse_seal_while_held(p, true)?;
+                    self.m.progress.start(Phase::Lock, 0);
                     if !self.seal_intact(t, p)? {
+                        self.m.progress.finish();
                         let started = Instant::now();
                         self.resync_under_seal(t, p)?;
                         self.report.seconds.verify += started.elapsed().as_secs_f64();
@@ -883,6 +1004,7 @@ impl Run<'_> {
                             })?;
                         check_contract(tx, sql, lnd_schema::Stage::Locked, settle)
                     })?;
+                    self.m.progress.finish();
                 }
                 State::Locked => {
                     let t = target.as_ref().expect("open in Locked");
@@ -1016,8 +1138,11 @@ impl Run<'_> {
             let batch = match stream.next() {
                 Some(Ok(Msg::Batch(b))) => b,
                 Some(Ok(Msg::Total(total))) => {
+                    // Earlier runs' invoices set the position, not the rate.
+                    let earlier = p.copied.min(total);
                     self.m.progress.start(Phase::Copy, total);
-                    self.m.progress.advance(done.min(total));
+                    self.m.progress.resume(earlier);
+                    self.m.progress.advance(done.min(total) - earlier);
                     counted = true;
                     continue;
                 }
@@ -1045,7 +1170,8 @@ impl Run<'_> {
         if !counted {
             // Nothing to copy after the cursor: the stream ended at once.
             self.m.progress.start(Phase::Copy, done);
-            self.m.progress.advance(done);
+            self.m.progress.resume(p.copied.min(done));
+            self.m.progress.advance(done - p.copied.min(done));
         }
         tracing::info!(
             copied = self.report.copied_this_run,
@@ -1187,6 +1313,7 @@ impl Run<'_> {
         let Some(buckets) = self.buckets else {
             return Ok(0);
         };
+        self.m.progress.start(Phase::Sweep, 0);
         let mut after: i64 = -1;
         let mut swept = 0u64;
         loop {
@@ -1242,6 +1369,7 @@ impl Run<'_> {
         if swept > 0 {
             tracing::info!(swept, "removed copies of invoices deleted from the source");
         }
+        self.m.progress.finish();
         Ok(swept)
     }
 
@@ -1438,8 +1566,10 @@ impl Run<'_> {
     /// the build is tried again.
     fn build_indexes(&mut self, t: &mut Target) -> Result<()> {
         let mut attempts = 0;
+        self.m.progress.start(Phase::Index, 0);
         loop {
             let Some((nums, err)) = self.try_build_indexes(t)? else {
+                self.m.progress.finish();
                 return Ok(());
             };
             attempts += 1;
@@ -1691,6 +1821,7 @@ impl Run<'_> {
             source_digest: scan.source.sha256.clone(),
             target_digest: String::new(),
             max_settle_index: 0,
+            coverage: Coverage::default(),
         };
         let mut prepared = Vec::with_capacity(todo.len());
         for (num, want) in &todo {
@@ -1943,6 +2074,7 @@ impl Run<'_> {
             source_digest: digest.sha256.clone(),
             target_digest: String::new(),
             max_settle_index: 0,
+            coverage: Coverage::default(),
         };
         let mut children = native::ChildRows::default();
         // Clean batches not marked checked yet: (after, batches).
@@ -2122,12 +2254,11 @@ impl Run<'_> {
                 since = Some(pre.dec.into_kv().into_witness(pre.data_version));
             }
         }
-        self.m.progress.start(Phase::Tombstone, 1);
+        self.m.progress.start(Phase::Tombstone, 0);
         let (outcome, seal) = self
             .kv
             .write_tombstone_if_unchanged(&verified, since.as_ref())?;
         self.seal = seal;
-        self.m.progress.advance(1);
         self.m.progress.finish();
         match outcome {
             TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true } => {

@@ -100,8 +100,8 @@ mod store;
 mod timefmt;
 
 pub use engine::{
-    CancelHandle, GuardOutcome, Migrator, NoProgress, Options, Phase, PhaseTimes, Progress, Report,
-    Status, VerifyReport, DEFAULT_BATCH_SIZE,
+    CancelHandle, Coverage, GuardOutcome, Migrator, NoProgress, Options, Phase, PhaseTimes,
+    Progress, Report, Status, VerifyReport, DEFAULT_BATCH_SIZE,
 };
 pub use error::{Error, Mismatch, Result, Role};
 pub use fsm::{Backend, Event, Refusal, State};

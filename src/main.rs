@@ -4,12 +4,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use oneway::{fixture, Backend, Error, Migrator, Options, Phase, Progress};
+use cli::progress::{self as prog, CliProgress, Mode, Shared};
+use oneway::Phase;
+use oneway::{fixture, Backend, Error, Migrator, Options};
+
+mod cli;
 
 /// Prints a line on stdout, ignoring a closed pipe (`oneway status | head -1`)
 /// instead of panicking as `println!` does.
@@ -88,9 +90,15 @@ enum Cmd {
         /// Invoices per batch transaction (at least 1).
         #[arg(long, default_value_t = oneway::DEFAULT_BATCH_SIZE, value_parser = batch_size)]
         batch_size: usize,
-        /// Print the result as JSON; no progress bar.
+        /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Report progress as JSON lines on stderr instead of a bar: a
+        /// `phase` event as each phase starts, `progress` events (at most
+        /// four a second), `phase_done`, and `done` or `error` at the end
+        /// (README.md, "Progress").
+        #[arg(long)]
+        progress_json: bool,
     },
     /// Show the migration's state, counts and cursor.
     Status {
@@ -164,69 +172,6 @@ enum Cmd {
     },
 }
 
-/// Draws an indicatif bar on stderr, or prints one line per phase when
-/// `lines` is set and stderr is not a terminal.
-struct CliProgress {
-    bar: Mutex<Option<(ProgressBar, Phase, Instant, u64)>>,
-    tty: bool,
-    lines: bool,
-}
-
-impl CliProgress {
-    fn new(lines: bool) -> CliProgress {
-        CliProgress {
-            bar: Mutex::new(None),
-            tty: std::io::stderr().is_terminal(),
-            lines,
-        }
-    }
-}
-
-impl Progress for CliProgress {
-    fn start(&self, phase: Phase, total: u64) {
-        let bar = if self.tty {
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>9} [{bar:40}] {pos}/{len} invoices  {per_sec}  eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_prefix(phase.label());
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((bar, phase, Instant::now(), total));
-    }
-
-    fn advance(&self, n: u64) {
-        if let Some((b, ..)) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            b.inc(n);
-        }
-    }
-
-    fn finish(&self) {
-        let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((b, phase, started, total)) = bar {
-            b.finish();
-            if !self.tty && self.lines {
-                let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "{:>9}: {} of {} done in {:.2} s ({:.0}/s)",
-                    phase.label(),
-                    b.position(),
-                    total,
-                    secs,
-                    b.position() as f64 / secs.max(1e-9)
-                );
-            }
-        }
-    }
-}
-
 fn batch_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("the batch size must be at least 1".into()),
@@ -287,6 +232,16 @@ fn print_json<T: serde::Serialize>(v: &T) {
 }
 
 fn fail(e: &Error, json: bool) -> ExitCode {
+    let msg = message(e);
+    if json {
+        print_json(&error_json(e, &msg));
+    }
+    eprintln!("oneway: error: {msg}");
+    ExitCode::from(e.exit_code() as u8)
+}
+
+/// An error and its sources, each said once.
+fn message(e: &Error) -> String {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -297,11 +252,81 @@ fn fail(e: &Error, json: bool) -> ExitCode {
         }
         src = s_source(src);
     }
+    msg
+}
+
+/// An error of `migrate --progress-json`: its one line on stderr is the
+/// `error` event (the `--json` object still goes to stdout).
+fn fail_as_event(e: &Error, json: bool) -> ExitCode {
+    let msg = message(e);
     if json {
         print_json(&error_json(e, &msg));
     }
-    eprintln!("oneway: error: {msg}");
+    prog::event(&serde_json::json!({
+        "event": "error",
+        "reason": e.reason(),
+        "exit_code": e.exit_code(),
+        "message": msg,
+    }));
     ExitCode::from(e.exit_code() as u8)
+}
+
+/// `oneway verify`'s text: the full comparison from `Verified` on; before,
+/// how far the migration is and what the copies so far show.
+fn print_verify(r: &oneway::VerifyReport) {
+    use prog::group;
+    let c = &r.coverage;
+    if c.complete {
+        out!(
+            "verified {} invoices: {} mismatching fields, {} changed since copied",
+            r.invoices,
+            r.mismatch_count,
+            r.outdated
+        );
+    } else {
+        out!(
+            "{}",
+            cli::wrap(
+                &format!(
+                    "the migration is unfinished (state {}): run `oneway migrate` to finish it",
+                    c.state
+                ),
+                0
+            )
+        );
+        let cursor = c
+            .cursor
+            .as_deref()
+            .map_or(String::new(), |k| format!(" (cursor {k})"));
+        out!("  copied:          {} invoices{cursor}", group(c.copied));
+        out!("  not copied yet:  {} invoices", group(c.not_copied_yet));
+        if r.outdated > 0 {
+            out!(
+                "  out of date:     {} copies (the source changed since; migrate redoes them)",
+                group(r.outdated)
+            );
+        }
+        out!(
+            "  AMP sets staged: {} (moved into lnd's table by the index build)",
+            group(c.staged_amp_sets)
+        );
+        out!(
+            "  lnd's indexes:   {}",
+            if c.indexes_built {
+                "built"
+            } else {
+                "not built yet"
+            }
+        );
+        out!(
+            "compared {} copies with the source: {} mismatching fields",
+            group(c.compared),
+            r.mismatch_count
+        );
+    }
+    for m in &r.mismatches {
+        out!("  {m}");
+    }
 }
 
 /// The `--json` form of an error. A refusal (exit code 3 or 4) has the
@@ -350,11 +375,28 @@ fn main() -> ExitCode {
             stores,
             batch_size,
             json,
+            progress_json,
         } => {
+            let progress = Arc::new(CliProgress::new(if progress_json {
+                Mode::Json
+            } else {
+                Mode::for_stderr(Mode::Hidden)
+            }));
             let m = Migrator::new(stores.options(batch_size))
-                .with_progress(Box::new(CliProgress::new(false)));
+                .with_progress(Box::new(Shared(progress.clone())));
             match m.run() {
                 Ok(r) => {
+                    if progress_json {
+                        prog::event(&serde_json::json!({
+                            "event": "done",
+                            "state": r.state,
+                            "already_completed": r.already_completed,
+                            "invoices": r.invoices,
+                            "copied_this_run": r.copied_this_run,
+                            "resynced": r.resynced,
+                            "exit_code": exit::OK,
+                        }));
+                    }
                     if json {
                         print_json(&MigrateJson {
                             report: &r,
@@ -377,7 +419,14 @@ fn main() -> ExitCode {
                     }
                     ExitCode::from(exit::OK)
                 }
-                Err(e) => fail(&e, json),
+                Err(e) => {
+                    progress.abandon();
+                    if progress_json {
+                        fail_as_event(&e, json)
+                    } else {
+                        fail(&e, json)
+                    }
+                }
             }
         }
         Cmd::Status { stores, json } => match Migrator::new(stores.options(1)).status() {
@@ -403,15 +452,9 @@ fn main() -> ExitCode {
                     if json {
                         print_json(&r);
                     } else {
-                        out!(
-                        "verified {} invoices: {} mismatching fields, {} changed in the source since copied",
-                        r.invoices, r.mismatch_count, r.outdated
-                    );
-                        for m in &r.mismatches {
-                            out!("  {m}");
-                        }
+                        print_verify(&r);
                     }
-                    if r.clean() {
+                    if r.passed() {
                         ExitCode::from(exit::OK)
                     } else {
                         ExitCode::from(1)
@@ -538,37 +581,64 @@ fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    out!(
-        "1. writing a sample lnd KV store with {invoices} invoices: {}",
-        kv.display()
+    // Every line fits 80 columns (paths longer than a line aside).
+    macro_rules! say {
+        ($indent:expr, $($arg:tt)*) => { out!("{}", cli::wrap(&format!($($arg)*), $indent)) };
+    }
+    say!(
+        0,
+        "1. writing a sample lnd KV store with {invoices} invoices:"
     );
+    say!(3, "{}", kv.display());
     let spec = fixture::FixtureSpec {
         invoices,
         seed: 1,
         ..Default::default()
     };
     match fixture::write_fixture(&kv, &spec) {
-        Ok(s) => out!(
-            "   {} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",
+        Ok(s) => say!(
+            3,
+            "{} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",
             s.invoices, s.settled, s.open, s.canceled, s.accepted, s.keysend, s.amp, s.legacy_amp, s.hodl_unknown_preimage, s.htlcs
         ),
         Err(e) => return fail(&Error::from(e), false),
     }
-    out!("2. migrating to {}", sql.display());
-    let m = Migrator::new(Options::new(&kv, &sql)).with_progress(Box::new(CliProgress::new(true)));
+    say!(0, "2. migrating to");
+    say!(3, "{}", sql.display());
+    let progress = Arc::new(CliProgress::new(Mode::for_stderr(Mode::Lines)));
+    let m =
+        Migrator::new(Options::new(&kv, &sql)).with_progress(Box::new(Shared(progress.clone())));
     match m.run() {
-        Ok(r) => out!(
-            "   copied {} invoices in {:.2} s, verified in {:.2} s, tombstoned in {:.3} s",
-            r.copied_this_run,
-            r.seconds.copy,
-            r.seconds.verify,
-            r.seconds.tombstone
-        ),
-        Err(e) => return fail(&e, false),
+        // The times the phase lines showed, not a second measurement.
+        Ok(_) => {
+            let t = |p: Phase| prog::seconds(progress.seconds(p).unwrap_or(0.0));
+            let sealed = progress.seconds(Phase::Tombstone).unwrap_or(0.0)
+                + progress.seconds(Phase::Lock).unwrap_or(0.0);
+            say!(
+                3,
+                "copied {} invoices in {}, built lnd's indexes in {}, verified them in {}, sealed the KV store in {}",
+                prog::group(progress.done(Phase::Copy)),
+                t(Phase::Copy),
+                t(Phase::Index),
+                t(Phase::Verify),
+                prog::seconds(sealed)
+            );
+        }
+        Err(e) => {
+            progress.abandon();
+            return fail(&e, false);
+        }
     }
-    out!("3. final state:");
+    say!(0, "3. final state:");
     match m.status() {
-        Ok(s) => out!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
+        Ok(s) => {
+            // The digest is 64 hex digits, wider than a terminal line.
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("source_digest");
+            }
+            out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
         Err(e) => return fail(&e, false),
     }
     out!("4. the guard, asked for the KV backend (lnd's `db.backend` switched back):");
@@ -577,7 +647,7 @@ fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
             eprintln!("oneway: error: the guard allowed the KV backend after the migration");
             return ExitCode::from(1);
         }
-        Err(e) => out!("   refused (exit code {}): {e}", e.exit_code()),
+        Err(e) => say!(3, "refused (exit code {}): {e}", e.exit_code()),
     }
     out!("5. the guard, asked for the native SQL backend:");
     match m.guard(Backend::Sql) {

@@ -884,9 +884,15 @@ fn source_changed_while_migrating_is_copied_and_verified_before_the_tombstone() 
     assert!(settled <= at, "the settled invoice is behind the cursor");
     let r = reference_of_now(&lab, &lab.kv, "ref");
     let changed = kv_dump(&lab.kv);
-    // Read-only, the verification sees the settled copy as outdated.
+    // Read-only, the verification sees the settled copy as outdated and
+    // the new invoices as not copied yet (the migration is unfinished).
     let v = verify(&lab.kv, &lab.sql).json();
-    assert!(v["outdated"].as_u64().unwrap() > added.len() as u64, "{v}");
+    assert_eq!(v["outdated"], 1, "{v}");
+    assert!(
+        v["not_copied_yet"].as_u64().unwrap() > added.len() as u64,
+        "{v}"
+    );
+    assert_eq!(v["mismatch_count"], 0, "{v}");
     assert_kv_still_usable(&lab.kv, &lab.sql, "changed while migrating");
 
     let report = migrate_ok(&lab.kv, &lab.sql, BATCH);
