@@ -139,6 +139,9 @@ impl<P: Progress + ?Sized> Progress for std::sync::Arc<P> {
     fn start(&self, phase: Phase, total: u64) {
         (**self).start(phase, total);
     }
+    fn resume(&self, n: u64) {
+        (**self).resume(n);
+    }
     fn advance(&self, n: u64) {
         (**self).advance(n);
     }

@@ -1137,17 +1137,17 @@ fn source_digest(conn: &Connection, table: &str) -> rusqlite::Result<SourceDiges
 
 /// One row of the `invoices` bucket tree, as [`walk_invoice_tree`] visits
 /// it (the tombstone excepted).
-pub struct TreeRow<'a> {
+struct TreeRow<'a> {
     /// 0 for rows of the `invoices` bucket itself, 1 for its sub-buckets' rows.
-    pub depth: u8,
+    depth: u8,
     /// The id of the bucket the row is in.
-    pub bucket: i64,
+    bucket: i64,
     /// The key, and whether it is stored as a BLOB.
-    pub key: &'a [u8],
+    key: &'a [u8],
     /// True when the key is a BLOB (lnd's keys always are).
-    pub key_is_blob: bool,
+    key_is_blob: bool,
     /// The value; `None` for a sub-bucket.
-    pub value: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
 }
 
 /// Walks the `invoices` bucket tree in the source digest's order (each
