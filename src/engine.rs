@@ -960,17 +960,13 @@ impl Run<'_> {
                         "target_digest": report.target_digest,
                         "max_settle_index": report.max_settle_index,
                     });
-                    let settle = report.max_settle_index.max(self.settle_sequence()?);
-                    let sql = &self.m.opts.sql;
-                    t.transition(
+                    self.record_verified(
+                        t,
                         State::Migrating,
                         Event::VerificationPassed,
-                        details,
                         "verify",
-                        |tx| {
-                            record_verification(tx, sql, &report, settle)?;
-                            check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
-                        },
+                        &report,
+                        details,
                     )?;
                 }
                 State::Verified => {
@@ -1504,24 +1500,40 @@ impl Run<'_> {
         self.refuse_rolled_back_source(t)?;
         tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after the tombstone; copying the difference under the seal");
         let report = self.copy_and_verify(t, p)?;
-        let settle = report.max_settle_index.max(self.settle_sequence()?);
         let details = serde_json::json!({
             "invoices": report.invoices,
             "previous_source_digest": p.source_digest,
             "source_digest": report.source_digest,
             "target_digest": report.target_digest,
         });
-        let sql = &self.m.opts.sql;
-        t.transition(
+        self.record_verified(
+            t,
             State::Tombstoned,
             Event::Resynced,
-            details,
             "resynced",
-            |tx| {
-                record_verification(tx, sql, &report, settle)?;
-                check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
-            },
-        )?;
+            &report,
+            details,
+        )
+    }
+
+    /// Records a clean verification (`VerificationPassed`, or `Resynced`
+    /// under the seal) in one transition: the counts and digests, lnd's
+    /// settle sequence, and lnd's contract checked before the commit.
+    fn record_verified(
+        &self,
+        t: &mut Target,
+        from: State,
+        event: Event,
+        failpoint: &str,
+        report: &VerifyReport,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        let settle = report.max_settle_index.max(self.settle_sequence()?);
+        let sql = &self.m.opts.sql;
+        t.transition(from, event, details, failpoint, |tx| {
+            record_verification(tx, sql, report, settle)?;
+            check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
+        })?;
         Ok(())
     }
 
