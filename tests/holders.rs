@@ -57,6 +57,15 @@ fn holder_of(kv: &Path, pid: u32) -> Holder {
         .unwrap_or_else(|| panic!("process {pid} not reported: {h}"))
 }
 
+/// The tests of this file run one at a time: each reads the whole
+/// `/proc/locks` and every descriptor of this process, and one of them
+/// checks this process's own locks on a file it holds; tests running beside
+/// it in the same process only add noise to what is being observed.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn stop(mut child: Child) {
     child.kill().expect("kill");
     child.wait().expect("wait");
@@ -64,6 +73,7 @@ fn stop(mut child: Child) {
 
 #[test]
 fn wal_holder_is_seen_through_its_shm_lock_and_its_descriptors_and_gone_after_exit() {
+    let _serial = serial();
     let (_dir, kv) = store(40);
     let shm = with_suffix(&kv, "-shm");
     let (child, _out) = lnd_standin(&kv, &["--hold-only", "--interval-ms", "50"]);
@@ -106,6 +116,7 @@ fn wal_holder_is_seen_through_its_shm_lock_and_its_descriptors_and_gone_after_ex
 
 #[test]
 fn rollback_journal_holder_holds_no_lock_and_is_seen_through_its_descriptor() {
+    let _serial = serial();
     let (_dir, kv) = store(40);
     let (child, _out) = lnd_standin(&kv, &["--rollback", "--hold-only", "--interval-ms", "50"]);
     let pid = child.id();
@@ -127,6 +138,7 @@ fn rollback_journal_holder_holds_no_lock_and_is_seen_through_its_descriptor() {
 
 #[test]
 fn our_own_connections_are_not_reported() {
+    let _serial = serial();
     let (_dir, kv) = store(40);
     let conn = rusqlite::Connection::open(&kv).unwrap();
     let mode: String = conn
@@ -156,6 +168,7 @@ fn our_own_connections_are_not_reported() {
 
 #[test]
 fn a_missing_database_is_an_error_not_nobody() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let e = other_holders(&dir.path().join("nope.sqlite")).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
@@ -168,6 +181,7 @@ fn a_missing_database_is_an_error_not_nobody() {
 /// counted. Skipped (with a note) when not root.
 #[test]
 fn an_unprivileged_user_sees_a_wal_holder_of_another_uid_through_its_lock() {
+    let _serial = serial();
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -225,6 +239,7 @@ fn states(kv: &Path) -> BTreeMap<u32, u8> {
 
 #[test]
 fn standin_writes_exactly_what_it_prints_and_oneway_migrates_the_result() {
+    let _serial = serial();
     for mode in [&[][..], &["--rollback"][..]] {
         let (dir, kv) = store(60);
         let mut expected = states(&kv);
@@ -275,6 +290,7 @@ fn standin_writes_exactly_what_it_prints_and_oneway_migrates_the_result() {
 
 #[test]
 fn standin_stops_when_its_stop_file_appears() {
+    let _serial = serial();
     let (dir, kv) = store(40);
     let stop_file = dir.path().join("stop");
     let (mut child, mut out) = lnd_standin(
