@@ -166,22 +166,15 @@ impl Run<'_> {
         if report.outdated == 0 {
             // Every copy is current, so the child tables must hold exactly
             // the rows the compared copies own (staged AMP sets included).
-            for (table, owned) in children.tables() {
-                let mut rows = t.count(table)?;
-                if table == "amp_sub_invoices" {
-                    rows += coverage.staged_amp_sets;
-                }
-                if rows != owned {
-                    report.mismatch_count += 1;
-                    report.mismatches.push(Mismatch {
-                        invoice_key: "*".into(),
-                        detail: format!(
-                            "{table} holds {rows} rows but the copied invoices own {owned}: \
-                             the native store has rows that belong to no copied invoice or lacks some"
-                        ),
-                    });
-                }
-            }
+            let found =
+                super::child_rows_differ(t, children.tables(), coverage.staged_amp_sets, "copied")?;
+            report.mismatch_count += found.len() as u64;
+            report
+                .mismatches
+                .extend(found.into_iter().map(|detail| Mismatch {
+                    invoice_key: "*".into(),
+                    detail,
+                }));
         }
         report.coverage = coverage;
         Ok(Some(report))
