@@ -960,13 +960,14 @@ impl Run<'_> {
                         "target_digest": report.target_digest,
                         "max_settle_index": report.max_settle_index,
                     });
-                    self.record_verified(
-                        t,
+                    let settle = report.max_settle_index.max(self.settle_sequence()?);
+                    let sql = &self.m.opts.sql;
+                    t.transition(
                         State::Migrating,
                         Event::VerificationPassed,
-                        "verify",
-                        &report,
                         details,
+                        "verify",
+                        |tx| commit_verification(tx, sql, &report, settle),
                     )?;
                 }
                 State::Verified => {
@@ -1506,34 +1507,15 @@ impl Run<'_> {
             "source_digest": report.source_digest,
             "target_digest": report.target_digest,
         });
-        self.record_verified(
-            t,
-            State::Tombstoned,
-            Event::Resynced,
-            "resynced",
-            &report,
-            details,
-        )
-    }
-
-    /// Records a clean verification (`VerificationPassed`, or `Resynced`
-    /// under the seal) in one transition: the counts and digests, lnd's
-    /// settle sequence, and lnd's contract checked before the commit.
-    fn record_verified(
-        &self,
-        t: &mut Target,
-        from: State,
-        event: Event,
-        failpoint: &str,
-        report: &VerifyReport,
-        details: serde_json::Value,
-    ) -> Result<()> {
         let settle = report.max_settle_index.max(self.settle_sequence()?);
         let sql = &self.m.opts.sql;
-        t.transition(from, event, details, failpoint, |tx| {
-            record_verification(tx, sql, report, settle)?;
-            check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
-        })?;
+        t.transition(
+            State::Tombstoned,
+            Event::Resynced,
+            details,
+            "resynced",
+            |tx| commit_verification(tx, sql, &report, settle),
+        )?;
         Ok(())
     }
 
@@ -2423,6 +2405,19 @@ fn mark_checked(t: &mut Target, after: Option<u32>, last: Option<u32>) -> Result
     })
     .and_then(|_| tx.commit())
     .map_err(|e| t.err("marking verified copies", e))
+}
+
+/// The body of a clean verification's transition (`VerificationPassed`,
+/// or `Resynced` under the seal): the counts and digests, lnd's settle
+/// sequence, and lnd's contract checked before the commit.
+fn commit_verification(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &Path,
+    report: &VerifyReport,
+    settle: u64,
+) -> Result<()> {
+    record_verification(tx, sql, report, settle)?;
+    check_contract(tx, sql, lnd_schema::Stage::Migrating, settle)
 }
 
 /// Records a clean verification: its count and digests in the state row,
