@@ -482,10 +482,7 @@ impl Migrator {
     pub fn run(&self) -> Result<Report> {
         self.cancel.check()?;
         if self.opts.batch_size == 0 {
-            return Err(Error::NotOnewayStore {
-                path: self.opts.sql.clone(),
-                why: "cannot be migrated with a batch size of 0".into(),
-            });
+            return Err(Error::ZeroBatchSize);
         }
         let kv = self.open_kv()?;
         // Check the native path before the run lock creates `<sql>.lock`
@@ -2024,9 +2021,8 @@ impl Run<'_> {
             Some(Ok(Msg::Digest(d))) => d,
             Some(Err(e)) => return Err(e),
             _ => {
-                return Err(Error::NotOnewayStore {
-                    path: self.opts().kv.clone(),
-                    why: "could not be read: the decoder thread ended early".into(),
+                return Err(Error::DecoderEnded {
+                    kv: self.opts().kv.clone(),
                 })
             }
         };
@@ -2178,9 +2174,8 @@ impl Run<'_> {
         if report.target_digest.is_empty() {
             // The decoder sends it before the final batch; a stream that
             // ended without it ended early.
-            return Err(Error::NotOnewayStore {
-                path: self.opts().kv.clone(),
-                why: "could not be read to its end: the decoder thread ended early".into(),
+            return Err(Error::DecoderEnded {
+                kv: self.opts().kv.clone(),
             });
         }
         let native_count = t.count("invoices")?;

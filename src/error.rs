@@ -314,6 +314,17 @@ pub enum Error {
         /// Whether the KV store carried the tombstone.
         tombstone_present: bool,
     },
+    /// A batch size of 0 was asked for (the library; the CLI refuses it as a
+    /// usage error).
+    #[error("a batch size of 0 copies nothing: give a batch size of 1 or more")]
+    ZeroBatchSize,
+    /// The thread decoding the KV store stopped before the end of its
+    /// stream (its own error, if any, was reported first).
+    #[error("the KV store {kv} could not be read to its end: the decoding thread stopped early")]
+    DecoderEnded {
+        /// The KV store.
+        kv: PathBuf,
+    },
     /// The native store exists but is not one oneway can work with.
     #[error("the native store {path} {why}")]
     NotOnewayStore {
@@ -418,6 +429,8 @@ impl Error {
             Error::VerificationFailed { .. } => "verification_failed".into(),
             Error::IllegalTransition { .. } => "illegal_transition".into(),
             Error::NotOnewayStore { .. } => "not_a_oneway_store".into(),
+            Error::ZeroBatchSize => "zero_batch_size".into(),
+            Error::DecoderEnded { .. } => "decoder_ended".into(),
             Error::SourceUnstable { .. } => "source_unstable".into(),
             Error::Cancelled => "cancelled".into(),
             #[cfg(feature = "fixture")]

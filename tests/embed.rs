@@ -189,3 +189,19 @@ fn a_run_cancelled_between_verification_batches_resumes_to_the_same_store() {
     assert_eq!(report.copied_this_run, 0, "nothing to copy again");
     assert_matches_reference(&kv, &sql, &r, "cancelled in verification, rerun");
 }
+
+/// Issue 11's precise errors: a batch size of 0 is named as such, not as a
+/// problem with the native store, and writes nothing.
+#[test]
+fn a_batch_size_of_zero_is_its_own_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("channel.sqlite");
+    let sql = dir.path().join("lnd.sqlite");
+    common::make_fixture(&kv, 10, 1);
+    let mut opts = oneway::Options::new(&kv, &sql);
+    opts.batch_size = 0;
+    let err = oneway::Migrator::new(opts).run().unwrap_err();
+    assert!(matches!(err, oneway::Error::ZeroBatchSize), "{err}");
+    assert_eq!(err.reason(), "zero_batch_size");
+    assert!(!sql.exists(), "nothing written");
+}

@@ -65,9 +65,8 @@ impl Run<'_> {
             Some(Ok(Msg::Digest(d))) => d,
             Some(Err(e)) => return Err(e),
             _ => {
-                return Err(crate::error::Error::NotOnewayStore {
-                    path: self.opts().kv.clone(),
-                    why: "could not be read: the decoder thread ended early".into(),
+                return Err(crate::error::Error::DecoderEnded {
+                    kv: self.opts().kv.clone(),
                 })
             }
         };
