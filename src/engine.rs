@@ -1442,14 +1442,28 @@ impl Run<'_> {
 
     /// Which other processes hold the KV store open, as a sentence; `None`
     /// when none does. Not knowing counts as held.
+    ///
+    /// A holder must be seen in three looks 100 ms apart: a process that
+    /// forks (an application embedding oneway that starts a subprocess)
+    /// shows a child holding this process's descriptors until it execs,
+    /// for microseconds; lnd holds the store for its whole life.
     fn held_by_others(&self) -> Option<String> {
-        match crate::holders::other_holders(&self.opts().kv) {
-            Ok(h) if h.is_empty() => None,
-            Ok(h) => Some(h.to_string()),
-            Err(e) => Some(format!(
-                "oneway cannot tell whether another process has it open ({e})"
-            )),
+        let mut seen = None;
+        for look in 0..HOLDER_LOOKS {
+            if look > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            match crate::holders::other_holders(&self.opts().kv) {
+                Ok(h) if h.is_empty() => return None,
+                Ok(h) => seen = Some(h.to_string()),
+                Err(e) => {
+                    return Some(format!(
+                        "oneway cannot tell whether another process has it open ({e})"
+                    ))
+                }
+            }
         }
+        seen
     }
 
     /// A `Locked` migration whose KV store lost its tombstone (a power cut
@@ -2379,6 +2393,9 @@ fn catch_up_plan(
     }
     Ok(Some((todo, gone)))
 }
+
+/// How many looks a holder of the KV store must survive (`held_by_others`).
+const HOLDER_LOOKS: u32 = 3;
 
 /// Clean verification batches marked checked together (see `verify_stream`).
 const MARK_RUN: u32 = 50;
