@@ -251,6 +251,21 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// A report with nothing compared yet, for a pass over the source whose
+    /// digest is `source_digest`.
+    fn starting(source_digest: &str) -> VerifyReport {
+        VerifyReport {
+            invoices: 0,
+            outdated: 0,
+            mismatch_count: 0,
+            mismatches: Vec::new(),
+            source_digest: source_digest.to_owned(),
+            target_digest: String::new(),
+            max_settle_index: 0,
+            coverage: Coverage::default(),
+        }
+    }
+
     /// True when nothing differs and nothing is outdated.
     pub fn clean(&self) -> bool {
         self.outdated == 0 && self.mismatch_count == 0
@@ -1823,13 +1838,7 @@ impl Run<'_> {
         }
         let mut report = VerifyReport {
             invoices: scan.invoices.len() as u64,
-            outdated: 0,
-            mismatch_count: 0,
-            mismatches: Vec::new(),
-            source_digest: scan.source.sha256.clone(),
-            target_digest: String::new(),
-            max_settle_index: 0,
-            coverage: Coverage::default(),
+            ..VerifyReport::starting(&scan.source.sha256)
         };
         let mut prepared = Vec::with_capacity(todo.len());
         for (num, want) in &todo {
@@ -2031,21 +2040,24 @@ impl Run<'_> {
             Some(s) => s,
             None => self.stream(None, reader::Kind::Verify)?,
         };
-        let digest: SourceDigest = match stream.next() {
-            Some(Ok(Msg::Digest(d))) => d,
-            Some(Err(e)) => return Err(e),
-            _ => {
-                return Err(Error::DecoderEnded {
-                    kv: self.opts().kv.clone(),
-                })
-            }
-        };
+        let digest = self.first_digest(&mut stream)?;
         let report = self.verify_stream(t, repair, digest, &mut stream)?;
         let witness = stream.finish();
         // Only a pass that found everything equal witnesses what `Verified`
         // will record.
         self.verified = if report.clean() { witness } else { None };
         Ok(report)
+    }
+
+    /// The source digest a verification stream sends first (its snapshot's).
+    fn first_digest(&self, stream: &mut reader::Stream) -> Result<SourceDigest> {
+        match stream.next() {
+            Some(Ok(Msg::Digest(d))) => Ok(d),
+            Some(Err(e)) => Err(e),
+            _ => Err(Error::DecoderEnded {
+                kv: self.opts().kv.clone(),
+            }),
+        }
     }
 
     fn stream(&self, after: Option<u32>, kind: reader::Kind) -> Result<reader::Stream> {
@@ -2066,16 +2078,7 @@ impl Run<'_> {
         stream: &mut reader::Stream,
     ) -> Result<VerifyReport> {
         self.m.progress.start(Phase::Verify, digest.invoices);
-        let mut report = VerifyReport {
-            invoices: 0,
-            outdated: 0,
-            mismatch_count: 0,
-            mismatches: Vec::new(),
-            source_digest: digest.sha256.clone(),
-            target_digest: String::new(),
-            max_settle_index: 0,
-            coverage: Coverage::default(),
-        };
+        let mut report = VerifyReport::starting(&digest.sha256);
         let mut children = native::ChildRows::default();
         // Clean batches not marked checked yet: (after, batches).
         let mut marking: Option<(Option<u32>, u32)> = None;

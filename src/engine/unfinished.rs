@@ -15,7 +15,6 @@ use std::collections::HashSet;
 use super::{is_current, map_range, Coverage, Phase, Run, Target, VerifyReport};
 use crate::error::{Mismatch, Result};
 use crate::fsm::State;
-use crate::kv::SourceDigest;
 use crate::native::{self, NativeAmpSet, NativeInvoice};
 use crate::reader::{self, Msg, Prepared};
 
@@ -61,26 +60,9 @@ impl Run<'_> {
             cursor: p.cursor.map(|c| format!("{c:08x}")),
         };
         let mut stream = self.stream(None, reader::Kind::Verify)?;
-        let digest: SourceDigest = match stream.next() {
-            Some(Ok(Msg::Digest(d))) => d,
-            Some(Err(e)) => return Err(e),
-            _ => {
-                return Err(crate::error::Error::DecoderEnded {
-                    kv: self.opts().kv.clone(),
-                })
-            }
-        };
+        let digest = self.first_digest(&mut stream)?;
         self.m.progress.start(Phase::Verify, digest.invoices);
-        let mut report = VerifyReport {
-            invoices: 0,
-            outdated: 0,
-            mismatch_count: 0,
-            mismatches: Vec::new(),
-            source_digest: digest.sha256.clone(),
-            target_digest: String::new(),
-            max_settle_index: 0,
-            coverage: Coverage::default(),
-        };
+        let mut report = VerifyReport::starting(&digest.sha256);
         let mut children = native::ChildRows::default();
         let mut prev: Option<u32> = None;
         loop {
