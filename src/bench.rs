@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result, Role};
+use crate::error::{Context, Error, Result, Role};
 use crate::fixture::{write_fixture, FixtureSpec};
 
 /// Runs per size unless told otherwise: the figures are medians, because a
@@ -70,8 +70,7 @@ pub fn floor_seconds(kv: &Path, dir: &Path) -> Result<f64> {
         let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
     }
     let started = Instant::now();
-    let conn = rusqlite::Connection::open(&out)
-        .map_err(|e| Error::sqlite(Role::Native, &out, "opening", e))?;
+    let conn = rusqlite::Connection::open(&out).ctx(Role::Native, &out, "opening")?;
     let e = |action: &'static str| {
         let out = out.clone();
         move |err| Error::sqlite(Role::Native, out, action, err)

@@ -14,7 +14,7 @@ use std::time::Instant;
 use rusqlite::params;
 use serde::Serialize;
 
-use crate::error::{Error, Mismatch, Result, Role};
+use crate::error::{Context, Error, Mismatch, Result, Role};
 use crate::fsm::{self, Backend, Event, Refusal, State};
 use crate::identity;
 use crate::kv::{InvoiceBuckets, KvSource, SourceDigest, TombstoneOutcome, Witness};
@@ -1120,8 +1120,11 @@ impl Run<'_> {
         });
         let sql = self.opts().sql.clone();
         t.transition(State::Fresh, Event::Begin, details, "begin", |tx| {
-            Target::create_schema(tx, &identity, batch, settle)
-                .map_err(|e| Error::sqlite(Role::Native, &sql, "creating the schema", e))
+            Target::create_schema(tx, &identity, batch, settle).ctx(
+                Role::Native,
+                &sql,
+                "creating the schema",
+            )
         })?;
         Ok(t)
     }
@@ -1619,8 +1622,11 @@ impl Run<'_> {
         // to temporary files: the same speed here, and the peak memory stays
         // within bounds (BENCHMARKS.md).
         let cache = |kib: i64| {
-            tx.pragma_update(None, "cache_size", -kib)
-                .map_err(|e| Error::sqlite(Role::Native, &sql, "setting the cache size", e))
+            tx.pragma_update(None, "cache_size", -kib).ctx(
+                Role::Native,
+                &sql,
+                "setting the cache size",
+            )
         };
         cache(INDEX_BUILD_CACHE_KIB)?;
         let built = tx
@@ -1652,7 +1658,7 @@ impl Run<'_> {
         }
         crate::failpoint::hit("indexes.before_commit");
         tx.commit()
-            .map_err(|e| Error::sqlite(Role::Native, &sql, "committing lnd's indexes", e))?;
+            .ctx(Role::Native, &sql, "committing lnd's indexes")?;
         crate::failpoint::hit("indexes.after_commit");
         Ok(None)
     }
@@ -2327,7 +2333,7 @@ impl Run<'_> {
                 [],
             )
             .map(|_| ())
-            .map_err(|e| Error::sqlite(Role::Native, &sql, "recording the source change", e))
+            .ctx(Role::Native, &sql, "recording the source change")
         })?;
         Ok(())
     }
@@ -2461,7 +2467,7 @@ fn record_verification(
         )
     })
     .map(|_| ())
-    .map_err(|e| Error::sqlite(Role::Native, sql, "recording the verification", e))
+    .ctx(Role::Native, sql, "recording the verification")
 }
 
 /// The referential-integrity check by row counts (`native::ChildRows`):

@@ -508,6 +508,37 @@ impl Error {
     }
 }
 
+/// Attaches what and where to a SQLite failure: `.ctx(role, path, action)`
+/// instead of a `map_err` closure at every call. Goes through
+/// [`Error::sqlite`], so a full disk or a busy lock keeps its own variant.
+pub(crate) trait Context<T> {
+    /// The result with its error given a store, a path and an action.
+    fn ctx(self, role: Role, path: &std::path::Path, action: &str) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, rusqlite::Error> {
+    fn ctx(self, role: Role, path: &std::path::Path, action: &str) -> Result<T> {
+        self.map_err(|e| Error::sqlite(role, path, action, e))
+    }
+}
+
+/// [`Context`] for file-system failures: `.ctx(path, action)` builds
+/// [`Error::Io`].
+pub(crate) trait IoContext<T> {
+    /// The result with its error given a path and an action.
+    fn ctx(self, path: &std::path::Path, action: &str) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
+    fn ctx(self, path: &std::path::Path, action: &str) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            action: action.to_string(),
+            source,
+        })
+    }
+}
+
 /// `KvTombstoned` → `kv_tombstoned`.
 fn snake(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);

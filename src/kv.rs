@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result, Role};
+use crate::error::{Context, Error, Result, Role};
 
 /// Name of the top-level invoices bucket.
 pub const INVOICES_BUCKET: &[u8] = b"invoices";
@@ -178,9 +178,12 @@ impl KvSource {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| Error::sqlite(Role::Kv, path, "opening read-only", e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|e| Error::sqlite(Role::Kv, path, "setting the busy timeout", e))?;
+        .ctx(Role::Kv, path, "opening read-only")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).ctx(
+            Role::Kv,
+            path,
+            "setting the busy timeout",
+        )?;
         // The file this connection reads is the one the path named before
         // and after the open (a swap in between shows as a difference).
         let after = file_id(path);
@@ -208,7 +211,7 @@ impl KvSource {
                 rw.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                     r.get::<_, i64>(0)
                 })
-                .map_err(|e| Error::sqlite(Role::Kv, path, "rolling back a hot journal", e))?;
+                .ctx(Role::Kv, path, "rolling back a hot journal")?;
                 drop(rw);
                 KvSource::open(path, prefix)
             }
@@ -924,7 +927,7 @@ impl KvSource {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| Error::sqlite(Role::Kv, path, "opening read-write for the tombstone", e))?;
+        .ctx(Role::Kv, path, "opening read-write for the tombstone")?;
         let file = before.filter(|b| Some(*b) == file_id(path));
         let e = |action: &'static str| move |err| Error::sqlite(Role::Kv, path, action, err);
         rw.busy_timeout(std::time::Duration::from_secs(10))
@@ -1050,8 +1053,8 @@ impl Witness {
     /// True when no other connection has committed to the KV store since
     /// the witnessed state was read.
     pub fn untouched(&self) -> Result<bool> {
-        let now = read_data_version(&self.conn)
-            .map_err(|e| Error::sqlite(Role::Kv, &self.path, "reading data_version", e))?;
+        let now =
+            read_data_version(&self.conn).ctx(Role::Kv, &self.path, "reading data_version")?;
         Ok(now == self.data_version)
     }
 }

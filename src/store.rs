@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use crate::error::{Error, Result, Role};
+use crate::error::{Context, Error, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::lnd_schema::{self, Existing, LND_TABLES};
 
@@ -207,8 +207,7 @@ impl Target {
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|e| Error::sqlite(Role::Native, path, "opening", e))?;
+        let conn = Connection::open_with_flags(path, flags).ctx(Role::Native, path, "opening")?;
         let t = Target {
             conn,
             path: path.to_path_buf(),
@@ -496,7 +495,7 @@ impl Target {
         let path = self.path.clone();
         self.conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| Error::sqlite(Role::Native, path, "starting a batch", e))
+            .ctx(Role::Native, &path, "starting a batch")
     }
 
     /// Appends a security event to the journal (its own small transaction).
