@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// The mode of every file oneway creates: read and write for the owner only.
 pub const PRIVATE_MODE: u32 = 0o600;
@@ -68,11 +68,9 @@ pub fn open_lock(path: &Path) -> Result<File> {
                 }
             }
         })?;
-    let meta = file.metadata().map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        action: "reading the run lock's metadata".into(),
-        source: e,
-    })?;
+    let meta = file
+        .metadata()
+        .ctx(path, "reading the run lock's metadata")?;
     if !meta.is_file() || meta.nlink() != 1 {
         return Err(Error::UnsafePath {
             path: path.to_path_buf(),
@@ -84,11 +82,7 @@ pub fn open_lock(path: &Path) -> Result<File> {
     }
     if meta.mode() & 0o7777 != PRIVATE_MODE {
         file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))
-            .map_err(|e| Error::Io {
-                path: path.to_path_buf(),
-                action: "making the run lock private".into(),
-                source: e,
-            })?;
+            .ctx(path, "making the run lock private")?;
     }
     Ok(file)
 }
