@@ -37,6 +37,17 @@ pub struct Mismatch {
     pub detail: String,
 }
 
+impl Mismatch {
+    /// A difference that concerns the store as a whole (a count, a table,
+    /// lnd's bookkeeping), listed under the key `*`.
+    pub fn store_wide(detail: String) -> Mismatch {
+        Mismatch {
+            invoice_key: "*".into(),
+            detail,
+        }
+    }
+}
+
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invoice {}: {}", self.invoice_key, self.detail)

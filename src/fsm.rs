@@ -252,6 +252,49 @@ pub fn transition(state: State, event: Event) -> Result<State, Refusal> {
     }
 }
 
+/// What a run of the migration does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Create the native store's schema and record `Begin`.
+    Begin,
+    /// Copy (or catch up) and verify until clean; record
+    /// `VerificationPassed`.
+    CopyAndVerify,
+    /// Write the tombstone if the source is still what was verified and
+    /// record `TombstoneWritten`; otherwise record `SourceChanged`.
+    Seal,
+    /// Check that the KV store is still exactly what was verified, with its
+    /// tombstone (re-syncing under the seal and recording `Resynced` when
+    /// it is not), and record `Lock`.
+    Lock,
+    /// Write back the tombstone a `Locked` migration's KV store has lost,
+    /// if its invoices are unchanged.
+    RestoreSeal,
+    /// Nothing left to do: the migration is `Locked` and sealed.
+    Done,
+}
+
+/// The step a run takes next, given the persisted state (`None`: no native
+/// store, or no migration in it yet) and whether the KV store carries the
+/// tombstone; or the refusal that ends the run.
+///
+/// The one refusal: a tombstoned KV store beside a native store that is
+/// missing or still before `Verified` means the native store was lost or
+/// replaced by an old backup; starting afresh would copy from a store lnd
+/// may have stopped using long ago.
+pub fn next_step(state: Option<State>, tombstone_present: bool) -> Result<Step, Refusal> {
+    use State as S;
+    match (state, tombstone_present) {
+        (None | Some(S::Fresh | S::Migrating), true) => Err(Refusal::NativeStoreMissing),
+        (None | Some(S::Fresh), false) => Ok(Step::Begin),
+        (Some(S::Migrating), false) => Ok(Step::CopyAndVerify),
+        (Some(S::Verified), _) => Ok(Step::Seal),
+        (Some(S::Tombstoned), _) => Ok(Step::Lock),
+        (Some(S::Locked), false) => Ok(Step::RestoreSeal),
+        (Some(S::Locked), true) => Ok(Step::Done),
+    }
+}
+
 /// A storage backend an application may ask to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Backend {
@@ -341,6 +384,26 @@ mod tests {
             assert_eq!(transition(State::Locked, e), Err(Refusal::Terminal));
             if let Ok(next) = transition(State::Tombstoned, e) {
                 assert!(next.is_sealed());
+            }
+        }
+    }
+
+    #[test]
+    fn next_step_refuses_exactly_a_lost_native_store() {
+        let states = [None].into_iter().chain(State::ALL.into_iter().map(Some));
+        for state in states {
+            for tombstone in [false, true] {
+                let step = next_step(state, tombstone);
+                let behind = matches!(state, None | Some(State::Fresh | State::Migrating));
+                assert_eq!(
+                    step == Err(Refusal::NativeStoreMissing),
+                    behind && tombstone,
+                    "{state:?} {tombstone}"
+                );
+                // Never a step that needs no tombstone once one is there,
+                // never done while the seal is missing.
+                assert!(!(tombstone && step == Ok(Step::Begin)));
+                assert!(tombstone || step != Ok(Step::Done));
             }
         }
     }

@@ -71,6 +71,14 @@ fn push_digits(s: &mut String, v: u32, width: u32) {
     }
 }
 
+/// Nanoseconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn now_nanos() -> i128 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i128::from(d.as_secs()) * 1_000_000_000 + i128::from(d.subsec_nanos())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

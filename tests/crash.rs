@@ -34,31 +34,45 @@ const SETTLE_BELOW: u32 = 150;
 /// in the code: a boundary added without a name would escape the crash matrix.
 #[test]
 fn failpoint_names_match_the_code() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut code = String::new();
-    for entry in std::fs::read_dir(&src).expect("src") {
-        let p = entry.expect("entry").path();
-        if p.extension().is_some_and(|e| e == "rs") {
-            code.push_str(&std::fs::read_to_string(&p).expect("read"));
-        }
-    }
+    read_sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut code,
+    );
     let mut found = std::collections::BTreeSet::new();
     // failpoint::hit("name")
     for (i, _) in code.match_indices("failpoint::hit(\"") {
         let rest = &code[i + "failpoint::hit(\"".len()..];
         found.insert(rest[..rest.find('"').expect("closing quote")].to_string());
     }
-    // t.transition(from, event, details, "name", |tx| …): the last string
-    // literal before the closure is the failpoint prefix.
+    let mut prefixes = Vec::new();
+    // t.transition(from, event, details, "name", effect): the last string
+    // literal before the effect is the failpoint prefix.
     for (i, _) in code.match_indices(".transition(") {
         let call = &code[i..];
-        let head = &call[..call.find('|').expect("closure")];
+        let end = ["Effect", "effect"]
+            .iter()
+            .filter_map(|w| call.find(w))
+            .min()
+            .expect("an effect");
+        let head = &call[..end];
         let lits: Vec<&str> = head.split('"').collect();
         assert!(
             lits.len() >= 3,
             "transition call without a failpoint name: {head}"
         );
-        let name = lits[lits.len() - 2];
+        prefixes.push(lits[lits.len() - 2].to_string());
+    }
+    // The store's checked write path: write(Some("name"), …) and
+    // write_or_roll_back(Some("name"), …).
+    for (i, _) in code.match_indices("(Some(\"") {
+        let before = &code[..i];
+        if before.ends_with(".write") || before.ends_with(".write_or_roll_back") {
+            let rest = &code[i + "(Some(\"".len()..];
+            prefixes.push(rest[..rest.find('"').expect("closing quote")].to_string());
+        }
+    }
+    for name in prefixes {
         found.insert(format!("{name}.before_commit"));
         found.insert(format!("{name}.after_commit"));
     }
@@ -70,6 +84,18 @@ fn failpoint_names_match_the_code() {
         found, names,
         "failpoints in the code vs oneway::__test_support::failpoint::NAMES"
     );
+}
+
+/// Appends every `.rs` file under `dir` to `code`.
+fn read_sources(dir: &Path, code: &mut String) {
+    for entry in std::fs::read_dir(dir).expect("src") {
+        let p = entry.expect("entry").path();
+        if p.is_dir() {
+            read_sources(&p, code);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            code.push_str(&std::fs::read_to_string(&p).expect("read"));
+        }
+    }
 }
 
 /// What the persisted state must be right after a crash at a failpoint.
@@ -448,6 +474,8 @@ fn random_kills(
     );
     copy_store(&base, &kv);
     let mut in_round = 0;
+    // Run times now, relative to the reference run's (see below).
+    let mut pace = 1.0f64;
     while stats.kills < kills {
         if in_round == per_round {
             // End of a round: finish this store, check it, start afresh.
@@ -483,15 +511,33 @@ fn random_kills(
         // cache, no fixture writing beside it), and a kill after its end
         // tests nothing. The last commit's neighbourhood stays covered by
         // the runs that start in Tombstoned, and exactly by the failpoints.
+        //
+        // The reference run may have been timed on a busier machine than
+        // the children run on (other tests finishing): a child that ends
+        // before its instant tells how fast runs are now, and later instants
+        // are drawn on that scale.
+        let remaining = remaining * pace;
         let delay = Duration::from_secs_f64(rng.random_range(0.0..remaining * 0.75));
         let mut child = command(&migrate_args(&kv, &sql, batch), &[])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn oneway migrate");
-        std::thread::sleep(delay);
-        let killed = match child.try_wait().expect("try_wait") {
-            Some(_) => false,
+        let spawned = Instant::now();
+        let ended = loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break Some(spawned.elapsed());
+            }
+            if spawned.elapsed() >= delay {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2).min(delay));
+        };
+        let killed = match ended {
+            Some(took) => {
+                pace = (pace * took.as_secs_f64() / remaining).clamp(0.05, 1.0);
+                false
+            }
             None => {
                 child.kill().expect("SIGKILL");
                 true

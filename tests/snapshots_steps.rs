@@ -25,7 +25,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use oneway::__test_support::store::{JournalEntry, Target};
+use oneway::__test_support::store::{JournalEntry, NativeStore, Target};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Value};
 

@@ -1,5 +1,5 @@
-//! The native store's own bookkeeping: the state row, the journal, the
-//! copy map, and the one-transaction-per-transition rule.
+//! The SQLite native store ([`Target`]): lnd's tables and oneway's
+//! bookkeeping in one file (`lnd.sqlite`), one transaction per write.
 //!
 //! The native SQLite file holds lnd's tables ([`crate::native`]) and four
 //! of oneway's:
@@ -27,14 +27,25 @@
 //! last batches, together with the cursor that points past them (they are
 //! one transaction), so a rerun copies them again. See `spec/state-machine.md`.
 
+mod batch;
+mod copy_map;
+mod effect;
+mod reads;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
 
 use crate::error::{Context, Error, Result, Role};
 use crate::fsm::{self, Event, State};
-use crate::lnd_schema::{self, Existing, LND_TABLES};
+use crate::lnd_schema::{self, Existing, Stage};
+use crate::native::NativeInvoice;
+use crate::reader::Prepared;
+use crate::store::{
+    now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
+    NativeStore, Persisted, SourceIdentity, FORMAT_VERSION,
+};
 
 /// Page size of a native store oneway creates, in bytes.
 pub const NATIVE_PAGE_SIZE: i64 = 16384;
@@ -43,9 +54,6 @@ pub const NATIVE_PAGE_SIZE: i64 = 16384;
 /// index pages of a big store, small enough for the memory bound
 /// (BENCHMARKS.md).
 pub const NATIVE_CACHE_KIB: i64 = 16384;
-
-/// Version of oneway's own tables; bumped on incompatible change.
-pub const FORMAT_VERSION: i64 = 2;
 
 /// oneway's own tables (see the module documentation).
 pub const ONEWAY_SCHEMA: &str = "
@@ -97,64 +105,6 @@ CREATE TABLE oneway_amp_staging (
 );
 CREATE INDEX oneway_amp_staging_invoice ON oneway_amp_staging(invoice_id);
 ";
-
-pub use crate::identity::SourceIdentity;
-
-/// The persisted state row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Persisted {
-    /// The machine's state.
-    pub state: State,
-    /// Where the source is and what it is.
-    pub identity: SourceIdentity,
-    /// Batch size the migration runs with.
-    pub batch_size: u64,
-    /// Last copied invoice number.
-    pub cursor: Option<u32>,
-    /// Invoices copied so far (rows in the copy map).
-    pub copied: u64,
-    /// Copy generation: 1, plus one for each re-sync after a source change.
-    pub pass: u64,
-    /// Invoices counted by the last successful verification.
-    pub verified_count: Option<u64>,
-    /// Source digest recorded at verification.
-    pub source_digest: Option<String>,
-    /// Target digest recorded at verification.
-    pub target_digest: Option<String>,
-    /// Time of the last change.
-    pub updated_at: String,
-}
-
-/// One journal row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JournalEntry {
-    /// Sequence number.
-    pub seq: i64,
-    /// When.
-    pub at: String,
-    /// `transition` or `security`.
-    pub kind: String,
-    /// State before.
-    pub from_state: Option<String>,
-    /// State after.
-    pub to_state: Option<String>,
-    /// The event or the security event's name.
-    pub event: Option<String>,
-    /// JSON details.
-    pub details: serde_json::Value,
-}
-
-/// Current UTC time, RFC 3339 with microseconds.
-pub fn now_text() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let t = crate::timefmt::sql_time(
-        i128::from(d.as_secs()) * 1_000_000_000 + i128::from(d.subsec_micros()) * 1000,
-    );
-    // "YYYY-MM-DD HH:MM:SS.ffffff+00:00" -> "YYYY-MM-DDTHH:MM:SS.ffffffZ"
-    t.replacen(' ', "T", 1).replace("+00:00", "Z")
-}
 
 /// A zero-byte file with no (or an empty) `-wal` file next to it.
 fn is_empty_file(path: &Path) -> bool {
@@ -218,6 +168,13 @@ impl Target {
         // Refuse a store oneway did not create before changing anything in
         // it (switching to WAL is a persistent change to the file).
         t.refuse_foreign()?;
+        t.configure()?;
+        Ok(Some(t))
+    }
+
+    /// The connection's settings for oneway's work (see each).
+    fn configure(&self) -> Result<()> {
+        let t = self;
         // 16 KiB pages for a new store (a no-op for an existing one: the
         // page size is fixed by the first write). Fewer, fuller b-tree pages
         // make the bulk copy, the index build and the read-back measurably
@@ -254,21 +211,24 @@ impl Target {
                 .pragma_update(None, "max_page_count", pages)
                 .map_err(|e| t.err("setting max_page_count", e))?;
         }
-        Ok(Some(t))
+        Ok(())
     }
 
-    /// The underlying connection (for the engine's batch work).
-    pub fn conn(&self) -> &Connection {
+    /// Creates the native store at `path` (which must not hold a store).
+    pub fn create(path: &Path) -> Result<Target> {
+        Target::open(path, true)?.ok_or_else(|| Error::Missing {
+            role: Role::Native,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The underlying connection (for the store's own modules).
+    fn conn(&self) -> &Connection {
         &self.conn
     }
 
-    /// The native store's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Wraps a SQLite error with this store's path and `action`.
-    pub fn err(&self, action: &str, e: rusqlite::Error) -> Error {
+    fn err(&self, action: &str, e: rusqlite::Error) -> Error {
         Error::sqlite(Role::Native, &self.path, action, e)
     }
 
@@ -309,11 +269,52 @@ impl Target {
         }
     }
 
+    fn set_sync(&self, full: bool) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
+            .map_err(|e| self.err("setting synchronous", e))
+    }
+
+    /// Every journal row, oldest first.
+    pub fn journal(&self) -> Result<Vec<JournalEntry>> {
+        if !self.has_state_table()? {
+            return Ok(Vec::new());
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, at, kind, from_state, to_state, event, details FROM oneway_journal ORDER BY seq")
+            .map_err(|e| self.err("reading the journal", e))?;
+        let rows = st
+            .query_map([], |r| {
+                let details: String = r.get(6)?;
+                Ok(JournalEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    from_state: r.get(3)?,
+                    to_state: r.get(4)?,
+                    event: r.get(5)?,
+                    details: serde_json::from_str(&details)
+                        .unwrap_or(serde_json::Value::String(details)),
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err("reading the journal", e))?;
+        Ok(rows)
+    }
+}
+
+impl NativeStore for Target {
+    /// The native store's path.
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Loads the state row; `None` means `Fresh` (no oneway tables yet).
     ///
     /// A store that has tables but no oneway state is refused unless it is
     /// an lnd database oneway may continue into (see `refuse_foreign`).
-    pub fn load(&self) -> Result<Option<Persisted>> {
+    fn load(&self) -> Result<Option<Persisted>> {
         if !self.has_state_table()? {
             self.refuse_foreign()?;
             return Ok(None);
@@ -381,28 +382,22 @@ impl Target {
         }))
     }
 
-    fn set_sync(&self, full: bool) -> Result<()> {
-        self.conn
-            .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
-            .map_err(|e| self.err("setting synchronous", e))
-    }
-
-    /// Performs one transition as one SQLite transaction: checks the
-    /// persisted state is still `from`, asks the pure machine for the next
-    /// state, runs `apply` (which may write anything else belonging to the
-    /// step), updates the state row and appends the journal row, and commits
-    /// with `synchronous=FULL`.
+    /// Performs one transition as one SQLite transaction: asks the pure
+    /// machine for the next state, checks the persisted state is still
+    /// `from`, runs `effect` (everything else belonging to the step),
+    /// updates the state row and appends the journal row, and commits with
+    /// `synchronous=FULL`.
     ///
-    /// `Begin` is special: it creates the schema and inserts the state row.
-    /// The failpoints `<name>.before_commit` and `<name>.after_commit`
-    /// bracket the commit.
-    pub fn transition(
+    /// `Begin` is special: its effect creates the schema and inserts the
+    /// state row. The failpoints `<failpoint>.before_commit` and
+    /// `<failpoint>.after_commit` bracket the commit.
+    fn transition(
         &mut self,
         from: State,
         event: Event,
         details: serde_json::Value,
         failpoint: &str,
-        apply: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<()>,
+        effect: Effect<'_>,
     ) -> Result<State> {
         let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
             state: from,
@@ -432,7 +427,7 @@ impl Target {
                 });
             }
         }
-        apply(&tx)?;
+        effect::apply(&effect, &tx, path)?;
         let now = now_text();
         tx.execute(
             "UPDATE oneway_state SET state = ?1, updated_at = ?2 WHERE singleton = 1",
@@ -458,48 +453,8 @@ impl Target {
         Ok(to)
     }
 
-    /// Creates lnd's schema, oneway's tables and the state row (in state
-    /// `Fresh`; [`Target::transition`] then moves it to `Migrating` in the
-    /// same transaction). For use inside the `Begin` transition's `apply`.
-    pub fn create_schema(
-        tx: &rusqlite::Transaction<'_>,
-        identity: &SourceIdentity,
-        batch_size: u64,
-        settle_sequence: u64,
-    ) -> rusqlite::Result<()> {
-        tx.execute_batch(LND_TABLES)?;
-        // Dirty until `Locked`: an lnd started on the store too early stops
-        // before touching it (see `lnd_schema`).
-        lnd_schema::set_schema_version(tx, true)?;
-        tx.execute_batch(ONEWAY_SCHEMA)?;
-        tx.execute(
-            "INSERT INTO oneway_state (singleton, state, format_version, source_identity, batch_size, updated_at)
-             VALUES (1, 'Fresh', ?1, ?2, ?3, ?4)",
-            params![
-                FORMAT_VERSION,
-                serde_json::to_string(identity).unwrap_or_default(),
-                batch_size as i64,
-                now_text()
-            ],
-        )?;
-        tx.execute(
-            "UPDATE invoice_sequences SET current_value = ?1 WHERE name = 'settle_index'",
-            [settle_sequence as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Opens a batch transaction (`synchronous=NORMAL`; see the module docs).
-    pub fn begin_batch(&mut self) -> Result<rusqlite::Transaction<'_>> {
-        self.set_sync(false)?;
-        let path = self.path.clone();
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx(Role::Native, &path, "starting a batch")
-    }
-
     /// Appends a security event to the journal (its own small transaction).
-    pub fn security_event(
+    fn security_event(
         &self,
         state: Option<State>,
         name: &str,
@@ -524,41 +479,81 @@ impl Target {
         Ok(())
     }
 
-    /// Every journal row, oldest first.
-    pub fn journal(&self) -> Result<Vec<JournalEntry>> {
-        if !self.has_state_table()? {
-            return Ok(Vec::new());
-        }
-        let mut st = self
-            .conn
-            .prepare("SELECT seq, at, kind, from_state, to_state, event, details FROM oneway_journal ORDER BY seq")
-            .map_err(|e| self.err("reading the journal", e))?;
-        let rows = st
-            .query_map([], |r| {
-                let details: String = r.get(6)?;
-                Ok(JournalEntry {
-                    seq: r.get(0)?,
-                    at: r.get(1)?,
-                    kind: r.get(2)?,
-                    from_state: r.get(3)?,
-                    to_state: r.get(4)?,
-                    event: r.get(5)?,
-                    details: serde_json::from_str(&details)
-                        .unwrap_or(serde_json::Value::String(details)),
-                })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err("reading the journal", e))?;
-        Ok(rows)
-    }
-
     /// Counts rows of a native table (for status and tests).
-    pub fn count(&self, table: &str) -> Result<u64> {
+    fn count(&self, table: &str) -> Result<u64> {
         self.conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)
             .map_err(|e| self.err("counting rows", e))
+    }
+
+    fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {
+        Target::write_batch(self, batch, kv)
+    }
+
+    fn remove_copies(&mut self, gone: &[u32]) -> Result<u64> {
+        Target::remove_copies(self, gone)
+    }
+
+    fn build_indexes(&mut self, cache_kib: i64, kv: &Path) -> Result<IndexBuild> {
+        Target::build_indexes(self, cache_kib, kv)
+    }
+
+    fn mark_checked(&mut self, after: Option<u32>, last: Option<u32>) -> Result<()> {
+        Target::mark_checked(self, after, last)
+    }
+
+    fn mark_equal(&mut self, equal: &[&Prepared]) -> Result<()> {
+        Target::mark_equal(self, equal)
+    }
+
+    fn copy_map(&self, lo: Option<u32>, hi: Option<u32>) -> Result<CopyMap> {
+        Target::copy_map(self, lo, hi)
+    }
+
+    fn copied_after(&self, after: Option<u32>, limit: usize) -> Result<Vec<u32>> {
+        Target::copied_after(self, after, limit)
+    }
+
+    fn any_copy_checked(&self) -> Result<bool> {
+        Target::any_copy_checked(self)
+    }
+
+    fn for_each_copy(&self, f: &mut CopyVisitor<'_>) -> Result<bool> {
+        Target::for_each_copy(self, f)
+    }
+
+    fn owned_child_rows(&self) -> Result<[(&'static str, u64); 5]> {
+        Target::owned_child_rows(self)
+    }
+
+    fn staged_amp_sets(&self) -> Result<u64> {
+        Target::staged_amp_sets(self)
+    }
+
+    fn highest_settle_index(&self) -> Result<u64> {
+        Target::highest_settle_index(self)
+    }
+
+    fn highest_add_index(&self) -> Result<u64> {
+        Target::highest_add_index(self)
+    }
+
+    fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>> {
+        Target::load_invoices(self, ids, staged)
+    }
+
+    fn contract(&self, stage: Stage, settle_index: u64) -> Result<Vec<String>> {
+        Target::contract(self, stage, settle_index)
+    }
+
+    fn indexes_built(&self) -> Result<bool> {
+        Target::indexes_built(self)
+    }
+
+    fn in_snapshot(&self, read: &mut dyn FnMut(&dyn NativeStore) -> Result<()>) -> Result<()> {
+        Target::in_snapshot(self, |t| read(t))
     }
 }

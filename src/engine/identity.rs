@@ -1,0 +1,67 @@
+//! Which KV store a native store belongs to: the identity recorded at
+//! `Begin` and its check at every later start (see [`crate::identity`]).
+
+use super::run::Run;
+use super::Options;
+use crate::error::{Error, Result};
+use crate::identity::{self, SourceIdentity};
+use crate::kv::{InvoiceBuckets, KvSource};
+use crate::store::Persisted;
+
+impl Run<'_> {
+    /// The identity of the source as it is now.
+    pub(super) fn identity(&mut self) -> Result<SourceIdentity> {
+        identity::current(
+            &self.kv,
+            self.buckets,
+            &self.opts().kv,
+            &self.opts().table_prefix,
+        )
+    }
+
+    /// See [`check_identity`].
+    pub(super) fn check_identity(&self, p: &Persisted) -> Result<()> {
+        check_identity(&self.kv, self.buckets, self.opts(), p)
+    }
+}
+
+/// Refuses a native store that was made from a different KV store, or from
+/// one this KV store cannot be shown to be ([`identity::check`]); the error
+/// carries the state and whether the KV store is tombstoned.
+pub(super) fn check_identity(
+    kv: &KvSource,
+    buckets: Option<InvoiceBuckets>,
+    opts: &Options,
+    p: &Persisted,
+) -> Result<()> {
+    let tombstone_present = || kv.tombstone_present().unwrap_or(false);
+    identity::check(
+        &p.identity,
+        kv,
+        buckets,
+        &opts.table_prefix,
+        &opts.kv,
+        &opts.sql,
+    )
+    .map_err(|e| match e {
+        Error::SourceMismatch {
+            native, kv, why, ..
+        } => Error::SourceMismatch {
+            native,
+            kv,
+            why,
+            at: Some(p.state),
+            tombstone_present: tombstone_present(),
+        },
+        Error::SourceUnproven {
+            native, kv, why, ..
+        } => Error::SourceUnproven {
+            native,
+            kv,
+            why,
+            at: Some(p.state),
+            tombstone_present: tombstone_present(),
+        },
+        other => other,
+    })
+}

@@ -1,0 +1,208 @@
+//! The migration engine: drives the state machine with real I/O.
+//!
+//! [`Migrator::run`] loops: load the persisted state, ask the machine for
+//! the step it calls for ([`crate::fsm::next_step`]), take it, persist the
+//! resulting transition, repeat until `Locked` (`run.rs`). The steps live
+//! one phase per module: `identity.rs` (which KV store this is), `copy.rs`
+//! (the bulk copy, the sweep, lnd's indexes), `verify.rs` and
+//! `catch_up.rs` (the comparisons), `seal.rs` (the tombstone and `Lock`),
+//! `guard.rs` (the backend guard and the refusals), `unfinished.rs`
+//! (`verify` on an unfinished migration). No SQL is written here: every
+//! read and write of the native store goes through [`crate::store`], and of
+//! the KV store through [`crate::kv`] and [`crate::reader`].
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result, Role};
+use crate::fsm::State;
+use crate::kv::KvSource;
+use crate::store;
+
+mod catch_up;
+mod copy;
+mod guard;
+mod identity;
+mod lock;
+mod progress;
+mod report;
+mod run;
+mod seal;
+mod unfinished;
+mod verify;
+
+pub use progress::{CancelHandle, NoProgress, Phase, Progress};
+pub use report::{Coverage, GuardOutcome, PhaseTimes, Report, Status, VerifyReport};
+
+use lock::RunLock;
+use run::{Native, Run};
+
+/// Default number of invoices per batch.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
+/// Where the stores are and how to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// lnd's KV store (e.g. `channel.sqlite`).
+    pub kv: PathBuf,
+    /// The native SQL store to create or continue.
+    pub sql: PathBuf,
+    /// Table prefix of the KV table (`channeldb` → `channeldb_kv`).
+    pub table_prefix: String,
+    /// Invoices per batch transaction.
+    pub batch_size: usize,
+}
+
+impl Options {
+    /// Options with lnd's prefix and the default batch size.
+    pub fn new(kv: impl Into<PathBuf>, sql: impl Into<PathBuf>) -> Options {
+        Options {
+            kv: kv.into(),
+            sql: sql.into(),
+            table_prefix: crate::kv::DEFAULT_PREFIX.to_string(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// The library entry point: a migration between one KV store and one native
+/// store.
+///
+/// ```
+/// use oneway::{fixture, Migrator, Options, State};
+///
+/// let dir = tempfile::tempdir()?;
+/// let kv = dir.path().join("channel.sqlite");
+/// let sql = dir.path().join("native.sqlite");
+/// fixture::write_fixture(&kv, &fixture::FixtureSpec { invoices: 50, ..Default::default() })?;
+///
+/// let migrator = Migrator::new(Options::new(&kv, &sql));
+/// let report = migrator.run()?;
+/// assert_eq!(report.state, State::Locked);
+/// assert_eq!(migrator.status()?.state, State::Locked);
+///
+/// // The KV backend is now refused, the SQL backend allowed.
+/// assert!(migrator.guard(oneway::Backend::Kv).is_err());
+/// assert!(migrator.guard(oneway::Backend::Sql).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Migrator {
+    opts: Options,
+    progress: Box<dyn Progress>,
+    cancel: CancelHandle,
+}
+
+impl Migrator {
+    /// A migrator that reports no progress.
+    pub fn new(opts: Options) -> Migrator {
+        Migrator {
+            opts,
+            progress: Box::new(NoProgress),
+            cancel: CancelHandle::default(),
+        }
+    }
+
+    /// A handle that stops this migrator's runs from any thread (see
+    /// [`CancelHandle`]).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Reports progress to `progress`.
+    pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Migrator {
+        self.progress = progress;
+        self
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn open_kv(&self) -> Result<KvSource> {
+        let kv = KvSource::open(&self.opts.kv, &self.opts.table_prefix)?;
+        if let (Ok(a), Ok(b)) = (self.opts.kv.canonicalize(), self.opts.sql.canonicalize()) {
+            if a == b {
+                return Err(Error::NotOnewayStore {
+                    path: self.opts.sql.clone(),
+                    why: "is the KV store itself: give the native store a path of its own".into(),
+                });
+            }
+        }
+        Ok(kv)
+    }
+
+    /// Runs (or resumes) the migration until it is `Locked`.
+    ///
+    /// Safe to call at every start-up: once `Locked` it changes nothing and
+    /// returns a report with `already_completed = true`.
+    ///
+    /// Returns [`Error::Cancelled`] once its [`CancelHandle`] is cancelled.
+    pub fn run(&self) -> Result<Report> {
+        self.cancel.check()?;
+        if self.opts.batch_size == 0 {
+            return Err(Error::ZeroBatchSize);
+        }
+        let kv = self.open_kv()?;
+        // Check the native path before the run lock creates `<sql>.lock`
+        // next to it: a wrong path must leave nothing behind.
+        if let Some(parent) = self.opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(Error::MissingFolder {
+                    role: Role::Native,
+                    path: parent.to_path_buf(),
+                });
+            }
+        }
+        if std::fs::metadata(&self.opts.sql).is_ok_and(|m| m.is_dir() || m.len() > 0) {
+            crate::kv::check_sqlite_file(Role::Native, &self.opts.sql)?;
+            // Also refuses a foreign store before any lock file exists.
+            store::open(&self.opts.sql, false)?;
+        }
+        let mut run = Run::new(self, kv, State::Fresh)?;
+        // Everything that can refuse this run is checked before the run
+        // lock exists, so a refused run leaves no `.lock` file behind; the
+        // same checks run again under the lock (`drive`).
+        let (native, tombstone) = run.preflight()?;
+        let state0 = native.state();
+        drop(native);
+        run.check_environment(state0, tombstone)?;
+        let _lock = RunLock::acquire(&self.opts.sql, state0, tombstone)?;
+        // A store left by an earlier version may be world-readable.
+        crate::files::narrow(&self.opts.sql)?;
+        run.drive()
+    }
+
+    /// Reports the persisted state and counts without changing anything.
+    pub fn status(&self) -> Result<Status> {
+        let kv = self.open_kv()?;
+        let buckets = kv.invoice_buckets()?;
+        let source_invoices = match &buckets {
+            Some(b) => kv.count_invoices(b)?,
+            None => 0,
+        };
+        let tombstone_present = kv.tombstone_present()?;
+        let (persisted, native_invoices, journal_entries) = match Native::open(&self.opts)? {
+            Native::Begun(t, p) => (Some(p), t.native_invoices()?, t.journal_len()?),
+            Native::NotBegun(_) => (None, 0, 0),
+        };
+        Ok(Status {
+            state: persisted.as_ref().map_or(State::Fresh, |p| p.state),
+            kv: self.opts.kv.clone(),
+            sql: self.opts.sql.clone(),
+            tombstone_present,
+            source_invoices,
+            copied: persisted.as_ref().map_or(0, |p| p.copied),
+            native_invoices,
+            cursor: persisted
+                .as_ref()
+                .and_then(|p| p.cursor)
+                .map(|c| format!("{c:08x}")),
+            pass: persisted.as_ref().map_or(0, |p| p.pass),
+            batch_size: persisted.as_ref().map(|p| p.batch_size),
+            verified_count: persisted.as_ref().and_then(|p| p.verified_count),
+            source_digest: persisted.as_ref().and_then(|p| p.source_digest.clone()),
+            journal_entries,
+            updated_at: persisted.as_ref().map(|p| p.updated_at.clone()),
+        })
+    }
+}
