@@ -189,16 +189,11 @@ pub struct Rec {
     pub len: usize,
 }
 
+/// The BigSize integer at `at` and its width, read with the library's codec:
+/// these offsets only aim the surgery, they check nothing themselves.
 fn bigsize(b: &[u8], at: usize) -> (u64, usize) {
-    match b[at] {
-        0xfd => (u64::from(u16::from_be_bytes([b[at + 1], b[at + 2]])), 3),
-        0xfe => (
-            u64::from(u32::from_be_bytes(b[at + 1..at + 5].try_into().unwrap())),
-            5,
-        ),
-        0xff => (u64::from_be_bytes(b[at + 1..at + 9].try_into().unwrap()), 9),
-        x => (u64::from(x), 1),
-    }
+    oneway::codec::bigsize::read(&b[at..])
+        .unwrap_or_else(|e| panic!("no BigSize at offset {at}: {e}"))
 }
 
 /// The records of the body stream of an invoice value.
