@@ -18,6 +18,7 @@
 //!   invoices, an open invoice settled later).
 //! * [`standin`]: a stand-in for a running lnd holding the KV store.
 //! * [`lnd`]: an emulation of lnd's start-up on a native database.
+//! * [`edge`]: the generator of the hand-made edge-case fixtures.
 #![allow(dead_code, unused_macros)]
 
 /// `insta::assert_snapshot!` into the repository's `snapshots/` folder, named
@@ -45,6 +46,7 @@ macro_rules! snapshot_json {
     };
 }
 
+pub mod edge;
 pub mod kv;
 pub mod lnd;
 pub mod native;
