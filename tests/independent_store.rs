@@ -17,12 +17,16 @@
 //!   `python3` is available) and checks that it reproduces the committed files
 //!   byte for byte, so the fixture cannot drift from its generator.
 //!
-//! This file deliberately uses only the `oneway` binary, never the library.
+//! This file deliberately uses only the `oneway` binary (through the tests'
+//! one harness, `tests/common`), never the library.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{pair_args, run};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags};
 use serde_json::{json, Map, Value};
@@ -319,21 +323,7 @@ fn migrates_independent_store() {
     let sql_path = tmp.path().join("native.sqlite");
     std::fs::copy(fixture_dir().join(STORE), &kv_path).expect("copy fixture store");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_oneway"))
-        .arg("migrate")
-        .arg("--kv")
-        .arg(&kv_path)
-        .arg("--sql")
-        .arg(&sql_path)
-        .output()
-        .expect("run oneway");
-    assert!(
-        out.status.success(),
-        "oneway migrate failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&pair_args("migrate", &kv_path, &sql_path, &[]), &[]).assert_ok("oneway migrate");
 
     let mut errs: Vec<String> = Vec::new();
     let native = open_ro(&sql_path);
