@@ -1,7 +1,7 @@
 //! End to end through the `oneway` binary: the acceptance flow, the guard,
 //! reruns, operator mistakes, logging, the demo, and the committed fixture
 //! stores under `fixtures/` (including the hand-made edge cases, whose
-//! generator lives at the bottom of this file).
+//! generator is `tests/common/edge.rs`).
 //!
 //! Expected numbers are computed here, independently of the engine, by
 //! reading `channeldb_kv` with plain SQL and decoding it with
@@ -16,11 +16,11 @@ use std::path::Path;
 use oneway::codec;
 use oneway::model::{Htlc, Invoice};
 use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use common::{edge, fixture_path, journal, run, Out, Pair};
+use common::{edge, fixture_path, journal, open_ro, run, Out, Pair};
 
 /// `oneway args…` with a clean environment.
 fn oneway(args: &[&str]) -> Out {
@@ -70,13 +70,9 @@ fn strip_ansi(s: &str) -> String {
 // Reading the stores with plain SQL
 // ---------------------------------------------------------------------------
 
-fn ro(path: &Path) -> Connection {
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
-}
-
 /// Every row of `channeldb_kv`, in id order, as SQLite holds it.
 fn kv_rows(kv: &Path) -> Vec<Vec<SqlValue>> {
-    let c = ro(kv);
+    let c = open_ro(kv);
     let mut st = c
         .prepare("SELECT id, key, value, parent_id, sequence, typeof(key), typeof(value) FROM channeldb_kv ORDER BY id")
         .unwrap();
@@ -155,7 +151,7 @@ fn sub_bucket(c: &Connection, parent: i64, name: &str) -> Option<i64> {
 
 /// The tombstone row: (row id, parent id, value, storage class of value).
 fn tombstone_row(kv: &Path) -> Option<(i64, i64, Vec<u8>, String)> {
-    let c = ro(kv);
+    let c = open_ro(kv);
     let inv = top_bucket(&c, "invoices")?;
     c.query_row(
         "SELECT id, parent_id, value, typeof(value) FROM channeldb_kv WHERE parent_id = ?1 AND key = ?2",
@@ -183,7 +179,7 @@ fn assert_only_tombstone_added(before: &[Vec<SqlValue>], kv: &Path) -> i64 {
         .filter(|r| r[0] != SqlValue::Integer(tid))
         .collect();
     let before: Vec<&Vec<SqlValue>> = before.iter().collect();
-    if top_bucket(&ro(kv), "invoices") == Some(parent)
+    if top_bucket(&open_ro(kv), "invoices") == Some(parent)
         && before.iter().any(|r| r[0] == SqlValue::Integer(parent))
     {
         assert_eq!(
@@ -233,7 +229,7 @@ struct KvInvoice {
 /// Decodes every invoice of the KV store, and the `paymenthashes` index
 /// (invoice number → hashes pointing to it).
 fn read_kv_invoices(kv: &Path) -> (Vec<KvInvoice>, HashMap<u32, Vec<Vec<u8>>>) {
-    let c = ro(kv);
+    let c = open_ro(kv);
     let Some(inv_bucket) = top_bucket(&c, "invoices") else {
         return (Vec::new(), HashMap::new());
     };
@@ -396,7 +392,7 @@ fn bytes_of(v: ValueRef<'_>) -> Option<Vec<u8>> {
 }
 
 fn native_rows(sql: &Path) -> Vec<InvoiceRow> {
-    let c = ro(sql);
+    let c = open_ro(sql);
     let mut st = c
         .prepare(
             "SELECT id, hash, preimage, settle_index, memo, amount_msat, cltv_delta, expiry, payment_addr,
@@ -441,7 +437,7 @@ fn native_rows(sql: &Path) -> Vec<InvoiceRow> {
 }
 
 fn count(sql: &Path, table: &str) -> i64 {
-    ro(sql)
+    open_ro(sql)
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .unwrap()
 }
@@ -507,7 +503,7 @@ fn assert_native_matches_kv(kv: &Path, sql: &Path) -> Vec<InvoiceRow> {
 
 /// The whole native store's content: schema and every row of every table.
 fn native_content(sql: &Path) -> BTreeMap<String, Vec<Vec<SqlValue>>> {
-    let c = ro(sql);
+    let c = open_ro(sql);
     let tables: Vec<(String, Option<String>)> = c
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -644,7 +640,7 @@ fn acceptance_flow_5000_invoices() {
     );
     assert_eq!(v["source_digest"], s["source_digest"]);
     assert_native_matches_kv(&p.kv, &p.sql);
-    let settle_seq: i64 = ro(&p.sql)
+    let settle_seq: i64 = open_ro(&p.sql)
         .query_row(
             "SELECT current_value FROM invoice_sequences WHERE name = 'settle_index'",
             [],
@@ -656,7 +652,7 @@ fn acceptance_flow_5000_invoices() {
         settle_seq >= max_settle,
         "settle_index sequence {settle_seq} < max settle index {max_settle}"
     );
-    let tracker: i64 = ro(&p.sql)
+    let tracker: i64 = open_ro(&p.sql)
         .query_row(
             "SELECT count(*) FROM migration_tracker WHERE version = 7",
             [],
@@ -956,7 +952,7 @@ fn foreign_native_store_is_refused_and_its_rows_kept() {
         err.contains(p.sql()) && err.contains("oneway did not create"),
         "{err}"
     );
-    let rows: Vec<(i64, String)> = ro(&p.sql)
+    let rows: Vec<(i64, String)> = open_ro(&p.sql)
         .prepare("SELECT id, memo FROM invoices")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -964,7 +960,7 @@ fn foreign_native_store_is_refused_and_its_rows_kept() {
         .collect::<rusqlite::Result<_>>()
         .unwrap();
     assert_eq!(rows, [(7, "not ours".to_string())]);
-    let tables: i64 = ro(&p.sql)
+    let tables: i64 = open_ro(&p.sql)
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE name LIKE 'oneway%'",
             [],
@@ -1014,7 +1010,7 @@ fn unknown_subcommand_and_missing_arguments_are_usage_errors() {
 fn the_native_store_is_created_in_wal_mode_with_16k_pages() {
     let p = Pair::from_fixture("lnd-tiny.sqlite");
     p.run("migrate", &[]).assert_code(0, "oneway migrate");
-    let c = ro(&p.sql);
+    let c = open_ro(&p.sql);
     let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -1319,7 +1315,7 @@ fn committed_edge_fixtures_match_their_generator() {
 fn edge_old_invoice_migrates_with_zero_values_for_missing_records() {
     let p = Pair::from_fixture("edge-old-invoice.sqlite");
     // The fixture really lacks records 10-15 in its old invoices.
-    let c = ro(&p.kv);
+    let c = open_ro(&p.kv);
     let inv_bucket = top_bucket(&c, "invoices").unwrap();
     for num in [1u32, 2] {
         let value: Vec<u8> = c
@@ -1365,7 +1361,7 @@ fn edge_old_invoice_migrates_with_zero_values_for_missing_records() {
         (native[0].htlcs, native[1].htlcs, native[1].custom_records),
         (0, 1, 1)
     );
-    let c = ro(&p.sql);
+    let c = open_ro(&p.sql);
     let htlc: (String, i64, i64, Vec<u8>) = c
         .query_row(
             "SELECT h.chan_id, h.state, c.key, c.value FROM invoice_htlcs h
@@ -1405,7 +1401,7 @@ fn edge_legacy_amp_groups_inline_htlcs_by_set_id() {
     assert_only_tombstone_added(&before, &p.kv);
     assert_native_matches_kv(&p.kv, &p.sql);
 
-    let c = ro(&p.sql);
+    let c = open_ro(&p.sql);
     let sets: Vec<AmpSubInvoice> = c
         .prepare("SELECT invoice_id, set_id, state, created_at, settled_at, settle_index FROM amp_sub_invoices ORDER BY invoice_id, set_id")
         .unwrap()
@@ -1466,7 +1462,7 @@ fn edge_legacy_amp_groups_inline_htlcs_by_set_id() {
 fn edge_empty_node_locks_with_zero_invoices_and_creates_the_bucket() {
     let p = Pair::from_fixture("edge-empty-node.sqlite");
     let before = kv_rows(&p.kv);
-    assert!(top_bucket(&ro(&p.kv), "invoices").is_none());
+    assert!(top_bucket(&open_ro(&p.kv), "invoices").is_none());
     assert!(before.len() > 5, "the empty node still has other buckets");
     let o = p.run("migrate", &[]);
     o.assert_code(0, "oneway migrate");
