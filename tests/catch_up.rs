@@ -7,16 +7,8 @@
 #[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
 use oneway::__test_support::reader::Decoder;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 /// The walk's digest of each invoice is the reader's copy digest, for every
 /// invoice kind the committed stores hold (hodl invoices without a preimage
@@ -32,7 +24,7 @@ fn the_walk_digests_every_invoice_as_the_reader_does() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let kv = dir.path().join("kv.sqlite");
-        copy_store(&fixture(name), &kv);
+        copy_store(&fixture_path(name), &kv);
         let mut d = Decoder::open(&kv, "channeldb").unwrap();
         let buckets = d.kv().invoice_buckets().unwrap().expect("invoices bucket");
         d.begin_read().unwrap();

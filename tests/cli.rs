@@ -1,7 +1,7 @@
 //! End to end through the `oneway` binary: the acceptance flow, the guard,
 //! reruns, operator mistakes, logging, the demo, and the committed fixture
 //! stores under `fixtures/` (including the hand-made edge cases, whose
-//! generator lives at the bottom of this file).
+//! generator is `tests/common/edge.rs`).
 //!
 //! Expected numbers are computed here, independently of the engine, by
 //! reading `channeldb_kv` with plain SQL and decoding it with
@@ -11,140 +11,42 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-use oneway::codec::{self, Place};
-use oneway::model::{self, GoTime, Htlc, HtlcAmp, Invoice};
+use oneway::codec;
+use oneway::model::{Htlc, Invoice};
 use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use common::journal;
+use common::{edge, fixture_path, journal, open_ro, run, Out, Pair};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oneway");
-
-// ---------------------------------------------------------------------------
-// Running the binary
-// ---------------------------------------------------------------------------
-
-fn oneway_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("ONEWAY_FAILPOINT")
-        .env_remove("ONEWAY_MAX_PAGE_COUNT");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running oneway")
+/// `oneway args…` with a clean environment.
+fn oneway(args: &[&str]) -> Out {
+    run(args, &[])
 }
 
-fn oneway(args: &[&str]) -> Output {
-    oneway_env(args, &[])
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
+/// Asserts nothing but the KV store (and what the test put there) is in the
+/// pair's folder.
 #[track_caller]
-fn assert_exit(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "expected exit {code}; status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
+fn assert_nothing_created(p: &Pair) {
+    assert!(!p.sql.exists(), "the native store {} was created", p.sql());
+    assert!(
+        !p.lock().exists(),
+        "the run lock {} was created",
+        p.lock().display()
     );
-}
-
-/// A temporary folder with a KV store path and a native store path in it.
-struct Pair {
-    dir: tempfile::TempDir,
-    kv: PathBuf,
-    sql: PathBuf,
-}
-
-impl Pair {
-    fn empty() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = dir.path().join("channel.sqlite");
-        let sql = dir.path().join("native.sqlite");
-        Pair { dir, kv, sql }
-    }
-
-    /// A copy of a committed fixture as the KV store.
-    fn from_fixture(name: &str) -> Pair {
-        let p = Pair::empty();
-        std::fs::copy(fixture_path(name), &p.kv).unwrap();
-        p
-    }
-
-    fn kv(&self) -> &str {
-        self.kv.to_str().unwrap()
-    }
-
-    fn sql(&self) -> &str {
-        self.sql.to_str().unwrap()
-    }
-
-    fn lock(&self) -> PathBuf {
-        PathBuf::from(format!("{}.lock", self.sql()))
-    }
-
-    fn run(&self, cmd: &str, extra: &[&str]) -> Output {
-        self.run_env(cmd, extra, &[])
-    }
-
-    fn run_env(&self, cmd: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut args = vec![cmd, "--kv", self.kv(), "--sql", self.sql()];
-        args.extend_from_slice(extra);
-        oneway_env(&args, env)
-    }
-
-    fn status(&self) -> Value {
-        let o = self.run("status", &["--json"]);
-        assert_exit(&o, 0);
-        serde_json::from_slice(&o.stdout).expect("status --json prints JSON")
-    }
-
-    /// Nothing but the KV store (and what the test put there) is in the folder.
-    #[track_caller]
-    fn assert_nothing_created(&self) {
-        assert!(
-            !self.sql.exists(),
-            "the native store {} was created",
-            self.sql()
-        );
-        assert!(
-            !self.lock().exists(),
-            "the run lock {} was created",
-            self.lock().display()
-        );
-        let names: BTreeSet<String> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            names
-                .iter()
-                .all(|n| n == "channel.sqlite" || n == "notes.txt" || n == "a-directory"),
-            "unexpected files: {names:?}"
-        );
-    }
-}
-
-fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    let names: BTreeSet<String> = std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "channel.sqlite" || n == "notes.txt" || n == "a-directory"),
+        "unexpected files: {names:?}"
+    );
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -168,13 +70,9 @@ fn strip_ansi(s: &str) -> String {
 // Reading the stores with plain SQL
 // ---------------------------------------------------------------------------
 
-fn ro(path: &Path) -> Connection {
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
-}
-
 /// Every row of `channeldb_kv`, in id order, as SQLite holds it.
 fn kv_rows(kv: &Path) -> Vec<Vec<SqlValue>> {
-    let c = ro(kv);
+    let c = open_ro(kv);
     let mut st = c
         .prepare("SELECT id, key, value, parent_id, sequence, typeof(key), typeof(value) FROM channeldb_kv ORDER BY id")
         .unwrap();
@@ -253,7 +151,7 @@ fn sub_bucket(c: &Connection, parent: i64, name: &str) -> Option<i64> {
 
 /// The tombstone row: (row id, parent id, value, storage class of value).
 fn tombstone_row(kv: &Path) -> Option<(i64, i64, Vec<u8>, String)> {
-    let c = ro(kv);
+    let c = open_ro(kv);
     let inv = top_bucket(&c, "invoices")?;
     c.query_row(
         "SELECT id, parent_id, value, typeof(value) FROM channeldb_kv WHERE parent_id = ?1 AND key = ?2",
@@ -281,7 +179,7 @@ fn assert_only_tombstone_added(before: &[Vec<SqlValue>], kv: &Path) -> i64 {
         .filter(|r| r[0] != SqlValue::Integer(tid))
         .collect();
     let before: Vec<&Vec<SqlValue>> = before.iter().collect();
-    if top_bucket(&ro(kv), "invoices") == Some(parent)
+    if top_bucket(&open_ro(kv), "invoices") == Some(parent)
         && before.iter().any(|r| r[0] == SqlValue::Integer(parent))
     {
         assert_eq!(
@@ -331,7 +229,7 @@ struct KvInvoice {
 /// Decodes every invoice of the KV store, and the `paymenthashes` index
 /// (invoice number → hashes pointing to it).
 fn read_kv_invoices(kv: &Path) -> (Vec<KvInvoice>, HashMap<u32, Vec<Vec<u8>>>) {
-    let c = ro(kv);
+    let c = open_ro(kv);
     let Some(inv_bucket) = top_bucket(&c, "invoices") else {
         return (Vec::new(), HashMap::new());
     };
@@ -494,7 +392,7 @@ fn bytes_of(v: ValueRef<'_>) -> Option<Vec<u8>> {
 }
 
 fn native_rows(sql: &Path) -> Vec<InvoiceRow> {
-    let c = ro(sql);
+    let c = open_ro(sql);
     let mut st = c
         .prepare(
             "SELECT id, hash, preimage, settle_index, memo, amount_msat, cltv_delta, expiry, payment_addr,
@@ -539,7 +437,7 @@ fn native_rows(sql: &Path) -> Vec<InvoiceRow> {
 }
 
 fn count(sql: &Path, table: &str) -> i64 {
-    ro(sql)
+    open_ro(sql)
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .unwrap()
 }
@@ -605,7 +503,7 @@ fn assert_native_matches_kv(kv: &Path, sql: &Path) -> Vec<InvoiceRow> {
 
 /// The whole native store's content: schema and every row of every table.
 fn native_content(sql: &Path) -> BTreeMap<String, Vec<Vec<SqlValue>>> {
-    let c = ro(sql);
+    let c = open_ro(sql);
     let tables: Vec<(String, Option<String>)> = c
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -678,8 +576,8 @@ fn acceptance_flow_5000_invoices() {
         "--seed",
         "1",
     ]);
-    assert_exit(&o, 0);
-    let summary: Value = serde_json::from_slice(&o.stdout).expect("fixture prints a JSON summary");
+    o.assert_code(0, "oneway fixture");
+    let summary: Value = serde_json::from_str(&o.stdout).expect("fixture prints a JSON summary");
     assert_eq!(summary["invoices"], 5000);
     let kv_before = kv_rows(&p.kv);
 
@@ -702,18 +600,13 @@ fn acceptance_flow_5000_invoices() {
 
     // oneway migrate --kv k --sql n: quiet by default.
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway migrate");
     assert_eq!(
-        stderr(&o),
-        "",
+        o.stderr, "",
         "a successful migrate writes nothing to stderr without RUST_LOG"
     );
-    assert!(
-        stdout(&o).contains("migrated 5000 invoices"),
-        "{}",
-        stdout(&o)
-    );
-    assert!(stdout(&o).contains("state Locked"), "{}", stdout(&o));
+    assert!(o.stdout.contains("migrated 5000 invoices"), "{}", o.stdout);
+    assert!(o.stdout.contains("state Locked"), "{}", o.stdout);
 
     // oneway status --json
     let s = p.status();
@@ -727,15 +620,16 @@ fn acceptance_flow_5000_invoices() {
 
     // Every invoice equal: the engine's own check, then ours.
     let o = p.run("verify", &[]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway verify");
     assert!(
-        stdout(&o).contains("verified 5000 invoices: 0 mismatching fields, 0 changed"),
+        o.stdout
+            .contains("verified 5000 invoices: 0 mismatching fields, 0 changed"),
         "{}",
-        stdout(&o)
+        o.stdout
     );
     let o = p.run("verify", &["--json"]);
-    assert_exit(&o, 0);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    o.assert_code(0, "oneway verify");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(
         (
             v["invoices"].as_u64(),
@@ -746,7 +640,7 @@ fn acceptance_flow_5000_invoices() {
     );
     assert_eq!(v["source_digest"], s["source_digest"]);
     assert_native_matches_kv(&p.kv, &p.sql);
-    let settle_seq: i64 = ro(&p.sql)
+    let settle_seq: i64 = open_ro(&p.sql)
         .query_row(
             "SELECT current_value FROM invoice_sequences WHERE name = 'settle_index'",
             [],
@@ -758,7 +652,7 @@ fn acceptance_flow_5000_invoices() {
         settle_seq >= max_settle,
         "settle_index sequence {settle_seq} < max settle index {max_settle}"
     );
-    let tracker: i64 = ro(&p.sql)
+    let tracker: i64 = open_ro(&p.sql)
         .query_row(
             "SELECT count(*) FROM migration_tracker WHERE version = 7",
             [],
@@ -777,8 +671,8 @@ fn acceptance_flow_5000_invoices() {
     // guard --backend kv: refused, exit 3, journaled as a security event.
     let before = journal(&p.sql).len();
     let o = p.run("guard", &["--backend", "kv"]);
-    assert_exit(&o, 3);
-    let err = stderr(&o);
+    o.assert_code(3, "oneway guard");
+    let err = &o.stderr;
     assert!(err.contains("invoice migration already completed"), "{err}");
     assert!(err.contains("tombstoned"), "{err}");
     let j = journal(&p.sql);
@@ -796,8 +690,8 @@ fn acceptance_flow_5000_invoices() {
 
     // guard --json on a refusal prints the refusal as JSON.
     let o = p.run("guard", &["--backend", "kv", "--json"]);
-    assert_exit(&o, 3);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    o.assert_code(3, "oneway guard");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["exit_code"], 3);
     assert_eq!(v["allowed"], false);
     assert_eq!(v["reason"], "kv_tombstoned");
@@ -808,15 +702,15 @@ fn acceptance_flow_5000_invoices() {
     // guard --backend sql: allowed, and journals nothing.
     let before = journal(&p.sql).len();
     let o = p.run("guard", &["--backend", "sql"]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway guard");
     assert!(
-        stdout(&o).contains("backend sql allowed (state Locked)"),
+        o.stdout.contains("backend sql allowed (state Locked)"),
         "{}",
-        stdout(&o)
+        o.stdout
     );
     let o = p.run("guard", &["--backend", "sql", "--json"]);
-    assert_exit(&o, 0);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    o.assert_code(0, "oneway guard");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(
         (v["allowed"].as_bool(), v["state"].as_str()),
         (Some(true), Some("Locked"))
@@ -828,16 +722,16 @@ fn acceptance_flow_5000_invoices() {
     let native_before = native_content(&p.sql);
     let kv_bytes = std::fs::read(&p.kv).unwrap();
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway migrate");
     assert!(
-        stdout(&o).contains("invoice migration already completed"),
+        o.stdout.contains("invoice migration already completed"),
         "{}",
-        stdout(&o)
+        o.stdout
     );
-    assert!(stdout(&o).contains("5000 invoices"), "{}", stdout(&o));
-    assert_eq!(stderr(&o), "");
-    assert_exit(&p.run("status", &[]), 0);
-    assert_exit(&p.run("verify", &[]), 0);
+    assert!(o.stdout.contains("5000 invoices"), "{}", o.stdout);
+    assert_eq!(o.stderr, "");
+    p.run("status", &[]).assert_code(0, "oneway status");
+    p.run("verify", &[]).assert_code(0, "oneway verify");
     let native_after = native_content(&p.sql);
     let changed: Vec<&String> = native_after
         .keys()
@@ -866,18 +760,18 @@ fn guard_before_locked_refuses_sql_naming_state_and_migrate() {
 
     // No native store yet: KV allowed, SQL refused, and the guard creates nothing.
     let o = p.run("guard", &["--backend", "kv"]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway guard");
     assert!(
-        stdout(&o).contains("backend kv allowed (state none)"),
+        o.stdout.contains("backend kv allowed (state none)"),
         "{}",
-        stdout(&o)
+        o.stdout
     );
     let o = p.run("guard", &["--backend", "sql"]);
-    assert_exit(&o, 3);
-    let err = stderr(&o);
+    o.assert_code(3, "oneway guard");
+    let err = &o.stderr;
     assert!(err.contains("state none (no native store)"), "{err}");
     assert!(err.contains("`oneway migrate`"), "{err}");
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
 
     // Stopped in Migrating (after the first batch).
     let o = p.run_env(
@@ -885,10 +779,10 @@ fn guard_before_locked_refuses_sql_naming_state_and_migrate() {
         &["--batch-size", "5"],
         &[("ONEWAY_FAILPOINT", "batch.after_commit")],
     );
-    assert_eq!(o.status.code(), None, "the failpoint aborts the process");
+    assert_eq!(o.code, None, "the failpoint aborts the process");
     let o = p.run("guard", &["--backend", "sql"]);
-    assert_exit(&o, 3);
-    let err = stderr(&o);
+    o.assert_code(3, "oneway guard");
+    let err = &o.stderr;
     assert!(err.contains("state Migrating"), "{err}");
     assert!(err.contains("`oneway migrate`"), "{err}");
     let j = journal(&p.sql);
@@ -900,8 +794,8 @@ fn guard_before_locked_refuses_sql_naming_state_and_migrate() {
     assert_eq!(last.details["reason"], "SqlNotReady");
     assert_eq!(last.details["backend"], "sql");
     let o = p.run("guard", &["--backend", "kv"]);
-    assert_exit(&o, 0);
-    assert!(stdout(&o).contains("state Migrating"), "{}", stdout(&o));
+    o.assert_code(0, "oneway guard");
+    assert!(o.stdout.contains("state Migrating"), "{}", o.stdout);
 
     // Stopped right after the tombstone's KV commit, before Tombstoned is
     // recorded: neither backend may be used.
@@ -910,23 +804,25 @@ fn guard_before_locked_refuses_sql_naming_state_and_migrate() {
         &[],
         &[("ONEWAY_FAILPOINT", "tombstone.after_commit")],
     );
-    assert_eq!(o.status.code(), None, "the failpoint aborts the process");
+    assert_eq!(o.code, None, "the failpoint aborts the process");
     assert!(tombstone_row(&p.kv).is_some());
     assert_eq!(p.status()["state"], "Verified");
     let o = p.run("guard", &["--backend", "sql"]);
-    assert_exit(&o, 3);
-    assert!(stderr(&o).contains("state Verified"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("`oneway migrate`"), "{}", stderr(&o));
+    o.assert_code(3, "oneway guard");
+    assert!(o.stderr.contains("state Verified"), "{}", o.stderr);
+    assert!(o.stderr.contains("`oneway migrate`"), "{}", o.stderr);
     let o = p.run("guard", &["--backend", "kv"]);
-    assert_exit(&o, 3);
-    assert!(stderr(&o).contains("tombstone"), "{}", stderr(&o));
+    o.assert_code(3, "oneway guard");
+    assert!(o.stderr.contains("tombstone"), "{}", o.stderr);
 
     // Finishing the migration flips both answers; the security rows are
     // journaled but never counted as transitions.
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 0);
-    assert_exit(&p.run("guard", &["--backend", "sql"]), 0);
-    assert_exit(&p.run("guard", &["--backend", "kv"]), 3);
+    o.assert_code(0, "oneway migrate");
+    p.run("guard", &["--backend", "sql"])
+        .assert_code(0, "oneway guard");
+    p.run("guard", &["--backend", "kv"])
+        .assert_code(3, "oneway guard");
     assert_eq!(transitions(&p.sql), HAPPY_PATH);
     assert_native_matches_kv(&p.kv, &p.sql);
 }
@@ -936,17 +832,17 @@ fn tombstoned_kv_without_native_store_is_refused() {
     // The native store was lost after the migration: migrate must not start
     // a fresh copy from the sealed KV store, and the guard refuses both.
     let p = Pair::from_fixture("lnd-tiny.sqlite");
-    assert_exit(&p.run("migrate", &[]), 0);
+    p.run("migrate", &[]).assert_code(0, "oneway migrate");
     std::fs::remove_file(&p.sql).unwrap();
     for ext in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", p.sql()));
     }
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 3);
+    o.assert_code(3, "oneway migrate");
     assert!(
-        stderr(&o).contains("restore the native store from backup"),
+        o.stderr.contains("restore the native store from backup"),
         "{}",
-        stderr(&o)
+        o.stderr
     );
     assert!(
         !p.sql.exists(),
@@ -954,11 +850,11 @@ fn tombstoned_kv_without_native_store_is_refused() {
     );
     for backend in ["kv", "sql"] {
         let o = p.run("guard", &["--backend", backend]);
-        assert_exit(&o, 3);
+        o.assert_code(3, "oneway guard");
         assert!(
-            stderr(&o).contains("restore the native store from backup"),
+            o.stderr.contains("restore the native store from backup"),
             "{}",
-            stderr(&o)
+            o.stderr
         );
     }
 }
@@ -972,16 +868,16 @@ fn missing_kv_path_is_named_and_nothing_created() {
     let p = Pair::empty();
     for cmd in ["migrate", "status", "verify"] {
         let o = p.run(cmd, &[]);
-        assert_exit(&o, 1);
-        let err = stderr(&o);
+        o.assert_code(1, "oneway guard");
+        let err = &o.stderr;
         assert!(err.contains(p.kv()), "{cmd}: {err}");
         assert!(err.contains("does not exist"), "{cmd}: {err}");
     }
     let o = p.run("guard", &["--backend", "kv"]);
-    assert_exit(&o, 1);
-    assert!(stderr(&o).contains(p.kv()), "{}", stderr(&o));
+    o.assert_code(1, "oneway guard");
+    assert!(o.stderr.contains(p.kv()), "{}", o.stderr);
     assert!(!p.kv.exists(), "the KV store was created");
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
 }
 
 #[test]
@@ -989,15 +885,15 @@ fn text_file_as_kv_is_not_a_sqlite_database() {
     let p = Pair::empty();
     std::fs::write(&p.kv, "this is lnd.conf, not a database\n").unwrap();
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 1);
-    let err = stderr(&o);
+    o.assert_code(1, "oneway migrate");
+    let err = &o.stderr;
     assert!(err.contains("not a SQLite database"), "{err}");
     assert!(err.contains(p.kv()), "{err}");
     assert_eq!(
         std::fs::read_to_string(&p.kv).unwrap(),
         "this is lnd.conf, not a database\n"
     );
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
 }
 
 #[test]
@@ -1006,38 +902,38 @@ fn directory_as_kv_is_refused() {
     let dir = p.dir.path().join("a-directory");
     std::fs::create_dir(&dir).unwrap();
     let o = oneway(&["migrate", "--kv", dir.to_str().unwrap(), "--sql", p.sql()]);
-    assert_exit(&o, 1);
-    let err = stderr(&o);
+    o.assert_code(1, "oneway migrate");
+    let err = &o.stderr;
     assert!(err.contains(dir.to_str().unwrap()), "{err}");
     assert!(
         err.contains("not a SQLite database") && err.contains("directory"),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
 }
 
 #[test]
 fn wrong_table_prefix_names_the_table() {
     let p = Pair::from_fixture("lnd-tiny.sqlite");
     let o = p.run("migrate", &["--table-prefix", "lnd"]);
-    assert_exit(&o, 1);
-    let err = stderr(&o);
+    o.assert_code(1, "oneway migrate");
+    let err = &o.stderr;
     assert!(err.contains("lnd_kv"), "{err}");
     assert!(
         err.contains("channeldb_kv"),
         "the message lists the tables present: {err}"
     );
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
 
     let o = p.run("migrate", &["--table-prefix", "Channel-DB"]);
-    assert_exit(&o, 1);
+    o.assert_code(1, "oneway migrate");
     assert!(
-        stderr(&o).contains("table prefix \"Channel-DB\" is invalid"),
+        o.stderr.contains("table prefix \"Channel-DB\" is invalid"),
         "{}",
-        stderr(&o)
+        o.stderr
     );
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
 }
 
 #[test]
@@ -1050,13 +946,13 @@ fn foreign_native_store_is_refused_and_its_rows_kept() {
     }
     let before = kv_rows(&p.kv);
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 1);
-    let err = stderr(&o);
+    o.assert_code(1, "oneway migrate");
+    let err = &o.stderr;
     assert!(
         err.contains(p.sql()) && err.contains("oneway did not create"),
         "{err}"
     );
-    let rows: Vec<(i64, String)> = ro(&p.sql)
+    let rows: Vec<(i64, String)> = open_ro(&p.sql)
         .prepare("SELECT id, memo FROM invoices")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1064,7 +960,7 @@ fn foreign_native_store_is_refused_and_its_rows_kept() {
         .collect::<rusqlite::Result<_>>()
         .unwrap();
     assert_eq!(rows, [(7, "not ours".to_string())]);
-    let tables: i64 = ro(&p.sql)
+    let tables: i64 = open_ro(&p.sql)
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE name LIKE 'oneway%'",
             [],
@@ -1073,37 +969,37 @@ fn foreign_native_store_is_refused_and_its_rows_kept() {
         .unwrap();
     assert_eq!(tables, 0, "oneway tables were added to a foreign store");
     assert_eq!(kv_rows(&p.kv), before);
-    assert_exit(&p.run("guard", &["--backend", "sql"]), 1);
+    p.run("guard", &["--backend", "sql"])
+        .assert_code(1, "oneway guard");
 }
 
 #[test]
 fn batch_size_zero_is_rejected() {
     let p = Pair::from_fixture("lnd-tiny.sqlite");
     let o = p.run("migrate", &["--batch-size", "0"]);
-    assert_ne!(o.status.code(), Some(0));
-    assert!(o.status.code().is_some(), "a clean exit, not a crash");
-    assert_exit(&o, 2);
+    assert_ne!(o.code, Some(0));
+    assert!(o.code.is_some(), "a clean exit, not a crash");
+    o.assert_code(2, "oneway migrate");
     assert!(
-        stderr(&o).contains("batch size must be at least 1"),
+        o.stderr.contains("batch size must be at least 1"),
         "{}",
-        stderr(&o)
+        o.stderr
     );
-    p.assert_nothing_created();
-    assert_exit(&p.run("migrate", &["--batch-size", "not-a-number"]), 2);
-    p.assert_nothing_created();
+    assert_nothing_created(&p);
+    p.run("migrate", &["--batch-size", "not-a-number"])
+        .assert_code(2, "oneway migrate");
+    assert_nothing_created(&p);
 }
 
 #[test]
 fn unknown_subcommand_and_missing_arguments_are_usage_errors() {
-    assert_exit(&oneway(&["migrate-all"]), 2);
-    assert_exit(&oneway(&["migrate", "--sql", "x.sqlite"]), 2);
-    assert_exit(
-        &oneway(&["guard", "--kv", "a", "--sql", "b", "--backend", "postgres"]),
-        2,
-    );
+    oneway(&["migrate-all"]).assert_code(2, "oneway migrate-all");
+    oneway(&["migrate", "--sql", "x.sqlite"]).assert_code(2, "oneway migrate");
+    oneway(&["guard", "--kv", "a", "--sql", "b", "--backend", "postgres"])
+        .assert_code(2, "oneway guard");
     let o = oneway(&["--help"]);
-    assert_exit(&o, 0);
-    assert!(stdout(&o).contains("Exit codes"), "{}", stdout(&o));
+    o.assert_code(0, "oneway --help");
+    assert!(o.stdout.contains("Exit codes"), "{}", o.stdout);
 }
 
 // ---------------------------------------------------------------------------
@@ -1113,8 +1009,8 @@ fn unknown_subcommand_and_missing_arguments_are_usage_errors() {
 #[test]
 fn the_native_store_is_created_in_wal_mode_with_16k_pages() {
     let p = Pair::from_fixture("lnd-tiny.sqlite");
-    assert_exit(&p.run("migrate", &[]), 0);
-    let c = ro(&p.sql);
+    p.run("migrate", &[]).assert_code(0, "oneway migrate");
+    let c = open_ro(&p.sql);
     let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -1126,8 +1022,8 @@ fn the_native_store_is_created_in_wal_mode_with_16k_pages() {
 fn migrate_json_prints_the_report() {
     let p = Pair::from_fixture("lnd-tiny.sqlite");
     let o = p.run("migrate", &["--json"]);
-    assert_exit(&o, 0);
-    let v: Value = serde_json::from_slice(&o.stdout).expect("migrate --json prints JSON");
+    o.assert_code(0, "oneway migrate");
+    let v: Value = serde_json::from_str(&o.stdout).expect("migrate --json prints JSON");
     assert_eq!(v["state"], "Locked");
     assert_eq!(v["already_completed"], false);
     assert_eq!(v["invoices"], 20);
@@ -1135,8 +1031,8 @@ fn migrate_json_prints_the_report() {
     assert_eq!(v["resynced"], 0);
 
     let o = p.run("migrate", &["--json"]);
-    assert_exit(&o, 0);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    o.assert_code(0, "oneway migrate");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(
         (v["state"].as_str(), v["already_completed"].as_bool()),
         (Some("Locked"), Some(true))
@@ -1156,8 +1052,8 @@ fn migrate_json_prints_the_report() {
         p.sql(),
         "--json",
     ]);
-    assert_exit(&o, 1);
-    let v: Value = serde_json::from_slice(&o.stdout).expect("errors under --json are JSON");
+    o.assert_code(1, "oneway migrate");
+    let v: Value = serde_json::from_str(&o.stdout).expect("errors under --json are JSON");
     assert_eq!(v["exit_code"], 1);
     assert!(v["error"].as_str().unwrap().contains("missing.sqlite"));
 }
@@ -1166,13 +1062,13 @@ fn migrate_json_prints_the_report() {
 fn logging_is_quiet_by_default_and_structured_on_request() {
     let quiet = Pair::from_fixture("lnd-tiny.sqlite");
     let o = quiet.run("migrate", &[]);
-    assert_exit(&o, 0);
-    assert_eq!(stderr(&o), "");
+    o.assert_code(0, "oneway migrate");
+    assert_eq!(o.stderr, "");
 
     let loud = Pair::from_fixture("lnd-tiny.sqlite");
     let o = loud.run_env("migrate", &[], &[("RUST_LOG", "oneway=info")]);
-    assert_exit(&o, 0);
-    let err = stderr(&o);
+    o.assert_code(0, "oneway migrate");
+    let err = &o.stderr;
     assert!(
         !err.contains('\u{1b}'),
         "logs to a pipe must not carry ANSI colour codes: {err:?}"
@@ -1199,8 +1095,9 @@ fn logging_is_quiet_by_default_and_structured_on_request() {
     // --log-json: one JSON object per line.
     let json = Pair::from_fixture("lnd-tiny.sqlite");
     let o = json.run_env("migrate", &["--log-json"], &[("RUST_LOG", "oneway=info")]);
-    assert_exit(&o, 0);
-    let objs: Vec<Value> = stderr(&o)
+    o.assert_code(0, "oneway migrate");
+    let objs: Vec<Value> = o
+        .stderr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
@@ -1217,19 +1114,19 @@ fn logging_is_quiet_by_default_and_structured_on_request() {
     // Without RUST_LOG a refusal is printed once, as the error line (the
     // security event is still journaled).
     let o = quiet.run("guard", &["--backend", "kv"]);
-    assert_exit(&o, 3);
-    let err = strip_ansi(&stderr(&o));
+    o.assert_code(3, "oneway guard");
+    let err = strip_ansi(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("oneway: error: refused: "), "{err}");
     // With logging enabled it is also a WARN security event.
     let o = quiet.run_env("guard", &["--backend", "kv"], &[("RUST_LOG", "warn")]);
-    assert_exit(&o, 3);
-    let err = strip_ansi(&stderr(&o));
+    o.assert_code(3, "oneway guard");
+    let err = strip_ansi(&o.stderr);
     assert!(err.contains("WARN oneway::security"), "{err}");
     assert!(err.contains("security_event=\"backend_refused\""), "{err}");
     let o = quiet.run("guard", &["--backend", "kv", "--log-json"]);
-    assert_exit(&o, 3);
-    let err = stderr(&o);
+    o.assert_code(3, "oneway guard");
+    let err = &o.stderr;
     assert!(
         err.contains("\"security_event\":\"backend_refused\""),
         "{err}"
@@ -1239,8 +1136,8 @@ fn logging_is_quiet_by_default_and_structured_on_request() {
 #[test]
 fn demo_shows_refusal_and_already_completed() {
     let o = oneway(&["demo", "--invoices", "300"]);
-    assert_exit(&o, 0);
-    let out = stdout(&o);
+    o.assert_code(0, "oneway demo");
+    let out = &o.stdout;
     assert!(out.contains("with 300 invoices"), "{out}");
     assert!(out.contains("\"state\": \"Locked\""), "{out}");
     assert!(out.contains("\"native_invoices\": 300"), "{out}");
@@ -1263,7 +1160,7 @@ fn demo_keep_leaves_a_locked_pair() {
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("demo");
     let o = oneway(&["demo", "--invoices", "40", "--keep", keep.to_str().unwrap()]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway demo");
     let kv = keep.join("channel.sqlite");
     let sql = keep.join("native.sqlite");
     let o = oneway(&[
@@ -1274,8 +1171,8 @@ fn demo_keep_leaves_a_locked_pair() {
         sql.to_str().unwrap(),
         "--json",
     ]);
-    assert_exit(&o, 0);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    o.assert_code(0, "oneway status");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(
         (v["state"].as_str(), v["native_invoices"].as_u64()),
         (Some("Locked"), Some(40))
@@ -1292,23 +1189,21 @@ fn fixture_refuses_to_overwrite() {
     let p = Pair::empty();
     std::fs::write(&p.kv, b"precious").unwrap();
     let o = oneway(&["fixture", "--out", p.kv(), "--invoices", "5", "--seed", "1"]);
-    assert_exit(&o, 1);
-    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
-    assert!(stderr(&o).contains(p.kv()), "{}", stderr(&o));
+    o.assert_code(1, "oneway fixture");
+    assert!(o.stderr.contains("already exists"), "{}", o.stderr);
+    assert!(o.stderr.contains(p.kv()), "{}", o.stderr);
     assert_eq!(std::fs::read(&p.kv).unwrap(), b"precious");
 
     // An existing fixture is not overwritten either, even with the same spec.
     let other = p.dir.path().join("f.sqlite");
-    assert_exit(
-        &oneway(&[
-            "fixture",
-            "--out",
-            other.to_str().unwrap(),
-            "--invoices",
-            "5",
-        ]),
-        0,
-    );
+    oneway(&[
+        "fixture",
+        "--out",
+        other.to_str().unwrap(),
+        "--invoices",
+        "5",
+    ])
+    .assert_code(0, "oneway fixture");
     let bytes = std::fs::read(&other).unwrap();
     let o = oneway(&[
         "fixture",
@@ -1317,7 +1212,7 @@ fn fixture_refuses_to_overwrite() {
         "--invoices",
         "7",
     ]);
-    assert_exit(&o, 1);
+    o.assert_code(1, "oneway fixture");
     assert_eq!(std::fs::read(&other).unwrap(), bytes);
 }
 
@@ -1351,7 +1246,7 @@ fn committed_generated_fixtures_match_the_generator() {
             "--seed",
             seed,
         ]);
-        assert_exit(&o, 0);
+        o.assert_code(0, "oneway fixture");
         let committed = invoice_buckets(kv_tree(&fixture_path(name)));
         assert!(
             committed.len() > 100,
@@ -1388,8 +1283,8 @@ fn committed_fixtures_are_small_and_migrate_cleanly() {
         );
         let p = Pair::from_fixture(name);
         let before = kv_rows(&p.kv);
-        assert_exit(&p.run("migrate", &[]), 0);
-        assert_exit(&p.run("verify", &[]), 0);
+        p.run("migrate", &[]).assert_code(0, "oneway migrate");
+        p.run("verify", &[]).assert_code(0, "oneway verify");
         assert_only_tombstone_added(&before, &p.kv);
         assert_native_matches_kv(&p.kv, &p.sql);
         // The committed file itself was never touched.
@@ -1420,7 +1315,7 @@ fn committed_edge_fixtures_match_their_generator() {
 fn edge_old_invoice_migrates_with_zero_values_for_missing_records() {
     let p = Pair::from_fixture("edge-old-invoice.sqlite");
     // The fixture really lacks records 10-15 in its old invoices.
-    let c = ro(&p.kv);
+    let c = open_ro(&p.kv);
     let inv_bucket = top_bucket(&c, "invoices").unwrap();
     for num in [1u32, 2] {
         let value: Vec<u8> = c
@@ -1436,9 +1331,9 @@ fn edge_old_invoice_migrates_with_zero_values_for_missing_records() {
     drop(c);
     let before = kv_rows(&p.kv);
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 0);
+    o.assert_code(0, "oneway migrate");
     assert_eq!(p.status()["state"], "Locked");
-    assert_exit(&p.run("verify", &[]), 0);
+    p.run("verify", &[]).assert_code(0, "oneway verify");
     assert_only_tombstone_added(&before, &p.kv);
     let rows = assert_native_matches_kv(&p.kv, &p.sql);
     assert_eq!(rows.len(), 3);
@@ -1466,7 +1361,7 @@ fn edge_old_invoice_migrates_with_zero_values_for_missing_records() {
         (native[0].htlcs, native[1].htlcs, native[1].custom_records),
         (0, 1, 1)
     );
-    let c = ro(&p.sql);
+    let c = open_ro(&p.sql);
     let htlc: (String, i64, i64, Vec<u8>) = c
         .query_row(
             "SELECT h.chan_id, h.state, c.key, c.value FROM invoice_htlcs h
@@ -1500,13 +1395,13 @@ type AmpSubInvoice = (i64, Vec<u8>, i64, String, Option<String>, Option<i64>);
 fn edge_legacy_amp_groups_inline_htlcs_by_set_id() {
     let p = Pair::from_fixture("edge-legacy-amp.sqlite");
     let before = kv_rows(&p.kv);
-    assert_exit(&p.run("migrate", &[]), 0);
+    p.run("migrate", &[]).assert_code(0, "oneway migrate");
     assert_eq!(p.status()["state"], "Locked");
-    assert_exit(&p.run("verify", &[]), 0);
+    p.run("verify", &[]).assert_code(0, "oneway verify");
     assert_only_tombstone_added(&before, &p.kv);
     assert_native_matches_kv(&p.kv, &p.sql);
 
-    let c = ro(&p.sql);
+    let c = open_ro(&p.sql);
     let sets: Vec<AmpSubInvoice> = c
         .prepare("SELECT invoice_id, set_id, state, created_at, settled_at, settle_index FROM amp_sub_invoices ORDER BY invoice_id, set_id")
         .unwrap()
@@ -1567,11 +1462,11 @@ fn edge_legacy_amp_groups_inline_htlcs_by_set_id() {
 fn edge_empty_node_locks_with_zero_invoices_and_creates_the_bucket() {
     let p = Pair::from_fixture("edge-empty-node.sqlite");
     let before = kv_rows(&p.kv);
-    assert!(top_bucket(&ro(&p.kv), "invoices").is_none());
+    assert!(top_bucket(&open_ro(&p.kv), "invoices").is_none());
     assert!(before.len() > 5, "the empty node still has other buckets");
     let o = p.run("migrate", &[]);
-    assert_exit(&o, 0);
-    assert!(stdout(&o).contains("migrated 0 invoices"), "{}", stdout(&o));
+    o.assert_code(0, "oneway migrate");
+    assert!(o.stdout.contains("migrated 0 invoices"), "{}", o.stdout);
     let s = p.status();
     assert_eq!(s["state"], "Locked");
     assert_eq!(
@@ -1583,9 +1478,11 @@ fn edge_empty_node_locks_with_zero_invoices_and_creates_the_bucket() {
     // nothing else changed.
     let parent = assert_only_tombstone_added(&before, &p.kv);
     assert!(before.iter().all(|r| r[0] != SqlValue::Integer(parent)));
-    assert_exit(&p.run("verify", &[]), 0);
-    assert_exit(&p.run("guard", &["--backend", "kv"]), 3);
-    assert_exit(&p.run("guard", &["--backend", "sql"]), 0);
+    p.run("verify", &[]).assert_code(0, "oneway verify");
+    p.run("guard", &["--backend", "kv"])
+        .assert_code(3, "oneway guard");
+    p.run("guard", &["--backend", "sql"])
+        .assert_code(0, "oneway guard");
     assert_eq!(transitions(&p.sql), HAPPY_PATH);
     assert_eq!(native_table_counts(&p.sql).values().sum::<i64>(), 0);
 }
@@ -1596,8 +1493,8 @@ fn edge_no_hash_stops_naming_the_invoice_and_writes_no_tombstone() {
     let before = kv_rows(&p.kv);
     for attempt in 1..=2 {
         let o = p.run("migrate", &[]);
-        assert_exit(&o, 1);
-        let err = stderr(&o);
+        o.assert_code(1, "oneway migrate");
+        let err = &o.stderr;
         assert!(err.contains("invoice 00000002"), "attempt {attempt}: {err}");
         assert!(err.contains("payment hash"), "attempt {attempt}: {err}");
         assert!(err.contains(p.kv()), "attempt {attempt}: {err}");
@@ -1615,8 +1512,10 @@ fn edge_no_hash_stops_naming_the_invoice_and_writes_no_tombstone() {
         );
     }
     // lnd can keep running on KV; SQL is not ready.
-    assert_exit(&p.run("guard", &["--backend", "kv"]), 0);
-    assert_exit(&p.run("guard", &["--backend", "sql"]), 3);
+    p.run("guard", &["--backend", "kv"])
+        .assert_code(0, "oneway guard");
+    p.run("guard", &["--backend", "sql"])
+        .assert_code(3, "oneway guard");
 }
 
 /// Rewrites the committed edge-case fixtures. Run on purpose only:
@@ -1634,345 +1533,23 @@ fn regenerate_edge_fixtures() {
     }
 }
 
-/// The generator of the edge-case KV stores (see fixtures/README.md).
-mod edge {
-    use super::*;
-    use oneway::codec::tlv::{TlvReader, TlvWriter};
-    use oneway::fixture::KvWriter;
-
-    pub const NAMES: [&str; 4] = [
-        "edge-old-invoice.sqlite",
-        "edge-legacy-amp.sqlite",
-        "edge-empty-node.sqlite",
-        "edge-no-hash.sqlite",
-    ];
-
-    /// Creation time of the first invoice, Unix seconds (2020-09-13).
-    pub const T0: i64 = 1_600_000_000;
-
-    pub fn preimage(n: u8) -> [u8; 32] {
-        [n; 32]
-    }
-
-    /// The payment hash of an AMP invoice, found only in `paymenthashes`.
-    pub fn amp_hash(n: u8) -> [u8; 32] {
-        Sha256::digest([b'a', b'm', b'p', n]).into()
-    }
-
-    /// The TLV types of an invoice value's body.
-    pub fn body_types(value: &[u8]) -> Vec<u64> {
-        let len = u64::from_be_bytes(value[..8].try_into().unwrap()) as usize;
-        TlvReader::new(&value[8..8 + len], Place::Body)
-            .map(|r| r.unwrap().0)
-            .collect()
-    }
-
-    /// An invoice as lnd wrote it before payment addresses, features,
-    /// states, amounts paid, hodl and AMP existed: body records 0-9 only,
-    /// followed by the inline HTLCs.
-    fn old_format(inv: &Invoice) -> Vec<u8> {
-        let full = codec::encode_invoice(inv);
-        let len = u64::from_be_bytes(full[..8].try_into().unwrap()) as usize;
-        let (body, htlcs) = full[8..].split_at(len);
-        let mut new_body = Vec::new();
-        let mut w = TlvWriter::new(&mut new_body);
-        for r in TlvReader::new(body, Place::Body) {
-            let (ty, v) = r.unwrap();
-            if ty < 10 {
-                w.bytes(ty, v);
-            }
-        }
-        let mut out = (new_body.len() as u64).to_be_bytes().to_vec();
-        out.extend_from_slice(&new_body);
-        out.extend_from_slice(htlcs);
-        out
-    }
-
-    fn invoice(n: u8) -> Invoice {
-        Invoice {
-            memo: format!("edge invoice {n}").into_bytes(),
-            payment_request: format!("lnbcrt{n}0u1pedgefixture{n}").into_bytes(),
-            creation_date: GoTime::from_unix(T0 + i64::from(n) * 60, 0),
-            settle_date: GoTime::ZERO,
-            add_index: u64::from(n),
-            settle_index: 0,
-            preimage: Some(preimage(n)),
-            value_msat: 100_000 * u64::from(n),
-            cltv_delta: 40,
-            expiry_ns: 3_600_000_000_000,
-            payment_addr: [0xa0 + n; 32],
-            features: vec![9, 14],
-            state: model::state::OPEN,
-            amt_paid_msat: 0,
-            hodl: false,
-            amp_state: Vec::new(),
-            htlcs: Vec::new(),
-        }
-    }
-
-    fn htlc(chan_id: u64, htlc_id: u64, amt_msat: u64, accept_secs: i64, state: u8) -> Htlc {
-        Htlc {
-            chan_id,
-            htlc_id,
-            amt_msat,
-            accept_height: 700_000,
-            accept_time_ns: ((T0 + accept_secs) as u64) * 1_000_000_000,
-            resolve_time_ns: if state == model::htlc_state::ACCEPTED {
-                0
-            } else {
-                ((T0 + accept_secs + 1) as u64) * 1_000_000_000
-            },
-            expiry_height: 700_144,
-            state,
-            mpp_total_msat: 0,
-            amp: None,
-            custom_records: BTreeMap::new(),
-        }
-    }
-
-    fn amp_shard(mut h: Htlc, set: u8, child_index: u32, total: u64) -> Htlc {
-        let settled = h.state == model::htlc_state::SETTLED;
-        let share = [set ^ 0x5a; 32];
-        let child_preimage: [u8; 32] = Sha256::digest([set, child_index as u8]).into();
-        h.mpp_total_msat = total;
-        h.amp = Some(HtlcAmp {
-            root_share: share,
-            set_id: [set; 32],
-            child_index,
-            hash: Sha256::digest(child_preimage).into(),
-            preimage: settled.then_some(child_preimage),
-        });
-        h
-    }
-
-    /// The buckets of the invoice index, and the writer.
-    struct Store {
-        w: KvWriter,
-        invoices: i64,
-        hashes: i64,
-        add_index: i64,
-        settle_index: i64,
-        set_id: i64,
-        last: u32,
-    }
-
-    /// Buckets of other subsystems that a migration must leave untouched.
-    fn other_buckets(w: &mut KvWriter) {
-        let meta = w.top_bucket(b"metadata").unwrap();
-        w.put(meta, b"dbp", &31u32.to_be_bytes()).unwrap();
-        let chans = w.top_bucket(b"open-chan-bucket").unwrap();
-        let node = w.sub_bucket(chans, &[0x02; 33]).unwrap();
-        let chain = w.sub_bucket(node, &[0x6f; 32]).unwrap();
-        w.put(chain, b"chan-info", b"opaque channel state").unwrap();
-        w.put(chain, b"empty-value", b"").unwrap();
-        let graph = w.top_bucket(b"graph-node").unwrap();
-        w.put(graph, b"source", &[0x03; 33]).unwrap();
-        let payments = w.top_bucket(b"payments-root-bucket").unwrap();
-        w.set_sequence(payments, 42).unwrap();
-        let pay = w.sub_bucket(payments, &[0x11; 32]).unwrap();
-        w.put(pay, b"payment-creation-info", b"opaque payment")
-            .unwrap();
-    }
-
-    fn create(path: &Path) -> KvWriter {
-        let mut w = KvWriter::create(path, "channeldb").unwrap();
-        w.begin().unwrap();
-        other_buckets(&mut w);
-        w
-    }
-
-    fn with_invoices(path: &Path) -> Store {
-        let mut w = create(path);
-        let invoices = w.top_bucket(b"invoices").unwrap();
-        let hashes = w.sub_bucket(invoices, b"paymenthashes").unwrap();
-        let add_index = w.sub_bucket(invoices, b"invoice-add-index").unwrap();
-        let settle_index = w.sub_bucket(invoices, b"invoice-settle-index").unwrap();
-        w.top_bucket(b"pay-addr-index").unwrap();
-        let set_id = w.top_bucket(b"set-id-index").unwrap();
-        Store {
-            w,
-            invoices,
-            hashes,
-            add_index,
-            settle_index,
-            set_id,
-            last: 0,
-        }
-    }
-
-    impl Store {
-        /// Stores invoice number `num` (= its add index) with its value and,
-        /// when given, its `paymenthashes` entry.
-        fn put(&mut self, num: u32, value: &[u8], hash: Option<[u8; 32]>, settle_index: u64) {
-            let key = num.to_be_bytes();
-            if let Some(h) = hash {
-                self.w.put(self.hashes, &h, &key).unwrap();
-            }
-            self.w
-                .put(self.add_index, &u64::from(num).to_be_bytes(), &key)
-                .unwrap();
-            if settle_index != 0 {
-                self.w
-                    .put(self.settle_index, &settle_index.to_be_bytes(), &key)
-                    .unwrap();
-            }
-            self.w.put(self.invoices, &key, value).unwrap();
-            self.last = self.last.max(num);
-        }
-
-        fn finish(mut self, settle_seq: u64) {
-            self.w
-                .put(self.hashes, b"nik", &(self.last + 1).to_be_bytes())
-                .unwrap();
-            self.w
-                .set_sequence(self.add_index, u64::from(self.last))
-                .unwrap();
-            self.w.set_sequence(self.settle_index, settle_seq).unwrap();
-            self.w.commit().unwrap();
-        }
-    }
-
-    fn hash_of(inv: &Invoice) -> [u8; 32] {
-        Sha256::digest(inv.preimage.unwrap()).into()
-    }
-
-    fn old_invoice(path: &Path) {
-        let mut s = with_invoices(path);
-        // 1: an old open invoice, no HTLCs.
-        let one = invoice(1);
-        s.put(1, &old_format(&one), Some(hash_of(&one)), 0);
-        // 2: an old invoice with one held HTLC carrying a custom record.
-        let mut two = invoice(2);
-        let mut h = htlc(123_456_789, 0, 200_000, 130, model::htlc_state::ACCEPTED);
-        h.custom_records.insert(65_537, b"old-record".to_vec());
-        two.htlcs.push(h);
-        s.put(2, &old_format(&two), Some(hash_of(&two)), 0);
-        // 3: a current invoice, settled, for contrast.
-        let mut three = invoice(3);
-        three.state = model::state::SETTLED;
-        three.settle_index = 1;
-        three.settle_date = GoTime::from_unix(T0 + 400, 0);
-        three.amt_paid_msat = 250_000;
-        three.payment_addr = [0xa3; 32];
-        three.htlcs.push(htlc(
-            123_456_789,
-            1,
-            250_000,
-            390,
-            model::htlc_state::SETTLED,
-        ));
-        let pay_addr = s.w.top_bucket(b"pay-addr-index").unwrap();
-        s.w.put(pay_addr, &three.payment_addr, &3u32.to_be_bytes())
-            .unwrap();
-        s.put(3, &codec::encode_invoice(&three), Some(hash_of(&three)), 1);
-        s.finish(1);
-    }
-
-    fn legacy_amp(path: &Path) {
-        let mut s = with_invoices(path);
-        let legacy = |n: u8, htlcs: Vec<Htlc>| {
-            let mut inv = invoice(n);
-            inv.payment_request.clear();
-            inv.preimage = None;
-            inv.features = vec![9, 14, 30];
-            inv.amt_paid_msat = htlcs
-                .iter()
-                .filter(|h| h.state == model::htlc_state::SETTLED)
-                .map(|h| h.amt_msat)
-                .sum();
-            inv.htlcs = htlcs;
-            inv
-        };
-        // 1: set A (two settled shards), set B (one canceled shard).
-        let one = legacy(
-            1,
-            vec![
-                amp_shard(
-                    htlc(700, 1, 30_000, 5, model::htlc_state::SETTLED),
-                    0xaa,
-                    0,
-                    50_000,
-                ),
-                amp_shard(
-                    htlc(700, 2, 20_000, 3, model::htlc_state::SETTLED),
-                    0xaa,
-                    1,
-                    50_000,
-                ),
-                amp_shard(
-                    htlc(800, 5, 10_000, 10, model::htlc_state::CANCELED),
-                    0xbb,
-                    0,
-                    10_000,
-                ),
-            ],
-        );
-        s.put(1, &codec::encode_invoice(&one), Some(amp_hash(1)), 0);
-        // 2: set C (one accepted shard).
-        let two = legacy(
-            2,
-            vec![amp_shard(
-                htlc(700, 3, 40_000, 20, model::htlc_state::ACCEPTED),
-                0xcc,
-                0,
-                40_000,
-            )],
-        );
-        s.put(2, &codec::encode_invoice(&two), Some(amp_hash(2)), 0);
-        for (set, num) in [(0xaa_u8, 1u32), (0xbb, 1), (0xcc, 2)] {
-            s.w.put(s.set_id, &[set; 32], &num.to_be_bytes()).unwrap();
-        }
-        s.finish(0);
-    }
-
-    fn empty_node(path: &Path) {
-        let mut w = create(path);
-        w.commit().unwrap();
-    }
-
-    fn no_hash(path: &Path) {
-        let mut s = with_invoices(path);
-        let one = invoice(1);
-        s.put(1, &codec::encode_invoice(&one), Some(hash_of(&one)), 0);
-        // 2: a hodl invoice whose preimage is unknown and whose
-        // paymenthashes entry is missing: its payment hash is lost.
-        let mut two = invoice(2);
-        two.preimage = None;
-        two.hodl = true;
-        s.put(2, &codec::encode_invoice(&two), None, 0);
-        let three = invoice(3);
-        s.put(3, &codec::encode_invoice(&three), Some(hash_of(&three)), 0);
-        s.finish(0);
-    }
-
-    /// Writes all four edge stores into `dir` (the files must not exist).
-    pub fn write_all(dir: &Path) {
-        old_invoice(&dir.join(NAMES[0]));
-        legacy_amp(&dir.join(NAMES[1]));
-        empty_node(&dir.join(NAMES[2]));
-        no_hash(&dir.join(NAMES[3]));
-    }
-}
-
 #[test]
 fn the_native_store_defaults_to_lnd_sqlite_beside_the_kv_store() {
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("channel.sqlite");
     let kv = kv.to_str().unwrap();
-    assert_exit(
-        &oneway(&["fixture", "--out", kv, "--invoices", "20", "--seed", "4"]),
-        0,
-    );
-    assert_exit(&oneway(&["migrate", "--kv", kv]), 0);
+    oneway(&["fixture", "--out", kv, "--invoices", "20", "--seed", "4"])
+        .assert_code(0, "oneway fixture");
+    oneway(&["migrate", "--kv", kv]).assert_code(0, "oneway migrate");
     let lnd = dir.path().join("lnd.sqlite");
     assert!(
         lnd.exists(),
         "migrate --kv alone writes lnd.sqlite beside it"
     );
     let o = oneway(&["status", "--kv", kv, "--json"]);
-    assert_exit(&o, 0);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    o.assert_code(0, "oneway status");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["state"], "Locked", "{v}");
     assert_eq!(v["sql"], lnd.to_str().unwrap(), "{v}");
-    assert_exit(&oneway(&["guard", "--kv", kv, "--backend", "sql"]), 0);
+    oneway(&["guard", "--kv", kv, "--backend", "sql"]).assert_code(0, "oneway guard");
 }

@@ -474,13 +474,6 @@ fn bad_input_in_an_invoice_already_copied_is_named_and_a_repaired_store_complete
     assert_eq!(s["copied"], N, "the copy finished first: {s}");
 }
 
-/// The committed fixture `name`.
-fn committed(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
 /// The run lock file next to a native store.
 fn lock_file(sql: &Path) -> PathBuf {
     with_suffix(sql, ".lock")
@@ -597,7 +590,7 @@ fn bad_input_wrong_table_prefix_or_renamed_table_is_named_then_completes() {
 #[test]
 fn bad_input_no_invoices_bucket_locks_empty_from_every_crash_point() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = committed("edge-empty-node.sqlite");
+    let base = fixture_path("edge-empty-node.sqlite");
     let original = kv_dump(&base);
     assert!(!original.rows.contains(&invoices_bucket_row()));
     let added = [invoices_bucket_row(), tombstone_row()];

@@ -1,8 +1,16 @@
 //! End-to-end checks of the fixture generator: the store it writes has lnd's
 //! schema, only BLOB keys and values, consistent indexes and sequences, and
 //! is byte-for-byte reproducible from its seed.
+//!
+//! The generator is tested in one place per property. What holds of the
+//! invoices it generates (their fields by kind, unique hashes, addresses,
+//! circuits and set ids, settle indexes in settle-date order, different
+//! invoices for different seeds, the codec round trip) and of the KV writer
+//! is unit-tested in `src/fixture/tests.rs`; this file checks only what
+//! the written store adds: files, schema, buckets, indexes, sequences and
+//! the summary.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
@@ -99,17 +107,6 @@ fn same_seed_gives_identical_stores_and_files() {
     // Even the files are byte-identical, so a committed fixture can be
     // regenerated and compared.
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
-}
-
-#[test]
-fn different_seeds_give_different_stores() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a.sqlite"), dir.path().join("b.sqlite"));
-    write_fixture(&a, &spec(300, 1)).unwrap();
-    write_fixture(&b, &spec(300, 2)).unwrap();
-    let da = dump(&Connection::open(&a).unwrap(), "channeldb_kv");
-    let db = dump(&Connection::open(&b).unwrap(), "channeldb_kv");
-    assert_ne!(da, db);
 }
 
 #[test]
@@ -234,11 +231,6 @@ fn refuses_to_overwrite_an_existing_file() {
     // An existing empty file (as tempfile hands out) is fine.
     let empty = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
     write_fixture(empty.path(), &spec(10, 1)).unwrap();
-    // And a finished store is not overwritten either.
-    assert!(matches!(
-        write_fixture(empty.path(), &spec(10, 1)),
-        Err(FixtureError::AlreadyExists { .. })
-    ));
 }
 
 #[test]
@@ -409,52 +401,38 @@ fn indexes_sequences_and_htlc_sets_are_consistent() {
     }
 
     // Settle index: invoice number for settled invoices, number ‖ set id for
-    // settled AMP sets; increasing with settle dates; sequence = last issued.
+    // settled AMP sets; sequence = last issued. (That settle indexes follow
+    // settle dates is a property of the generator, src/fixture/tests.rs.)
     let settles = values(conn, settle_b);
     let mut expected = BTreeMap::new();
     for (num, inv) in &s.invoices {
         if inv.state == state::SETTLED {
-            expected.insert(
-                inv.settle_index,
-                (num.to_be_bytes().to_vec(), inv.settle_date.unix_nanos()),
-            );
-        } else {
-            assert_eq!(inv.settle_index, 0);
+            expected.insert(inv.settle_index, num.to_be_bytes().to_vec());
         }
         for set in &inv.amp_state {
             if set.state == htlc_state::SETTLED {
                 let mut v = num.to_be_bytes().to_vec();
                 v.extend_from_slice(&set.set_id);
-                expected.insert(set.settle_index, (v, set.settle_date.unix_nanos()));
+                expected.insert(set.settle_index, v);
             }
         }
     }
     let stored: BTreeMap<u64, Vec<u8>> =
         settles.iter().map(|(k, v)| (be64(k), v.clone())).collect();
-    let expected_values: BTreeMap<u64, Vec<u8>> =
-        expected.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
-    assert_eq!(stored, expected_values);
-    let dates: Vec<i128> = expected.values().map(|(_, d)| *d).collect();
-    assert!(
-        dates.windows(2).all(|w| w[0] < w[1]),
-        "settle dates out of settle-index order"
-    );
+    assert_eq!(stored, expected);
     let seq = sequence(conn, settle_b).unwrap() as u64;
     assert!(seq >= *stored.keys().last().unwrap());
 
     // AMP: HTLC sets under number ‖ set id match the set's circuit keys and
-    // the set-id index; every HTLC (inline or in a set) has a unique circuit.
+    // the set-id index; HTLCs and custom records add up to the summary.
     let inv_values = values(conn, inv_b);
     let set_ids = values(conn, set_id_b);
-    let mut circuits = HashSet::new();
     let mut htlcs = 0u64;
     let mut records = 0u64;
     let mut sets = 0usize;
     for (num, inv) in &s.invoices {
         let mut all = inv.htlcs.clone();
         if inv.is_amp() && !inv.amp_state.is_empty() {
-            assert!(inv.htlcs.is_empty());
-            assert!(inv.preimage.is_none());
             for set in &inv.amp_state {
                 let mut key = num.to_be_bytes().to_vec();
                 key.extend_from_slice(&set.set_id);
@@ -471,10 +449,6 @@ fn indexes_sequences_and_htlc_sets_are_consistent() {
             }
         }
         for h in &all {
-            assert!(
-                circuits.insert((h.chan_id, h.htlc_id)),
-                "circuit key reused"
-            );
             records += h.custom_records.len() as u64;
             htlcs += 1;
         }
@@ -507,18 +481,10 @@ fn invoice_fields_look_like_lnd() {
             unicode += 1;
             assert!(std::str::from_utf8(&inv.memo).is_ok());
         }
-        assert_eq!(inv.expiry_ns % 1_000_000_000, 0);
-        if inv.is_keysend() {
-            assert_eq!(inv.payment_addr, [0; 32]);
-            assert!(inv.htlcs[0].custom_records.contains_key(&5_482_373_484));
-        } else if !inv.payment_request.is_empty() {
-            assert!(inv.payment_request.starts_with(b"lnbc"));
-        }
         if inv.is_amp() {
             assert!(inv.features.contains(&30));
         }
         if inv.state == state::SETTLED {
-            assert!(inv.settle_date.unix_nanos() > inv.creation_date.unix_nanos());
             let paid: u64 = inv
                 .htlcs
                 .iter()

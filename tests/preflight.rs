@@ -7,7 +7,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use oneway::__test_support::kv::{KvSource, RawInvoice};
@@ -31,20 +30,13 @@ fn is_root() -> bool {
 /// Runs `oneway args…` as an unprivileged user: as `nobody` (through
 /// `setpriv`) when the tests run as root, as the test's own user otherwise.
 fn run_unprivileged(args: &[std::ffi::OsString]) -> Out {
-    let mut c = if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args([
-            format!("--reuid={NOBODY}"),
-            format!("--regid={NOBODY}"),
-            "--clear-groups".into(),
-            BIN.into(),
-        ]);
-        c
+    let (uid, gid) = (format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"));
+    let launcher: &[&str] = if is_root() {
+        &["setpriv", &uid, &gid, "--clear-groups"]
     } else {
-        Command::new(BIN)
+        &[]
     };
-    c.args(args).env_remove("RUST_LOG");
-    let o = c.output().unwrap_or_else(|e| {
+    let o = command_via(launcher, args, &[]).output().unwrap_or_else(|e| {
         panic!("cannot run oneway unprivileged (setpriv is needed when the tests run as root): {e}")
     });
     Out::from_parts(o.status, &o.stdout, &o.stderr)

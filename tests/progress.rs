@@ -296,11 +296,11 @@ fn bar_in_an_80_column_tmux_window() {
     let (kv, sql) = store(dir.path(), 40_000);
     // A resumed run, so that the bar starts part way.
     crash_at(&kv, &sql, 1000, "batch.after_commit:10");
-    let command = format!(
-        "{BIN} migrate --kv {} --sql {} 2>&1",
+    let command = shell_command(&format!(
+        "migrate --kv {} --sql {} 2>&1",
         kv.display(),
         sql.display()
-    );
+    ));
     let samples = in_tmux(&command, 40);
     let last = samples.last().unwrap();
     assert!(last.contains("ONEWAY-EXIT=0"), "{last}");
@@ -346,7 +346,7 @@ fn bar_in_an_80_column_tmux_window() {
     println!("{last}");
 
     // The demo too, every line of it.
-    let samples = in_tmux(&format!("{BIN} demo --invoices 20000"), 60);
+    let samples = in_tmux(&shell_command("demo --invoices 20000"), 60);
     let last = samples.last().unwrap();
     assert!(last.contains("ONEWAY-EXIT=0"), "{last}");
     for screen in &samples {

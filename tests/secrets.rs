@@ -9,33 +9,26 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use oneway::codec::{decode_htlc_set, decode_invoice};
 use oneway::model::Htlc;
 use rusqlite::Connection;
 
-/// Runs `oneway args…` under `umask 022` (set in a shell that then execs
-/// the binary), with a clean fault environment plus `env`; returns the raw
-/// exit code, stdout and stderr.
+/// A shell that sets `umask 022` and then execs the binary with the
+/// arguments, for [`command_via`].
+const UMASK_022: &[&str] = &["sh", "-c", "umask 022; exec \"$0\" \"$@\""];
+
+/// Runs `oneway args…` under `umask 022`, with a clean environment plus
+/// `env`; returns the raw exit code, stdout and stderr.
 fn run_umask022(
     args: &[std::ffi::OsString],
     env: &[(&str, &str)],
 ) -> (Option<i32>, Vec<u8>, Vec<u8>) {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("umask 022; exec \"$0\" \"$@\"")
-        .arg(BIN)
-        .args(args);
-    for k in ["ONEWAY_FAILPOINT", "ONEWAY_MAX_PAGE_COUNT", "RUST_LOG"] {
-        c.env_remove(k);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.stdin(Stdio::null());
-    let o = c.output().expect("run oneway under sh");
+    let o = command_via(UMASK_022, args, env)
+        .output()
+        .expect("run oneway under sh");
     (o.status.code(), o.stdout, o.stderr)
 }
 
@@ -134,16 +127,16 @@ fn sqlite_gives_the_wal_and_shm_it_creates_the_store_s_private_mode() {
     }
     // A run paused after its first batch: SQLite made both files by now.
     let pause = tempfile::tempdir().unwrap();
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("umask 022; exec \"$0\" \"$@\"")
-        .arg(BIN)
-        .args(migrate_args(&kv, &sql, 20))
-        .env_remove("RUST_LOG")
-        .env("ONEWAY_FAILPOINT", "batch.after_commit:1")
-        .env("ONEWAY_FAILPOINT_PAUSE", pause.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let pause_dir = pause.path().to_str().unwrap();
+    let mut c = command_via(
+        UMASK_022,
+        &migrate_args(&kv, &sql, 20),
+        &[
+            ("ONEWAY_FAILPOINT", "batch.after_commit:1"),
+            ("ONEWAY_FAILPOINT_PAUSE", pause_dir),
+        ],
+    );
+    c.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = c.spawn().unwrap();
     let t = std::time::Instant::now();
     while !pause.path().join("reached").exists() {

@@ -21,55 +21,20 @@
 #[macro_use]
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
+use common::{Out, Pair};
 use oneway::__test_support::store::{JournalEntry, NativeStore, Target};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oneway");
-const SIGABRT: i32 = 6;
-
-struct Pair {
-    _dir: tempfile::TempDir,
-    kv: PathBuf,
-    sql: PathBuf,
-}
-
-fn committed_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-/// A fresh copy of a committed fixture next to a not-yet-existing native store.
-fn pair(fixture: &str) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let kv = dir.path().join("channel.sqlite");
-    std::fs::copy(committed_fixture(fixture), &kv).unwrap();
-    let sql = dir.path().join("native.sqlite");
-    Pair { _dir: dir, kv, sql }
-}
-
-fn oneway(args: &[&str], failpoint: Option<&str>) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("ONEWAY_FAILPOINT");
-    if let Some(fp) = failpoint {
-        cmd.env("ONEWAY_FAILPOINT", fp);
-    }
-    cmd.output().unwrap()
-}
-
-fn migrate(p: &Pair, failpoint: Option<&str>) -> Output {
-    let (kv, sql) = (p.kv.to_str().unwrap(), p.sql.to_str().unwrap());
-    oneway(
-        &["migrate", "--kv", kv, "--sql", sql, "--batch-size", "50"],
-        failpoint,
-    )
+/// `oneway migrate --batch-size 50` on the pair, with `failpoint` armed.
+fn migrate(p: &Pair, failpoint: Option<&str>) -> Out {
+    let env: Vec<(&str, &str)> = failpoint
+        .map(|fp| ("ONEWAY_FAILPOINT", fp))
+        .into_iter()
+        .collect();
+    p.run_env("migrate", &["--batch-size", "50"], &env)
 }
 
 /// The tombstone row of the KV `invoices` bucket, read with plain SQL:
@@ -122,7 +87,7 @@ struct Stop {
     state: Value,
 }
 
-fn inspect(p: &Pair, step: &str, failpoint: Option<&str>, out: &Output) -> Stop {
+fn inspect(p: &Pair, step: &str, failpoint: Option<&str>, out: &Out) -> Stop {
     let t = Target::open(&p.sql, false)
         .unwrap()
         .expect("the native store exists after Begin");
@@ -145,8 +110,8 @@ fn inspect(p: &Pair, step: &str, failpoint: Option<&str>, out: &Output) -> Stop 
     );
     state["identity"]["kv_path"] = json!("[kv path]");
     state["updated_at"] = json!("[time]");
-    let exit = match (out.status.code(), out.status.signal()) {
-        (_, Some(SIGABRT)) => "aborted (SIGABRT)".to_string(),
+    let exit = match (out.code, out.signal) {
+        _ if out.aborted() => "aborted (SIGABRT)".to_string(),
         (Some(c), _) => format!("exit {c}"),
         (None, s) => format!("signal {s:?}"),
     };
@@ -167,24 +132,7 @@ fn inspect(p: &Pair, step: &str, failpoint: Option<&str>, out: &Output) -> Stop 
 }
 
 fn status_json(p: &Pair) -> Value {
-    let out = oneway(
-        &[
-            "status",
-            "--kv",
-            p.kv.to_str().unwrap(),
-            "--sql",
-            p.sql.to_str().unwrap(),
-            "--json",
-        ],
-        None,
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v = p.status();
     assert_eq!(v["kv"], json!(p.kv.display().to_string()));
     assert_eq!(v["sql"], json!(p.sql.display().to_string()));
     v["kv"] = json!("[kv path]");
@@ -197,7 +145,7 @@ fn status_json(p: &Pair) -> Value {
 
 #[test]
 fn migration_step_by_step() {
-    let p = pair("lnd-small.sqlite");
+    let p = Pair::from_fixture("lnd-small.sqlite");
     let steps: [(&str, Option<&str>); 8] = [
         ("steps_01_begin", Some("begin.after_commit")),
         ("steps_02_first_batch", Some("batch.after_commit")),
@@ -211,14 +159,14 @@ fn migration_step_by_step() {
     let mut previous: Option<Stop> = None;
     for (name, failpoint) in steps {
         let out = migrate(&p, failpoint);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let stderr = &out.stderr;
         match failpoint {
             Some(fp) => {
-                assert_eq!(
-                    out.status.signal(),
-                    Some(SIGABRT),
-                    "{name}: expected an abort at {fp}; status {:?}, stderr {stderr}",
-                    out.status
+                assert!(
+                    out.aborted(),
+                    "{name}: expected an abort at {fp}; status {:?}/{:?}, stderr {stderr}",
+                    out.code,
+                    out.signal
                 );
                 assert!(
                     stderr.contains(&format!("failpoint {fp} reached")),
@@ -226,12 +174,11 @@ fn migration_step_by_step() {
                 );
             }
             None => {
-                assert_eq!(out.status.code(), Some(0), "{name}: stderr {stderr}");
+                assert_eq!(out.code, Some(0), "{name}: stderr {stderr}");
                 assert!(
-                    String::from_utf8_lossy(&out.stdout)
-                        .contains("invoice migration already completed"),
+                    out.stdout.contains("invoice migration already completed"),
                     "{name}: stdout {}",
-                    String::from_utf8_lossy(&out.stdout)
+                    out.stdout
                 );
             }
         }

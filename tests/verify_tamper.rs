@@ -19,16 +19,10 @@ use serde_json::Value;
 fn locked_pair(dir: &Path) -> (PathBuf, PathBuf) {
     let kv = dir.join("channel.sqlite");
     let sql = dir.join("native.sqlite");
-    copy_store(&fixture("lnd-small.sqlite"), &kv);
+    copy_store(&fixture_path("lnd-small.sqlite"), &kv);
     migrate_ok(&kv, &sql, 50);
     assert_verify_clean(&kv, &sql, 200);
     (kv, sql)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
 }
 
 /// Runs `statements` on the native store as some other program might:
@@ -166,7 +160,7 @@ fn a_migration_does_not_record_verified_over_an_orphan_row() {
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("channel.sqlite");
     let sql = dir.path().join("native.sqlite");
-    copy_store(&fixture("lnd-small.sqlite"), &kv);
+    copy_store(&fixture_path("lnd-small.sqlite"), &kv);
     let original = kv_dump(&kv);
     // Stop right after the indexes are committed, then plant an orphan.
     let out = crash_at(&kv, &sql, 50, "indexes.after_commit");
