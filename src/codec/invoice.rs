@@ -1192,6 +1192,10 @@ mod tests {
             err.to_string(),
             "unknown record type 6 in AMP set 0 of record type 15 (AMP state)"
         );
+    }
+
+    #[test]
+    fn err_amp_state_lengths() {
         // Count larger than the sets present.
         let mut v = amp_value(&[]);
         v[0] = 3;
@@ -1233,6 +1237,10 @@ mod tests {
                 extra: 1
             })
         );
+    }
+
+    #[test]
+    fn err_amp_set_fields() {
         // Circuit keys: count says 2, only one pair present.
         let mut keys = vec![2u8];
         keys.extend_from_slice(&[0; 16]);
