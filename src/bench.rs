@@ -8,6 +8,7 @@
 //! phase times and its own peak RSS. Durability is as in production:
 //! verification included, transitions `synchronous=FULL`.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -15,7 +16,56 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Context, Error, Result, Role};
-use crate::fixture::{write_fixture, FixtureSpec};
+use crate::fixture::{write_fixture, FixtureError, FixtureSpec};
+
+/// Why the benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The store to benchmark could not be written.
+    #[error(transparent)]
+    Fixture(#[from] FixtureError),
+    /// SQLite failed while the floor was measured (the error names the
+    /// copy and what was being done).
+    #[error(transparent)]
+    Floor(Error),
+    /// A file-system operation failed.
+    #[error("{}: {action} failed: {source}", path.display())]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The child `oneway migrate` failed or did not lock the migration.
+    #[error(
+        "the native store {} was not migrated by the benchmark run: {output}",
+        sql.display()
+    )]
+    NotMigrated {
+        /// The native store the child was to create.
+        sql: PathBuf,
+        /// What the child printed, stdout then stderr.
+        output: String,
+    },
+}
+
+/// `.ctx(path, action)` for the benchmark's file-system failures.
+trait IoContext<T> {
+    fn ctx(self, path: &Path, action: &'static str) -> Result<T, BenchError>;
+}
+
+impl<T> IoContext<T> for std::result::Result<T, io::Error> {
+    fn ctx(self, path: &Path, action: &'static str) -> Result<T, BenchError> {
+        self.map_err(|source| BenchError::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        })
+    }
+}
 
 /// Runs per size unless told otherwise: the figures are medians, because a
 /// shared virtual machine's disk makes single runs vary by a third.
@@ -71,18 +121,17 @@ pub fn floor_seconds(kv: &Path, dir: &Path) -> Result<f64> {
     }
     let started = Instant::now();
     let conn = rusqlite::Connection::open(&out).ctx(Role::Native, &out, "opening")?;
-    let e = |action: &'static str| {
-        let out = out.clone();
-        move |err| Error::sqlite(Role::Native, out, action, err)
-    };
     conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(e("setting WAL"))?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(e("setting synchronous"))?;
+        .ctx(Role::Native, &out, "setting WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL").ctx(
+        Role::Native,
+        &out,
+        "setting synchronous",
+    )?;
     conn.execute("ATTACH DATABASE ?1 AS kv", [kv.display().to_string()])
-        .map_err(e("attaching the KV store"))?;
+        .ctx(Role::Native, &out, "attaching the KV store")?;
     conn.execute_batch("BEGIN; CREATE TABLE c AS SELECT * FROM kv.channeldb_kv; COMMIT;")
-        .map_err(e("copying the KV table"))?;
+        .ctx(Role::Native, &out, "copying the KV table")?;
     drop(conn);
     let secs = started.elapsed().as_secs_f64();
     for suffix in ["", "-wal", "-shm"] {
@@ -98,7 +147,7 @@ fn remove_store(p: &Path) {
 }
 
 /// Migrates `kv` into a new `sql` with a child `exe migrate` process.
-fn migrate_once(exe: &Path, kv: &Path, sql: &Path, batch_size: usize) -> Result<Run> {
+fn migrate_once(exe: &Path, kv: &Path, sql: &Path, batch_size: usize) -> Result<Run, BenchError> {
     remove_store(sql);
     let started = Instant::now();
     let out = Command::new(exe)
@@ -111,18 +160,14 @@ fn migrate_once(exe: &Path, kv: &Path, sql: &Path, batch_size: usize) -> Result<
         .arg(batch_size.to_string())
         .arg("--json")
         .output()
-        .map_err(|e| Error::Io {
-            path: exe.to_path_buf(),
-            action: "running oneway migrate".into(),
-            source: e,
-        })?;
+        .ctx(exe, "running oneway migrate")?;
     let total_s = started.elapsed().as_secs_f64();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     if !out.status.success() || report["state"] != "Locked" {
-        return Err(Error::NotOnewayStore {
-            path: sql.to_path_buf(),
-            why: format!(
-                "was not migrated by the benchmark run: {}{}",
+        return Err(BenchError::NotMigrated {
+            sql: sql.to_path_buf(),
+            output: format!(
+                "{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ),
@@ -144,6 +189,40 @@ fn median(v: &mut [f64]) -> f64 {
     v[(v.len() - 1) / 2]
 }
 
+/// The files of one size's benchmark: the store written once, the copy of
+/// it that each run migrates, and the native store each run creates.
+struct Files {
+    source: PathBuf,
+    kv: PathBuf,
+    sql: PathBuf,
+}
+
+impl Files {
+    fn new(dir: &Path, invoices: u64) -> Files {
+        Files {
+            source: dir.join(format!("bench-source-{invoices}.sqlite")),
+            kv: dir.join(format!("bench-kv-{invoices}.sqlite")),
+            sql: dir.join(format!("bench-native-{invoices}.sqlite")),
+        }
+    }
+
+    fn remove(&self) {
+        for p in [&self.source, &self.kv, &self.sql] {
+            remove_store(p);
+        }
+    }
+
+    /// A fresh copy of the source as the KV store, written to disk before
+    /// anything is timed: neither the floor nor the migration pays for
+    /// flushing it.
+    fn fresh_copy(&self) -> Result<(), BenchError> {
+        remove_store(&self.kv);
+        std::fs::copy(&self.source, &self.kv)
+            .and_then(|_| std::fs::File::open(&self.kv)?.sync_all())
+            .ctx(&self.kv, "copying the benchmark store")
+    }
+}
+
 /// Benchmarks one store size: writes the store once, then `runs` times
 /// measures the floor and migrates a fresh copy of the store with a child
 /// `exe migrate` process, alternating so that both see the same machine.
@@ -153,47 +232,37 @@ pub fn run_size(
     invoices: u64,
     batch_size: usize,
     runs: usize,
-) -> Result<BenchRow> {
-    let source = dir.join(format!("bench-source-{invoices}.sqlite"));
-    let kv = dir.join(format!("bench-kv-{invoices}.sqlite"));
-    let sql = dir.join(format!("bench-native-{invoices}.sqlite"));
-    for p in [&source, &kv, &sql] {
-        remove_store(p);
-    }
+) -> Result<BenchRow, BenchError> {
+    let files = Files::new(dir, invoices);
+    files.remove();
     write_fixture(
-        &source,
+        &files.source,
         &FixtureSpec {
             invoices,
             seed: 1,
             ..Default::default()
         },
     )?;
-    let kv_mib = std::fs::metadata(&source)
+    let kv_mib = std::fs::metadata(&files.source)
         .map(|m| m.len() as f64 / 1048576.0)
         .unwrap_or(0.0);
     let mut floors = Vec::new();
     let mut done = Vec::new();
     for _ in 0..runs.max(1) {
-        remove_store(&kv);
-        // Written to disk before anything is timed: neither the floor nor
-        // the migration pays for flushing the copy.
-        std::fs::copy(&source, &kv)
-            .and_then(|_| std::fs::File::open(&kv)?.sync_all())
-            .map_err(|e| Error::Io {
-                path: kv.clone(),
-                action: "copying the benchmark store".into(),
-                source: e,
-            })?;
-        floors.push(floor_seconds(&kv, dir)?);
-        done.push(migrate_once(exe, &kv, &sql, batch_size)?);
+        files.fresh_copy()?;
+        floors.push(floor_seconds(&files.kv, dir).map_err(BenchError::Floor)?);
+        done.push(migrate_once(exe, &files.kv, &files.sql, batch_size)?);
     }
-    for p in [&source, &kv, &sql] {
-        remove_store(p);
-    }
-    let floor_s = median(&mut floors);
+    files.remove();
+    Ok(row(invoices, kv_mib, median(&mut floors), done))
+}
+
+/// The row of one size: the median run's phases, the range of all runs'
+/// wall times and the highest peak memory.
+fn row(invoices: u64, kv_mib: f64, floor_s: f64, mut done: Vec<Run>) -> BenchRow {
     done.sort_by(|a, b| a.total_s.total_cmp(&b.total_s));
     let mid = &done[(done.len() - 1) / 2];
-    Ok(BenchRow {
+    BenchRow {
         invoices,
         kv_mib,
         runs: done.len(),
@@ -207,7 +276,7 @@ pub fn run_size(
         invoices_per_s: invoices as f64 / mid.total_s,
         ratio_to_floor: mid.total_s / floor_s,
         peak_rss_mib: done.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
-    })
+    }
 }
 
 /// Runs every size and returns the rows.
@@ -218,23 +287,15 @@ pub fn run(
     batch_size: usize,
     runs: usize,
     mut each: impl FnMut(&BenchRow),
-) -> Result<Vec<BenchRow>> {
+) -> Result<Vec<BenchRow>, BenchError> {
     let tmp;
     let dir = match dir {
         Some(d) => {
-            std::fs::create_dir_all(&d).map_err(|e| Error::Io {
-                path: d.clone(),
-                action: "creating the benchmark folder".into(),
-                source: e,
-            })?;
+            std::fs::create_dir_all(&d).ctx(&d, "creating the benchmark folder")?;
             d
         }
         None => {
-            tmp = tempfile::tempdir().map_err(|e| Error::Io {
-                path: std::env::temp_dir(),
-                action: "creating a temporary folder".into(),
-                source: e,
-            })?;
+            tmp = tempfile::tempdir().ctx(&std::env::temp_dir(), "creating a temporary folder")?;
             tmp.path().to_path_buf()
         }
     };

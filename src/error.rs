@@ -372,10 +372,6 @@ pub enum Error {
     /// committed before is intact, and the next run continues from there.
     #[error("the migration was cancelled; everything committed before is intact: run it again to continue")]
     Cancelled,
-    /// Writing a fixture failed.
-    #[cfg(feature = "fixture")]
-    #[error(transparent)]
-    Fixture(#[from] crate::fixture::FixtureError),
 }
 
 /// A refusal's state as its message prints it.
@@ -444,8 +440,6 @@ impl Error {
             Error::DecoderEnded { .. } => "decoder_ended".into(),
             Error::SourceUnstable { .. } => "source_unstable".into(),
             Error::Cancelled => "cancelled".into(),
-            #[cfg(feature = "fixture")]
-            Error::Fixture(_) => "fixture".into(),
         }
     }
 

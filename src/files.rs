@@ -44,30 +44,25 @@ fn is_symlink_error(e: &std::io::Error) -> bool {
 /// with other hard links: the lock is truncated and rewritten on every run,
 /// so it must be oneway's own file.
 pub fn open_lock(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(PRIVATE_MODE)
         .custom_flags(nofollow())
-        .open(path)
-        .map_err(|e| {
-            if is_symlink_error(&e) {
-                Error::UnsafePath {
-                    path: path.to_path_buf(),
-                    why: "is a symbolic link; oneway does not follow links for its run lock \
-                          (remove it if no oneway run is going, then rerun)"
-                        .into(),
-                }
-            } else {
-                Error::Io {
-                    path: path.to_path_buf(),
-                    action: "creating the run lock".into(),
-                    source: e,
-                }
-            }
-        })?;
+        .open(path);
+    let file = match opened {
+        Err(e) if is_symlink_error(&e) => {
+            return Err(Error::UnsafePath {
+                path: path.to_path_buf(),
+                why: "is a symbolic link; oneway does not follow links for its run lock \
+                      (remove it if no oneway run is going, then rerun)"
+                    .into(),
+            })
+        }
+        opened => opened.ctx(path, "creating the run lock")?,
+    };
     let meta = file
         .metadata()
         .ctx(path, "reading the run lock's metadata")?;
@@ -100,11 +95,7 @@ pub fn create_native(path: &Path) -> Result<()> {
     {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => narrow(path),
-        Err(e) => Err(Error::Io {
-            path: path.to_path_buf(),
-            action: "creating the native SQL store".into(),
-            source: e,
-        }),
+        Err(e) => Err(e).ctx(path, "creating the native SQL store"),
     }
 }
 
@@ -118,13 +109,8 @@ pub fn narrow(sql: &Path) -> Result<()> {
             continue;
         };
         if meta.is_file() && meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(PRIVATE_MODE)).map_err(
-                |e| Error::Io {
-                    path: p.clone(),
-                    action: "making the native store's file private".into(),
-                    source: e,
-                },
-            )?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(PRIVATE_MODE))
+                .ctx(&p, "making the native store's file private")?;
         }
     }
     Ok(())
@@ -202,11 +188,9 @@ pub fn check_room(
         .filter_map(|s| std::fs::metadata(with_suffix(sql, s)).ok())
         .map(|m| m.len())
         .sum();
-    let vfs = rustix::fs::statvfs(&folder).map_err(|e| Error::Io {
-        path: folder.clone(),
-        action: "reading the free space".into(),
-        source: e.into(),
-    })?;
+    let vfs = rustix::fs::statvfs(&folder)
+        .map_err(std::io::Error::from)
+        .ctx(&folder, "reading the free space")?;
     let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
     if available >= estimated_need(upper_bound, native_now) {
         return Ok(());

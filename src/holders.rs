@@ -396,60 +396,94 @@ mod linux {
 
     pub(super) fn other_holders(db: &Path) -> io::Result<Holders> {
         let files = watched(db)?;
-        let me = own_pid();
-        let index_of_lock = |id: &FileId| files.iter().position(|w| w.lock_ids.contains(id));
+        let mut tally = Tally {
+            files: &files,
+            me: own_pid(),
+            by_pid: BTreeMap::new(),
+            ofd: BTreeMap::new(),
+            unreadable: 0,
+        };
+        tally.read_locks()?;
+        tally.read_descriptors()?;
+        Ok(tally.into_holders())
+    }
 
-        let mut by_pid: BTreeMap<u32, Seen> = BTreeMap::new();
-        // OFD locks not yet attributed: (file index, range) -> how many.
-        let mut ofd: BTreeMap<(usize, String), usize> = BTreeMap::new();
+    /// What the two sources, `/proc/locks` and every process's descriptors,
+    /// show about the watched files.
+    struct Tally<'a> {
+        files: &'a [Watched],
+        /// This process, never reported.
+        me: u32,
+        by_pid: BTreeMap<u32, Seen>,
+        /// OFD locks not yet attributed: (file index, range) -> how many.
+        ofd: BTreeMap<(usize, String), usize>,
+        /// Processes whose descriptors this user may not read.
+        unreadable: usize,
+    }
 
-        // Source 1: /proc/locks.
-        let locks = std::fs::read_to_string("/proc/locks")
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot read /proc/locks: {e}")))?;
-        for line in locks.lines() {
-            let Some(l) = parse_lock_line(line) else {
-                continue;
-            };
-            let Some(i) = index_of_lock(&l.file) else {
-                continue;
-            };
-            match u32::try_from(l.pid) {
-                Ok(pid) if pid == me => {}
-                Ok(pid) if pid > 0 => {
-                    let s = by_pid.entry(pid).or_default();
-                    s.files.insert(i);
-                    s.via.insert(Via::Locks);
-                }
-                // -1: an OFD lock (or 0, an owner this namespace cannot name).
-                _ => {
-                    *ofd.entry((i, l.range)).or_default() += 1;
-                }
-            }
+    impl Tally<'_> {
+        /// Records that process `pid` holds watched file `i`, seen `via`.
+        fn saw(&mut self, pid: u32, i: usize, via: Via) {
+            let s = self.by_pid.entry(pid).or_default();
+            s.files.insert(i);
+            s.via.insert(via);
         }
 
-        // Source 2: /proc/<pid>/fd of every process.
-        let mut unreadable = 0;
-        let proc_dir = std::fs::read_dir("/proc")
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot read /proc: {e}")))?;
-        for entry in proc_dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let fd_dir = entry.path().join("fd");
-            let fds = match std::fs::read_dir(&fd_dir) {
+        /// Source 1: `/proc/locks`. A lock names its process, except an OFD
+        /// lock, which is counted here and attributed through the
+        /// descriptors.
+        fn read_locks(&mut self) -> io::Result<()> {
+            let locks = std::fs::read_to_string("/proc/locks")
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot read /proc/locks: {e}")))?;
+            for line in locks.lines() {
+                let Some(l) = parse_lock_line(line) else {
+                    continue;
+                };
+                let Some(i) = self.files.iter().position(|w| w.lock_ids.contains(&l.file)) else {
+                    continue;
+                };
+                match u32::try_from(l.pid) {
+                    Ok(pid) if pid == self.me => {}
+                    Ok(pid) if pid > 0 => self.saw(pid, i, Via::Locks),
+                    // -1: an OFD lock (or 0, an owner this namespace cannot name).
+                    _ => {
+                        *self.ofd.entry((i, l.range)).or_default() += 1;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        /// Source 2: `/proc/<pid>/fd` of every process.
+        fn read_descriptors(&mut self) -> io::Result<()> {
+            let proc_dir = std::fs::read_dir("/proc")
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot read /proc: {e}")))?;
+            for entry in proc_dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                self.read_process(&entry.path(), pid);
+            }
+            Ok(())
+        }
+
+        /// The descriptors of process `pid` (its folder `/proc/<pid>` is
+        /// `dir`) open on a watched file.
+        fn read_process(&mut self, dir: &Path, pid: u32) {
+            let fds = match std::fs::read_dir(dir.join("fd")) {
                 Ok(fds) => fds,
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    if pid != me {
-                        unreadable += 1;
+                    if pid != self.me {
+                        self.unreadable += 1;
                     }
-                    continue;
+                    return;
                 }
                 // The process exited meanwhile (or is a zombie).
-                Err(_) => continue,
+                Err(_) => return,
             };
             for fd in fds.flatten() {
                 // `metadata` follows the magic link to the open file itself,
@@ -457,7 +491,8 @@ mod linux {
                 let Ok(meta) = std::fs::metadata(fd.path()) else {
                     continue;
                 };
-                let Some(i) = files
+                let Some(i) = self
+                    .files
                     .iter()
                     .position(|w| w.dev == meta.dev() && w.ino == meta.ino())
                 else {
@@ -465,65 +500,73 @@ mod linux {
                 };
                 // Attribute OFD locks through fdinfo (also for ourselves, so
                 // that our own OFD locks are not reported).
-                if !ofd.is_empty() {
-                    let info =
-                        std::fs::read_to_string(entry.path().join("fdinfo").join(fd.file_name()))
-                            .unwrap_or_default();
-                    for l in info.lines().filter(|l| l.starts_with("lock:")) {
-                        let Some(l) = parse_lock_line(l) else {
-                            continue;
-                        };
-                        if l.kind != "OFDLCK" {
-                            continue;
-                        }
-                        let key = (i, l.range);
-                        let Some(n) = ofd.get_mut(&key) else {
-                            continue;
-                        };
-                        *n -= 1;
-                        if *n == 0 {
-                            ofd.remove(&key);
-                        }
-                        if pid != me {
-                            by_pid.entry(pid).or_default().via.insert(Via::Locks);
-                        }
-                    }
+                if !self.ofd.is_empty() {
+                    self.attribute_ofd(&dir.join("fdinfo").join(fd.file_name()), pid, i);
                 }
-                if pid != me {
-                    let s = by_pid.entry(pid).or_default();
-                    s.files.insert(i);
-                    s.via.insert(Via::Fd);
+                if pid != self.me {
+                    self.saw(pid, i, Via::Fd);
                 }
             }
         }
 
-        let paths = |set: &BTreeSet<usize>| -> Vec<PathBuf> {
-            let mut v: Vec<PathBuf> = set.iter().map(|&i| files[i].path.clone()).collect();
-            v.sort();
-            v
-        };
-        let mut holders: Vec<Holder> = by_pid
-            .into_iter()
-            .map(|(pid, s)| Holder {
-                pid: Some(pid),
-                comm: comm(pid),
-                files: paths(&s.files),
-                via: s.via.into_iter().collect(),
-            })
-            .collect();
-        if !ofd.is_empty() {
-            let set: BTreeSet<usize> = ofd.keys().map(|(i, _)| *i).collect();
-            holders.push(Holder {
-                pid: None,
-                comm: "?".into(),
-                files: paths(&set),
-                via: vec![Via::Locks],
-            });
+        /// Attributes to process `pid` the OFD locks that the fdinfo file
+        /// `info` of its descriptor on watched file `i` lists.
+        fn attribute_ofd(&mut self, info: &Path, pid: u32, i: usize) {
+            let info = std::fs::read_to_string(info).unwrap_or_default();
+            for l in info.lines().filter(|l| l.starts_with("lock:")) {
+                let Some(l) = parse_lock_line(l) else {
+                    continue;
+                };
+                if l.kind != "OFDLCK" {
+                    continue;
+                }
+                let key = (i, l.range);
+                let Some(n) = self.ofd.get_mut(&key) else {
+                    continue;
+                };
+                *n -= 1;
+                if *n == 0 {
+                    self.ofd.remove(&key);
+                }
+                if pid != self.me {
+                    self.by_pid.entry(pid).or_default().via.insert(Via::Locks);
+                }
+            }
         }
-        Ok(Holders {
-            holders,
-            unreadable,
-        })
+
+        /// The holders by process, then one for the OFD locks no process
+        /// could be found for.
+        fn into_holders(self) -> Holders {
+            let files = self.files;
+            let paths = |set: &BTreeSet<usize>| -> Vec<PathBuf> {
+                let mut v: Vec<PathBuf> = set.iter().map(|&i| files[i].path.clone()).collect();
+                v.sort();
+                v
+            };
+            let mut holders: Vec<Holder> = self
+                .by_pid
+                .into_iter()
+                .map(|(pid, s)| Holder {
+                    pid: Some(pid),
+                    comm: comm(pid),
+                    files: paths(&s.files),
+                    via: s.via.into_iter().collect(),
+                })
+                .collect();
+            if !self.ofd.is_empty() {
+                let set: BTreeSet<usize> = self.ofd.keys().map(|(i, _)| *i).collect();
+                holders.push(Holder {
+                    pid: None,
+                    comm: "?".into(),
+                    files: paths(&set),
+                    via: vec![Via::Locks],
+                });
+            }
+            Holders {
+                holders,
+                unreadable: self.unreadable,
+            }
+        }
     }
 }
 

@@ -50,7 +50,7 @@ use sha2::{Digest, Sha256};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice};
-use crate::model::state;
+use crate::model::{state, Invoice};
 
 /// The first invoices recorded as anchors.
 pub const FIRST_ANCHORS: usize = 8;
@@ -119,11 +119,7 @@ pub fn node_pubkey(kv: &KvSource) -> Result<Option<String>> {
 /// index, the creation instant, and the payment request and memo, each
 /// length-prefixed.
 pub fn fingerprint(raw: &RawInvoice, kv_path: &Path) -> Result<String> {
-    let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
-        invoice_key: raw.key_hex(),
-        path: kv_path.to_path_buf(),
-        source,
-    })?;
+    let inv = decode(raw, kv_path)?;
     let mut h = Sha256::new();
     h.update(inv.add_index.to_be_bytes());
     h.update(inv.creation_date.unix_nanos().to_be_bytes());
@@ -176,12 +172,17 @@ pub fn current(
     })
 }
 
-fn is_settled(raw: &RawInvoice, kv_path: &Path) -> Result<bool> {
-    let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
+/// Decodes an invoice of the KV store at `kv_path`.
+fn decode(raw: &RawInvoice, kv_path: &Path) -> Result<Invoice> {
+    codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
         invoice_key: raw.key_hex(),
         path: kv_path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+fn is_settled(raw: &RawInvoice, kv_path: &Path) -> Result<bool> {
+    let inv = decode(raw, kv_path)?;
     Ok(inv.state == state::SETTLED)
 }
 
@@ -221,24 +222,62 @@ pub fn check(
         }
     }
     let node_now = node_pubkey(kv)?;
-    let mut node_compared = false;
-    if let Some(was) = &recorded.node_pubkey {
-        match &node_now {
-            Some(now) if now == was => node_compared = true,
-            Some(now) => differences.push(format!(
+    let (node_compared, node_difference) = compare_node(recorded.node_pubkey.as_deref(), &node_now);
+    differences.extend(node_difference);
+    let anchors = recorded.recorded_anchors();
+    let (present, differing) = compare_anchors(&anchors, kv, buckets, kv_path)?;
+    differences.extend(anchor_difference(&differing, present));
+    if !differences.is_empty() {
+        return Err(mismatch(differences.join("; ")));
+    }
+    if !node_compared && !anchors.is_empty() && present == 0 {
+        return Err(Error::SourceUnproven {
+            native: sql_path.to_path_buf(),
+            kv: kv_path.to_path_buf(),
+            at: None,
+            tombstone_present: false,
+            why: no_evidence(&anchors, recorded.node_pubkey.is_some(), node_now.is_some()),
+        });
+    }
+    Ok(())
+}
+
+/// Compares lnd's node key as recorded (`was`) with the store's (`now`):
+/// whether both are there and equal, and what differs if they are not.
+fn compare_node(was: Option<&str>, now: &Option<String>) -> (bool, Option<String>) {
+    let Some(was) = was else {
+        return (false, None);
+    };
+    match now {
+        Some(now) if now == was => (true, None),
+        Some(now) => (
+            false,
+            Some(format!(
                 "its KV store belongs to lnd node {was}, this one to node {now} (graph-node/source)"
             )),
-            None => differences.push(format!(
+        ),
+        None => (
+            false,
+            Some(format!(
                 "its KV store belongs to lnd node {was} (graph-node/source), and this one has no \
                  node key, which lnd never removes"
             )),
-        }
+        ),
     }
-    let anchors = recorded.recorded_anchors();
+}
+
+/// Reads the recorded anchor invoices that are still in the store: how many
+/// are, and the numbers of those whose fingerprint differs.
+fn compare_anchors(
+    anchors: &[(u32, String)],
+    kv: &KvSource,
+    buckets: Option<InvoiceBuckets>,
+    kv_path: &Path,
+) -> Result<(usize, Vec<u32>)> {
     let mut present = 0usize;
     let mut differing = Vec::new();
     if let Some(b) = buckets {
-        for (num, fp) in &anchors {
+        for (num, fp) in anchors {
             let found = kv.read_invoices(&b, num.checked_sub(1), 1)?;
             if let Some(raw) = found.into_iter().find(|r| r.num == *num) {
                 present += 1;
@@ -248,44 +287,41 @@ pub fn check(
             }
         }
     }
-    if let Some(first) = differing.first() {
-        let mut why = format!(
-            "invoice {first:08x} has different immutable fields (add index, creation date, \
-             payment request, memo)"
-        );
-        if differing.len() > 1 {
-            why.push_str(&format!(
-                ", and so do {} more of the {present} recorded invoices present",
-                differing.len() - 1
-            ));
+    Ok((present, differing))
+}
+
+/// The difference the anchors show, if any of the `present` ones differs.
+fn anchor_difference(differing: &[u32], present: usize) -> Option<String> {
+    let first = differing.first()?;
+    let mut why = format!(
+        "invoice {first:08x} has different immutable fields (add index, creation date, \
+         payment request, memo)"
+    );
+    if differing.len() > 1 {
+        why.push_str(&format!(
+            ", and so do {} more of the {present} recorded invoices present",
+            differing.len() - 1
+        ));
+    }
+    Some(why)
+}
+
+/// Why nothing shows that the store is the one the migration began from:
+/// no recorded anchor is left, and the node keys cannot be compared.
+fn no_evidence(anchors: &[(u32, String)], key_recorded: bool, key_now: bool) -> String {
+    let nums: Vec<String> = anchors.iter().map(|(n, _)| format!("{n:08x}")).collect();
+    let keys = match (key_recorded, key_now) {
+        (false, false) => "neither store records lnd's node key (graph-node/source)",
+        (false, true) => {
+            "the node key (graph-node/source) was not recorded when the migration began"
         }
-        differences.push(why);
-    }
-    if !differences.is_empty() {
-        return Err(mismatch(differences.join("; ")));
-    }
-    if !node_compared && !anchors.is_empty() && present == 0 {
-        let nums: Vec<String> = anchors.iter().map(|(n, _)| format!("{n:08x}")).collect();
-        let keys = match (&recorded.node_pubkey, &node_now) {
-            (None, None) => "neither store records lnd's node key (graph-node/source)",
-            (None, Some(_)) => {
-                "the node key (graph-node/source) was not recorded when the migration began"
-            }
-            // Unreachable: a recorded key is compared or is a difference.
-            (Some(_), _) => "the node keys cannot be compared",
-        };
-        return Err(Error::SourceUnproven {
-            native: sql_path.to_path_buf(),
-            kv: kv_path.to_path_buf(),
-            at: None,
-            tombstone_present: false,
-            why: format!(
-                "none of the {} invoices recorded when the migration began ({}) is in it any more, \
-                 and {keys}",
-                anchors.len(),
-                nums.join(", ")
-            ),
-        });
-    }
-    Ok(())
+        // Unreachable: a recorded key is compared or is a difference.
+        (true, _) => "the node keys cannot be compared",
+    };
+    format!(
+        "none of the {} invoices recorded when the migration began ({}) is in it any more, \
+         and {keys}",
+        anchors.len(),
+        nums.join(", ")
+    )
 }

@@ -2,11 +2,12 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use cli::failure::Failure;
 use cli::progress::{self as prog, CliProgress, Mode, Shared};
 use oneway::Phase;
 use oneway::{fixture, Backend, Error, Migrator, Options};
@@ -20,6 +21,12 @@ macro_rules! out {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
+}
+
+/// Prints a line of the demo wrapped to 80 columns, indented by `$indent`
+/// (paths longer than a line aside).
+macro_rules! say {
+    ($indent:expr, $($arg:tt)*) => { out!("{}", cli::wrap(&format!($($arg)*), $indent)) };
 }
 
 /// Exit codes (also in README.md).
@@ -231,44 +238,26 @@ fn print_json<T: serde::Serialize>(v: &T) {
     );
 }
 
-fn fail(e: &Error, json: bool) -> ExitCode {
-    let msg = message(e);
+fn fail<'a>(e: impl Into<Failure<'a>>, json: bool) -> ExitCode {
+    let f = e.into();
+    let msg = f.message();
     if json {
-        print_json(&error_json(e, &msg));
+        print_json(&f.json(&msg));
     }
     eprintln!("oneway: error: {msg}");
-    ExitCode::from(e.exit_code() as u8)
-}
-
-/// An error and its sources, each said once.
-fn message(e: &Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let s = s.to_string();
-        if !msg.contains(&s) {
-            msg.push_str(": ");
-            msg.push_str(&s);
-        }
-        src = s_source(src);
-    }
-    msg
+    ExitCode::from(f.exit_code as u8)
 }
 
 /// An error of `migrate --progress-json`: its one line on stderr is the
 /// `error` event (the `--json` object still goes to stdout).
 fn fail_as_event(e: &Error, json: bool) -> ExitCode {
-    let msg = message(e);
+    let f = Failure::from(e);
+    let msg = f.message();
     if json {
-        print_json(&error_json(e, &msg));
+        print_json(&f.json(&msg));
     }
-    prog::event(&serde_json::json!({
-        "event": "error",
-        "reason": e.reason(),
-        "exit_code": e.exit_code(),
-        "message": msg,
-    }));
-    ExitCode::from(e.exit_code() as u8)
+    prog::event(&f.event(&msg));
+    ExitCode::from(f.exit_code as u8)
 }
 
 /// `oneway verify`'s text: the full comparison from `Verified` on; before,
@@ -329,34 +318,6 @@ fn print_verify(r: &oneway::VerifyReport) {
     }
 }
 
-/// The `--json` form of an error. A refusal (exit code 3 or 4) has the
-/// same shape as the guard's answer: `allowed`, a stable `reason`, the
-/// `state` and `tombstone_present` the command saw, the `message`; any other
-/// error is `error` (the message), `reason` and `exit_code`.
-fn error_json(e: &Error, msg: &str) -> serde_json::Value {
-    match e.refusal_context() {
-        Some((state, tombstone_present)) => serde_json::json!({
-            "allowed": false,
-            "reason": e.reason(),
-            "state": state,
-            "tombstone_present": tombstone_present,
-            "message": msg,
-            "exit_code": e.exit_code(),
-        }),
-        None => serde_json::json!({
-            "error": msg,
-            "reason": e.reason(),
-            "exit_code": e.exit_code(),
-        }),
-    }
-}
-
-fn s_source<'a>(
-    e: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    e.and_then(|e| e.source())
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -376,144 +337,27 @@ fn main() -> ExitCode {
             batch_size,
             json,
             progress_json,
-        } => {
-            let progress = Arc::new(CliProgress::new(if progress_json {
-                Mode::Json
-            } else {
-                Mode::for_stderr(Mode::Hidden)
-            }));
-            let m = Migrator::new(stores.options(batch_size))
-                .with_progress(Box::new(Shared(progress.clone())));
-            match m.run() {
-                Ok(r) => {
-                    if progress_json {
-                        prog::event(&serde_json::json!({
-                            "event": "done",
-                            "state": r.state,
-                            "already_completed": r.already_completed,
-                            "invoices": r.invoices,
-                            "copied_this_run": r.copied_this_run,
-                            "resynced": r.resynced,
-                            "exit_code": exit::OK,
-                        }));
-                    }
-                    if json {
-                        print_json(&MigrateJson {
-                            report: &r,
-                            peak_rss_kib: peak_rss_kib(),
-                        });
-                    } else if r.already_completed {
-                        out!(
-                            "invoice migration already completed: {} invoices, state {}",
-                            r.invoices,
-                            r.state
-                        );
-                    } else {
-                        out!(
-                            "migrated {} invoices ({} copied this run, {} re-synced); state {}",
-                            r.invoices,
-                            r.copied_this_run,
-                            r.resynced,
-                            r.state
-                        );
-                    }
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => {
-                    progress.abandon();
-                    if progress_json {
-                        fail_as_event(&e, json)
-                    } else {
-                        fail(&e, json)
-                    }
-                }
-            }
-        }
-        Cmd::Status { stores, json } => match Migrator::new(stores.options(1)).status() {
-            Ok(s) => {
-                if json {
-                    print_json(&s);
-                } else {
-                    out!("state:             {}", s.state);
-                    out!("tombstone present: {}", s.tombstone_present);
-                    out!("source invoices:   {}", s.source_invoices);
-                    out!("copied:            {}", s.copied);
-                    out!("native invoices:   {}", s.native_invoices);
-                    out!("cursor:            {}", s.cursor.as_deref().unwrap_or("-"));
-                    out!("journal entries:   {}", s.journal_entries);
-                }
-                ExitCode::from(exit::OK)
-            }
-            Err(e) => fail(&e, json),
-        },
-        Cmd::Verify { stores, json } => {
-            match Migrator::new(stores.options(oneway::DEFAULT_BATCH_SIZE)).verify() {
-                Ok(r) => {
-                    if json {
-                        print_json(&r);
-                    } else {
-                        print_verify(&r);
-                    }
-                    if r.passed() {
-                        ExitCode::from(exit::OK)
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => fail(&e, json),
-            }
-        }
+        } => migrate(&stores, batch_size, json, progress_json),
+        Cmd::Status { stores, json } => status(&stores, json),
+        Cmd::Verify { stores, json } => verify(&stores, json),
         Cmd::Guard {
             stores,
             backend,
             json,
-        } => {
-            let backend = match backend {
-                BackendArg::Kv => Backend::Kv,
-                BackendArg::Sql => Backend::Sql,
-            };
-            match Migrator::new(stores.options(1)).guard(backend) {
-                Ok(g) => {
-                    if json {
-                        print_json(&serde_json::json!({
-                            "allowed": true,
-                            "backend": backend.name(),
-                            "reason": null,
-                            "state": g.state,
-                            "tombstone_present": g.tombstone_present,
-                            "message": format!("backend {backend} allowed"),
-                            "exit_code": exit::OK,
-                        }));
-                    } else {
-                        out!(
-                            "backend {backend} allowed (state {})",
-                            g.state.map_or("none", |s| s.name())
-                        );
-                    }
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => fail(&e, json),
-            }
-        }
+        } => guard(&stores, backend, json),
         Cmd::Fixture {
             out,
             invoices,
             seed,
             table_prefix,
-        } => {
-            let spec = fixture::FixtureSpec {
+        } => write_fixture(
+            &out,
+            &fixture::FixtureSpec {
                 invoices,
                 seed,
                 table_prefix,
-            };
-            match fixture::write_fixture(&out, &spec) {
-                Ok(s) => {
-                    print_json(&s);
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => fail(&Error::from(e), false),
-            }
-        }
+            },
+        ),
         Cmd::Demo { invoices, keep } => demo(invoices, keep),
         Cmd::Bench {
             sizes,
@@ -521,70 +365,254 @@ fn main() -> ExitCode {
             batch_size,
             runs,
             json,
-        } => {
-            let exe = match std::env::current_exe() {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("oneway: error: cannot find my own executable: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            if !json {
-                out!("{}", oneway::bench::MARKDOWN_HEADER);
+        } => bench(&sizes, dir, batch_size, runs as usize, json),
+    }
+}
+
+/// `oneway migrate`: runs (or resumes) the migration, showing progress on
+/// stderr as a bar or, with `--progress-json`, as JSON events.
+fn migrate(stores: &Stores, batch_size: usize, json: bool, progress_json: bool) -> ExitCode {
+    let progress = Arc::new(CliProgress::new(if progress_json {
+        Mode::Json
+    } else {
+        Mode::for_stderr(Mode::Hidden)
+    }));
+    let m =
+        Migrator::new(stores.options(batch_size)).with_progress(Box::new(Shared(progress.clone())));
+    match m.run() {
+        Ok(r) => {
+            if progress_json {
+                prog::event(&done_event(&r));
             }
-            match oneway::bench::run(&exe, dir, &sizes, batch_size, runs as usize, |row| {
-                if !json {
-                    out!("{}", oneway::bench::markdown_row(row));
-                }
-            }) {
-                Ok(rows) => {
-                    if json {
-                        print_json(&rows);
-                    }
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => fail(&e, json),
+            print_report(&r, json);
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            progress.abandon();
+            if progress_json {
+                fail_as_event(&e, json)
+            } else {
+                fail(&e, json)
             }
         }
     }
 }
 
-fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
-    let tmp;
-    let dir = match keep {
-        Some(d) => {
-            if let Err(e) = std::fs::create_dir_all(&d) {
-                eprintln!("oneway: error: cannot create {}: {e}", d.display());
-                return ExitCode::from(1);
+/// The `done` event of `migrate --progress-json`.
+fn done_event(r: &oneway::Report) -> serde_json::Value {
+    serde_json::json!({
+        "event": "done",
+        "state": r.state,
+        "already_completed": r.already_completed,
+        "invoices": r.invoices,
+        "copied_this_run": r.copied_this_run,
+        "resynced": r.resynced,
+        "exit_code": exit::OK,
+    })
+}
+
+/// `oneway migrate`'s result on stdout: JSON, or one line.
+fn print_report(r: &oneway::Report, json: bool) {
+    if json {
+        print_json(&MigrateJson {
+            report: r,
+            peak_rss_kib: peak_rss_kib(),
+        });
+    } else if r.already_completed {
+        out!(
+            "invoice migration already completed: {} invoices, state {}",
+            r.invoices,
+            r.state
+        );
+    } else {
+        out!(
+            "migrated {} invoices ({} copied this run, {} re-synced); state {}",
+            r.invoices,
+            r.copied_this_run,
+            r.resynced,
+            r.state
+        );
+    }
+}
+
+/// `oneway status`.
+fn status(stores: &Stores, json: bool) -> ExitCode {
+    match Migrator::new(stores.options(1)).status() {
+        Ok(s) => {
+            if json {
+                print_json(&s);
+            } else {
+                print_status(&s);
             }
-            d
+            ExitCode::from(exit::OK)
         }
-        None => match tempfile::tempdir() {
-            Ok(t) => {
-                tmp = t;
-                tmp.path().to_path_buf()
+        Err(e) => fail(&e, json),
+    }
+}
+
+/// `oneway status`'s text.
+fn print_status(s: &oneway::Status) {
+    out!("state:             {}", s.state);
+    out!("tombstone present: {}", s.tombstone_present);
+    out!("source invoices:   {}", s.source_invoices);
+    out!("copied:            {}", s.copied);
+    out!("native invoices:   {}", s.native_invoices);
+    out!("cursor:            {}", s.cursor.as_deref().unwrap_or("-"));
+    out!("journal entries:   {}", s.journal_entries);
+}
+
+/// `oneway verify`: exit code 1 when the comparison found differences.
+fn verify(stores: &Stores, json: bool) -> ExitCode {
+    match Migrator::new(stores.options(oneway::DEFAULT_BATCH_SIZE)).verify() {
+        Ok(r) => {
+            if json {
+                print_json(&r);
+            } else {
+                print_verify(&r);
             }
-            Err(e) => {
-                eprintln!("oneway: error: cannot create a temporary folder: {e}");
-                return ExitCode::from(1);
+            if r.passed() {
+                ExitCode::from(exit::OK)
+            } else {
+                ExitCode::from(1)
             }
-        },
+        }
+        Err(e) => fail(&e, json),
+    }
+}
+
+/// `oneway guard`: exit code 0 when the backend is allowed, the refusal's
+/// otherwise.
+fn guard(stores: &Stores, backend: BackendArg, json: bool) -> ExitCode {
+    let backend = match backend {
+        BackendArg::Kv => Backend::Kv,
+        BackendArg::Sql => Backend::Sql,
+    };
+    match Migrator::new(stores.options(1)).guard(backend) {
+        Ok(g) => {
+            if json {
+                print_json(&serde_json::json!({
+                    "allowed": true,
+                    "backend": backend.name(),
+                    "reason": null,
+                    "state": g.state,
+                    "tombstone_present": g.tombstone_present,
+                    "message": format!("backend {backend} allowed"),
+                    "exit_code": exit::OK,
+                }));
+            } else {
+                out!(
+                    "backend {backend} allowed (state {})",
+                    g.state.map_or("none", |s| s.name())
+                );
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(&e, json),
+    }
+}
+
+/// `oneway fixture`: writes the store and prints its summary as JSON.
+fn write_fixture(out: &Path, spec: &fixture::FixtureSpec) -> ExitCode {
+    match fixture::write_fixture(out, spec) {
+        Ok(s) => {
+            print_json(&s);
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(&e, false),
+    }
+}
+
+/// `oneway bench`: a markdown table, row by row, or the rows as JSON.
+fn bench(
+    sizes: &[u64],
+    dir: Option<PathBuf>,
+    batch_size: usize,
+    runs: usize,
+    json: bool,
+) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("oneway: error: cannot find my own executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !json {
+        out!("{}", oneway::bench::MARKDOWN_HEADER);
+    }
+    match oneway::bench::run(&exe, dir, sizes, batch_size, runs, |row| {
+        if !json {
+            out!("{}", oneway::bench::markdown_row(row));
+        }
+    }) {
+        Ok(rows) => {
+            if json {
+                print_json(&rows);
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(&e, json),
+    }
+}
+
+/// `oneway demo`: builds a sample store, migrates it, and shows the result
+/// and the guard's answers, each step numbered.
+fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
+    let (_tmp, dir) = match demo_dir(keep) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let kv = dir.join("channel.sqlite");
     let sql = dir.join("native.sqlite");
-    for p in [&kv, &sql] {
-        if p.exists() {
-            eprintln!(
-                "oneway: error: {} already exists; the demo never overwrites a store (choose an empty folder)",
-                p.display()
-            );
-            return ExitCode::from(1);
-        }
+    if let Some(p) = [&kv, &sql].into_iter().find(|p| p.exists()) {
+        eprintln!(
+            "oneway: error: {} already exists; the demo never overwrites a store (choose an empty folder)",
+            p.display()
+        );
+        return ExitCode::from(1);
     }
-    // Every line fits 80 columns (paths longer than a line aside).
-    macro_rules! say {
-        ($indent:expr, $($arg:tt)*) => { out!("{}", cli::wrap(&format!($($arg)*), $indent)) };
+    match demo_steps(invoices, &kv, &sql) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(code) => code,
     }
+}
+
+/// The demo's folder: `keep`, created if need be, or a new temporary one
+/// (returned too, so that it lives until the demo ends).
+fn demo_dir(keep: Option<PathBuf>) -> Result<(Option<tempfile::TempDir>, PathBuf), ExitCode> {
+    match keep {
+        Some(d) => match std::fs::create_dir_all(&d) {
+            Ok(()) => Ok((None, d)),
+            Err(e) => {
+                eprintln!("oneway: error: cannot create {}: {e}", d.display());
+                Err(ExitCode::from(1))
+            }
+        },
+        None => match tempfile::tempdir() {
+            Ok(t) => {
+                let dir = t.path().to_path_buf();
+                Ok((Some(t), dir))
+            }
+            Err(e) => {
+                eprintln!("oneway: error: cannot create a temporary folder: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
+    }
+}
+
+/// The demo's numbered steps; the first that fails ends it with its exit
+/// code.
+fn demo_steps(invoices: u64, kv: &Path, sql: &Path) -> Result<(), ExitCode> {
+    demo_write_store(invoices, kv)?;
+    let m = demo_migrate(kv, sql)?;
+    demo_final_state(&m)?;
+    demo_guards(&m)?;
+    demo_rerun(&m)
+}
+
+/// Step 1: the sample store, and what it holds.
+fn demo_write_store(invoices: u64, kv: &Path) -> Result<(), ExitCode> {
     say!(
         0,
         "1. writing a sample lnd KV store with {invoices} invoices:"
@@ -595,73 +623,82 @@ fn demo(invoices: u64, keep: Option<PathBuf>) -> ExitCode {
         seed: 1,
         ..Default::default()
     };
-    match fixture::write_fixture(&kv, &spec) {
-        Ok(s) => say!(
-            3,
-            "{} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",
-            s.invoices, s.settled, s.open, s.canceled, s.accepted, s.keysend, s.amp, s.legacy_amp, s.hodl_unknown_preimage, s.htlcs
-        ),
-        Err(e) => return fail(&Error::from(e), false),
-    }
+    let s = fixture::write_fixture(kv, &spec).map_err(|e| fail(&e, false))?;
+    say!(
+        3,
+        "{} invoices: {} settled, {} open, {} canceled, {} accepted, {} keysend, {} AMP ({} legacy), {} hodl without preimage, {} HTLCs",
+        s.invoices, s.settled, s.open, s.canceled, s.accepted, s.keysend, s.amp, s.legacy_amp, s.hodl_unknown_preimage, s.htlcs
+    );
+    Ok(())
+}
+
+/// Step 2: the migration, with progress lines, and the time of each phase.
+fn demo_migrate(kv: &Path, sql: &Path) -> Result<Migrator, ExitCode> {
     say!(0, "2. migrating to");
     say!(3, "{}", sql.display());
     let progress = Arc::new(CliProgress::new(Mode::for_stderr(Mode::Lines)));
-    let m =
-        Migrator::new(Options::new(&kv, &sql)).with_progress(Box::new(Shared(progress.clone())));
-    match m.run() {
-        // The times the phase lines showed, not a second measurement.
-        Ok(_) => {
-            let t = |p: Phase| prog::seconds(progress.seconds(p).unwrap_or(0.0));
-            let sealed = progress.seconds(Phase::Tombstone).unwrap_or(0.0)
-                + progress.seconds(Phase::Lock).unwrap_or(0.0);
-            say!(
-                3,
-                "copied {} invoices in {}, built lnd's indexes in {}, verified them in {}, sealed the KV store in {}",
-                prog::group(progress.done(Phase::Copy)),
-                t(Phase::Copy),
-                t(Phase::Index),
-                t(Phase::Verify),
-                prog::seconds(sealed)
-            );
-        }
-        Err(e) => {
-            progress.abandon();
-            return fail(&e, false);
-        }
+    let m = Migrator::new(Options::new(kv, sql)).with_progress(Box::new(Shared(progress.clone())));
+    if let Err(e) = m.run() {
+        progress.abandon();
+        return Err(fail(&e, false));
     }
+    // The times the phase lines showed, not a second measurement.
+    let t = |p: Phase| prog::seconds(progress.seconds(p).unwrap_or(0.0));
+    let sealed = progress.seconds(Phase::Tombstone).unwrap_or(0.0)
+        + progress.seconds(Phase::Lock).unwrap_or(0.0);
+    say!(
+        3,
+        "copied {} invoices in {}, built lnd's indexes in {}, verified them in {}, sealed the KV store in {}",
+        prog::group(progress.done(Phase::Copy)),
+        t(Phase::Copy),
+        t(Phase::Index),
+        t(Phase::Verify),
+        prog::seconds(sealed)
+    );
+    Ok(m)
+}
+
+/// Step 3: the status, as JSON.
+fn demo_final_state(m: &Migrator) -> Result<(), ExitCode> {
     say!(0, "3. final state:");
-    match m.status() {
-        Ok(s) => {
-            // The digest is 64 hex digits, wider than a terminal line.
-            let mut v = serde_json::to_value(&s).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.remove("source_digest");
-            }
-            out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
-        }
-        Err(e) => return fail(&e, false),
+    let s = m.status().map_err(|e| fail(&e, false))?;
+    // The digest is 64 hex digits, wider than a terminal line.
+    let mut v = serde_json::to_value(&s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("source_digest");
     }
+    out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
+
+/// Steps 4 and 5: the guard refuses the KV backend and allows the native one.
+fn demo_guards(m: &Migrator) -> Result<(), ExitCode> {
     out!("4. the guard, asked for the KV backend (lnd's `db.backend` switched back):");
     match m.guard(Backend::Kv) {
         Ok(_) => {
             eprintln!("oneway: error: the guard allowed the KV backend after the migration");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
         Err(e) => say!(3, "refused (exit code {}): {e}", e.exit_code()),
     }
     out!("5. the guard, asked for the native SQL backend:");
-    match m.guard(Backend::Sql) {
-        Ok(_) => out!("   allowed"),
-        Err(e) => return fail(&e, false),
-    }
+    m.guard(Backend::Sql).map_err(|e| fail(&e, false))?;
+    out!("   allowed");
+    Ok(())
+}
+
+/// Step 6: a second run finds the migration completed.
+fn demo_rerun(m: &Migrator) -> Result<(), ExitCode> {
     out!("6. migrating again changes nothing:");
     match m.run() {
-        Ok(r) if r.already_completed => out!("   invoice migration already completed"),
+        Ok(r) if r.already_completed => {
+            out!("   invoice migration already completed");
+            Ok(())
+        }
         Ok(_) => {
             eprintln!("oneway: error: a rerun did work after Locked");
-            return ExitCode::from(1);
+            Err(ExitCode::from(1))
         }
-        Err(e) => return fail(&e, false),
+        Err(e) => Err(fail(&e, false)),
     }
-    ExitCode::from(exit::OK)
 }

@@ -1,6 +1,8 @@
-//! The CLI's presentation: progress (`progress`) and text that fits a
-//! terminal (`wrap`). No migration logic lives here.
+//! The CLI's presentation: progress (`progress`), failures as messages,
+//! exit codes and JSON (`failure`), and text that fits a terminal (`wrap`).
+//! No migration logic lives here.
 
+pub mod failure;
 pub mod progress;
 
 /// Terminal width the human output is written for.

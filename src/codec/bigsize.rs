@@ -74,6 +74,16 @@ pub fn read(buf: &[u8]) -> Result<(u64, usize), BigSizeFault> {
     Ok((value, needed))
 }
 
+/// [`read`], a fault reported as the BigSize `what` of the stream at
+/// `place`.
+pub(crate) fn read_field(
+    buf: &[u8],
+    place: super::Place,
+    what: super::BigSizeField,
+) -> Result<(u64, usize), super::CodecError> {
+    read(buf).map_err(|fault| super::CodecError::BadBigSize { place, what, fault })
+}
+
 /// The number of bytes [`write()`] uses for `value`.
 pub fn encoded_len(value: u64) -> usize {
     match value {

@@ -149,11 +149,7 @@ fn write_features(out: &mut Vec<u8>, features: &[u32], len: usize) {
 // ---------------------------------------------------------------------------
 
 fn decode_circuit_keys(place: Place, v: &[u8]) -> Result<Vec<(u64, u64)>, CodecError> {
-    let (count, used) = bigsize::read(v).map_err(|fault| CodecError::BadBigSize {
-        place,
-        what: BigSizeField::CircuitKeyCount,
-        fault,
-    })?;
+    let (count, used) = bigsize::read_field(v, place, BigSizeField::CircuitKeyCount)?;
     let rest = v.get(used..).unwrap_or(&[]);
     let mismatch = CodecError::CircuitKeysLength {
         place,
@@ -202,11 +198,7 @@ fn decode_amp_set(index: usize, stream: &[u8]) -> Result<AmpSetState, CodecError
 }
 
 fn decode_amp_state(v: &[u8]) -> Result<Vec<AmpSetState>, CodecError> {
-    let (count, mut pos) = bigsize::read(v).map_err(|fault| CodecError::BadBigSize {
-        place: Place::Body,
-        what: BigSizeField::AmpSetCount,
-        fault,
-    })?;
+    let (count, mut pos) = bigsize::read_field(v, Place::Body, BigSizeField::AmpSetCount)?;
     // Every set takes at least one byte, so the remaining length bounds the
     // allocation whatever the count claims.
     let cap = usize::try_from(count)
@@ -217,11 +209,8 @@ fn decode_amp_state(v: &[u8]) -> Result<Vec<AmpSetState>, CodecError> {
     let mut remaining = count;
     while remaining > 0 {
         let rest = v.get(pos..).unwrap_or(&[]);
-        let (len, used) = bigsize::read(rest).map_err(|fault| CodecError::BadBigSize {
-            place: Place::Body,
-            what: BigSizeField::AmpSetLength { index },
-            fault,
-        })?;
+        let (len, used) =
+            bigsize::read_field(rest, Place::Body, BigSizeField::AmpSetLength { index })?;
         let body = rest.get(used..).unwrap_or(&[]);
         let stream = usize::try_from(len)
             .ok()
@@ -1192,6 +1181,10 @@ mod tests {
             err.to_string(),
             "unknown record type 6 in AMP set 0 of record type 15 (AMP state)"
         );
+    }
+
+    #[test]
+    fn err_amp_state_lengths() {
         // Count larger than the sets present.
         let mut v = amp_value(&[]);
         v[0] = 3;
@@ -1233,6 +1226,10 @@ mod tests {
                 extra: 1
             })
         );
+    }
+
+    #[test]
+    fn err_amp_set_fields() {
         // Circuit keys: count says 2, only one pair present.
         let mut keys = vec![2u8];
         keys.extend_from_slice(&[0; 16]);

@@ -4,7 +4,7 @@
 //! that many value bytes. Types must be strictly ascending. The reader borrows
 //! value slices from the input; it never allocates.
 
-use super::bigsize::{self, BigSizeFault};
+use super::bigsize;
 use super::{BigSizeField, CodecError, Place};
 
 /// Iterates over the records of one TLV stream as `(type, value)` pairs.
@@ -36,11 +36,7 @@ impl<'a> TlvReader<'a> {
 
     fn bigsize(&self, what: BigSizeField, at: usize) -> Result<(u64, usize), CodecError> {
         let rest = self.buf.get(at..).unwrap_or(&[]);
-        bigsize::read(rest).map_err(|fault: BigSizeFault| CodecError::BadBigSize {
-            place: self.place,
-            what,
-            fault,
-        })
+        bigsize::read_field(rest, self.place, what)
     }
 
     fn next_record(&mut self) -> Result<(u64, &'a [u8]), CodecError> {
@@ -156,6 +152,7 @@ impl<'a> TlvWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::BigSizeFault;
 
     fn collect(buf: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, CodecError> {
         TlvReader::new(buf, Place::Body)
