@@ -104,8 +104,8 @@ pub struct BenchRow {
     pub peak_rss_mib: f64,
 }
 
-/// One migration run.
-struct Run {
+/// What one migration run measured.
+struct Measurement {
     total_s: f64,
     copy_s: f64,
     verify_s: f64,
@@ -147,7 +147,12 @@ fn remove_store(p: &Path) {
 }
 
 /// Migrates `kv` into a new `sql` with a child `exe migrate` process.
-fn migrate_once(exe: &Path, kv: &Path, sql: &Path, batch_size: usize) -> Result<Run, BenchError> {
+fn migrate_once(
+    exe: &Path,
+    kv: &Path,
+    sql: &Path,
+    batch_size: usize,
+) -> Result<Measurement, BenchError> {
     remove_store(sql);
     let started = Instant::now();
     let out = Command::new(exe)
@@ -174,7 +179,7 @@ fn migrate_once(exe: &Path, kv: &Path, sql: &Path, batch_size: usize) -> Result<
         });
     }
     let secs = |k: &str| report["seconds"][k].as_f64().unwrap_or(0.0);
-    Ok(Run {
+    Ok(Measurement {
         total_s,
         copy_s: secs("copy"),
         verify_s: secs("verify"),
@@ -259,7 +264,7 @@ pub fn run_size(
 
 /// The row of one size: the median run's phases, the range of all runs'
 /// wall times and the highest peak memory.
-fn row(invoices: u64, kv_mib: f64, floor_s: f64, mut done: Vec<Run>) -> BenchRow {
+fn row(invoices: u64, kv_mib: f64, floor_s: f64, mut done: Vec<Measurement>) -> BenchRow {
     done.sort_by(|a, b| a.total_s.total_cmp(&b.total_s));
     let mid = &done[(done.len() - 1) / 2];
     BenchRow {

@@ -60,9 +60,12 @@ impl Run<'_> {
         };
         t.transition(State::Fresh, Event::Begin, details, "begin", effect)?;
         crate::files::narrow(&self.opts().sql)?;
-        let p = load_begun(&*t)?;
-        debug_assert_eq!((p.state, p.cursor, p.copied), (State::Migrating, None, 0));
-        Ok(Native::Begun(t, Box::new(p)))
+        let row = load_begun(&*t)?;
+        debug_assert_eq!(
+            (row.state, row.cursor, row.copied),
+            (State::Migrating, None, 0)
+        );
+        Ok(Native::Begun(t, Box::new(row)))
     }
 
     /// Brings the native store level with the source and verifies it: the
@@ -72,19 +75,19 @@ impl Run<'_> {
     pub(super) fn copy_and_verify(
         &mut self,
         t: &mut dyn NativeStore,
-        p: &Persisted,
+        row: &Persisted,
     ) -> Result<VerifyReport> {
         let started = Instant::now();
         if let Some(report) = self.catch_up_first(t)? {
             self.report.seconds.verify += started.elapsed().as_secs_f64();
             return Ok(report);
         }
-        if p.cursor.is_some() {
+        if row.cursor.is_some() {
             // A resumed run: invoices deleted from the source since they
             // were copied must go before anything new is inserted or indexed.
             self.sweep_deleted(t)?;
         }
-        self.copy(t, p)?;
+        self.copy(t, row)?;
         // The first verification pass's decoder starts now, so that it
         // digests the source and decodes its first batches on the second
         // core while this thread builds lnd's indexes. Its snapshot begins
@@ -108,16 +111,16 @@ impl Run<'_> {
     /// twice (the cursor and the copy map say what is there) and nothing is
     /// skipped (keys are read in order, and the verification pass re-reads
     /// them all).
-    fn copy(&mut self, t: &mut dyn NativeStore, p: &Persisted) -> Result<()> {
-        let mut cursor = p.cursor;
+    fn copy(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+        let mut cursor = row.cursor;
         let mut stream = self.stream(cursor, reader::Kind::Copy)?;
         // Progress starts once the decoder has counted the invoices (after
         // its first batch); what was done before is reported then.
-        let mut done = p.copied;
+        let mut done = row.copied;
         let mut counted = false;
         let mut clock = CopyClock::default();
         while let Some(batch) =
-            self.next_copy_batch(&mut stream, p, done, &mut counted, &mut clock)?
+            self.next_copy_batch(&mut stream, row, done, &mut counted, &mut clock)?
         {
             let Some(last) = batch.last().map(|b| b.num) else {
                 break;
@@ -138,7 +141,7 @@ impl Run<'_> {
         }
         if !counted {
             // Nothing to copy after the cursor: the stream ended at once.
-            self.progress_from(Phase::Copy, done, p.copied, done);
+            self.progress_from(Phase::Copy, done, row.copied, done);
         }
         tracing::info!(
             copied = self.report.copied_this_run,
@@ -158,7 +161,7 @@ impl Run<'_> {
     fn next_copy_batch(
         &mut self,
         stream: &mut reader::Stream,
-        p: &Persisted,
+        row: &Persisted,
         done: u64,
         counted: &mut bool,
         clock: &mut CopyClock,
@@ -172,7 +175,7 @@ impl Run<'_> {
                     return Ok(Some(b));
                 }
                 Some(Ok(Msg::Total(total))) => {
-                    self.progress_from(Phase::Copy, total, p.copied, done);
+                    self.progress_from(Phase::Copy, total, row.copied, done);
                     *counted = true;
                 }
                 Some(Ok(_)) => {}
@@ -268,7 +271,7 @@ impl Run<'_> {
                 IndexBuild::Duplicate { invoices, error } => (invoices, error),
             };
             attempts += 1;
-            if attempts > MAX_INDEX_ATTEMPTS || !self.refresh(t, &invoices)? {
+            if attempts > MAX_INDEX_ATTEMPTS || !self.recopy_duplicates(t, &invoices)? {
                 return Err(error);
             }
             tracing::info!(
@@ -283,7 +286,7 @@ impl Run<'_> {
     /// Re-reads the source invoices `nums` and brings their copies up to
     /// date (re-copied when their source digest changed, removed when they
     /// are gone), each in a repair batch. Returns whether any copy changed.
-    fn refresh(&mut self, t: &mut dyn NativeStore, nums: &[u32]) -> Result<bool> {
+    fn recopy_duplicates(&mut self, t: &mut dyn NativeStore, nums: &[u32]) -> Result<bool> {
         let mut changed = false;
         for &num in nums {
             let after = num.checked_sub(1);

@@ -22,10 +22,10 @@ impl Migrator {
             Some(t) => t.load()?,
             None => None,
         };
-        let state = persisted.as_ref().map(|p| p.state);
-        if let Some(p) = &persisted {
+        let state = persisted.as_ref().map(|row| row.state);
+        if let Some(row) = &persisted {
             let buckets = kv.invoice_buckets()?;
-            if let Err(e) = check_identity(&kv, buckets, &self.opts, p) {
+            if let Err(e) = check_identity(&kv, buckets, &self.opts, row) {
                 security_event(
                     target.as_deref(),
                     state,

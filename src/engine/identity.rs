@@ -20,8 +20,8 @@ impl Run<'_> {
     }
 
     /// See [`check_identity`].
-    pub(super) fn check_identity(&self, p: &Persisted) -> Result<()> {
-        check_identity(&self.kv, self.buckets, self.opts(), p)
+    pub(super) fn check_identity(&self, row: &Persisted) -> Result<()> {
+        check_identity(&self.kv, self.buckets, self.opts(), row)
     }
 }
 
@@ -32,11 +32,11 @@ pub(super) fn check_identity(
     kv: &KvSource,
     buckets: Option<InvoiceBuckets>,
     opts: &Options,
-    p: &Persisted,
+    row: &Persisted,
 ) -> Result<()> {
     let tombstone_present = || kv.tombstone_present().unwrap_or(false);
     identity::check(
-        &p.identity,
+        &row.identity,
         kv,
         buckets,
         &opts.table_prefix,
@@ -50,7 +50,7 @@ pub(super) fn check_identity(
             native,
             kv,
             why,
-            at: Some(p.state),
+            at: Some(row.state),
             tombstone_present: tombstone_present(),
         },
         Error::SourceUnproven {
@@ -59,7 +59,7 @@ pub(super) fn check_identity(
             native,
             kv,
             why,
-            at: Some(p.state),
+            at: Some(row.state),
             tombstone_present: tombstone_present(),
         },
         other => other,

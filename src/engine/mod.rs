@@ -182,27 +182,27 @@ impl Migrator {
         };
         let tombstone_present = kv.tombstone_present()?;
         let (persisted, native_invoices, journal_entries) = match Native::open(&self.opts)? {
-            Native::Begun(t, p) => (Some(p), t.native_invoices()?, t.journal_len()?),
+            Native::Begun(t, row) => (Some(row), t.native_invoices()?, t.journal_len()?),
             Native::NotBegun(_) => (None, 0, 0),
         };
         Ok(Status {
-            state: persisted.as_ref().map_or(State::Fresh, |p| p.state),
+            state: persisted.as_ref().map_or(State::Fresh, |row| row.state),
             kv: self.opts.kv.clone(),
             sql: self.opts.sql.clone(),
             tombstone_present,
             source_invoices,
-            copied: persisted.as_ref().map_or(0, |p| p.copied),
+            copied: persisted.as_ref().map_or(0, |row| row.copied),
             native_invoices,
             cursor: persisted
                 .as_ref()
-                .and_then(|p| p.cursor)
+                .and_then(|row| row.cursor)
                 .map(|c| format!("{c:08x}")),
-            pass: persisted.as_ref().map_or(0, |p| p.pass),
-            batch_size: persisted.as_ref().map(|p| p.batch_size),
-            verified_count: persisted.as_ref().and_then(|p| p.verified_count),
-            source_digest: persisted.as_ref().and_then(|p| p.source_digest.clone()),
+            generation: persisted.as_ref().map_or(0, |row| row.generation),
+            batch_size: persisted.as_ref().map(|row| row.batch_size),
+            verified_count: persisted.as_ref().and_then(|row| row.verified_count),
+            source_digest: persisted.as_ref().and_then(|row| row.source_digest.clone()),
             journal_entries,
-            updated_at: persisted.as_ref().map(|p| p.updated_at.clone()),
+            updated_at: persisted.as_ref().map(|row| row.updated_at.clone()),
         })
     }
 }

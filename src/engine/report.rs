@@ -176,8 +176,10 @@ pub struct Status {
     pub native_invoices: u64,
     /// The copy cursor: last copied invoice key, hex.
     pub cursor: Option<String>,
-    /// Copy generation (1 + re-syncs).
-    pub pass: u64,
+    /// Copy generation (1 + re-syncs after a source change; `pass` in
+    /// JSON, for compatibility).
+    #[serde(rename = "pass")]
+    pub generation: u64,
     /// Batch size in use.
     pub batch_size: Option<u64>,
     /// Invoices counted at verification.

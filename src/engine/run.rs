@@ -44,7 +44,7 @@ impl Native {
             return Ok(Native::NotBegun(None));
         };
         Ok(match t.load()? {
-            Some(p) => Native::Begun(t, Box::new(p)),
+            Some(row) => Native::Begun(t, Box::new(row)),
             None => Native::NotBegun(Some(t)),
         })
     }
@@ -53,7 +53,7 @@ impl Native {
     pub(super) fn state(&self) -> Option<State> {
         match self {
             Native::NotBegun(_) => None,
-            Native::Begun(_, p) => Some(p.state),
+            Native::Begun(_, row) => Some(row.state),
         }
     }
 
@@ -111,8 +111,8 @@ impl Run<'_> {
     pub(super) fn preflight(&mut self) -> Result<(Native, bool)> {
         let tombstone = self.kv.tombstone_present()?;
         let native = Native::open(self.opts())?;
-        if let Native::Begun(_, p) = &native {
-            self.check_identity(p)?;
+        if let Native::Begun(_, row) = &native {
+            self.check_identity(row)?;
         }
         if let Err(refusal) = fsm::next_step(native.state(), tombstone) {
             let err = refused(refusal, native.state(), tombstone);
@@ -158,7 +158,7 @@ impl Run<'_> {
             let step = fsm::next_step(native.state(), tombstone)
                 .map_err(|refusal| refused(refusal, native.state(), tombstone))?;
             tracing::debug!(?step, state = ?native.state(), "step");
-            let (mut t, p) = match native {
+            let (mut t, row) = match native {
                 Native::NotBegun(t) => {
                     debug_assert_eq!(step, Step::Begin);
                     native = self.begin(t)?;
@@ -170,34 +170,34 @@ impl Run<'_> {
                     native = self.begin(Some(t))?;
                     continue;
                 }
-                Native::Begun(t, p) => (t, p),
+                Native::Begun(t, row) => (t, row),
             };
             if step == Step::Done {
                 return self.finish(&*t, moved);
             }
-            self.take(step, &mut *t, &p)?;
+            self.take(step, &mut *t, &row)?;
             let after = load_begun(&*t)?;
             moved |= step != Step::RestoreSeal;
             // The tombstone is there once a step recorded it, or put it back.
             tombstone |= after.state.is_sealed();
-            debug_assert!(after.state >= p.state || after.state == State::Migrating);
+            debug_assert!(after.state >= row.state || after.state == State::Migrating);
             native = Native::Begun(t, Box::new(after));
         }
     }
 
     /// Takes one step on a begun migration.
-    fn take(&mut self, step: Step, t: &mut dyn NativeStore, p: &Persisted) -> Result<()> {
+    fn take(&mut self, step: Step, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
         match step {
-            Step::CopyAndVerify => self.verified_copy(t, p),
+            Step::CopyAndVerify => self.verified_copy(t, row),
             Step::Seal => {
-                self.refuse_seal_while_held(p, false)?;
+                self.refuse_seal_while_held(row, false)?;
                 let started = Instant::now();
-                self.tombstone(t, p)?;
+                self.tombstone(t, row)?;
                 self.report.seconds.tombstone += started.elapsed().as_secs_f64();
                 Ok(())
             }
-            Step::Lock => self.lock(t, p),
-            Step::RestoreSeal => self.restore_lost_seal(t, p),
+            Step::Lock => self.lock(t, row),
+            Step::RestoreSeal => self.restore_lost_seal(t, row),
             Step::Begin | Step::Done => unreachable!("taken by `drive`"),
         }
     }
@@ -205,8 +205,8 @@ impl Run<'_> {
     /// `Migrating → Verified`: brings the copy level with the source,
     /// verifies it clean, and records the verification with lnd's settle
     /// sequence and contract in one transition.
-    fn verified_copy(&mut self, t: &mut dyn NativeStore, p: &Persisted) -> Result<()> {
-        let report = self.copy_and_verify(t, p)?;
+    fn verified_copy(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+        let report = self.copy_and_verify(t, row)?;
         let details = serde_json::json!({
             "invoices": report.invoices,
             "source_digest": report.source_digest,

@@ -24,7 +24,7 @@ impl Run<'_> {
     /// included: the condition for `Lock`. A lost tombstone over unchanged
     /// invoices is written again here (the store is sealed, nobody else
     /// holds it); changed invoices return `false` for a re-sync.
-    pub(super) fn seal_intact(&mut self, t: &dyn NativeStore, p: &Persisted) -> Result<bool> {
+    pub(super) fn seal_intact(&mut self, t: &dyn NativeStore, row: &Persisted) -> Result<bool> {
         // This run sealed the store moments ago and nobody has committed to
         // it since: it is exactly what the tombstone transaction checked.
         if let Some(seal) = self.seal.take() {
@@ -36,7 +36,7 @@ impl Run<'_> {
         }
         let present = self.kv.tombstone_present()?;
         let digest = self.kv.digest()?;
-        let verified = p.source_digest.clone().unwrap_or_default();
+        let verified = row.source_digest.clone().unwrap_or_default();
         if !present {
             tracing::warn!(kv = %self.opts().kv.display(), "the KV store lost its tombstone before Lock; writing it again");
             t.security_event(
@@ -57,15 +57,15 @@ impl Run<'_> {
     /// store whose holders cannot be determined is treated as held.
     pub(super) fn refuse_seal_while_held(
         &self,
-        p: &Persisted,
+        row: &Persisted,
         tombstone_present: bool,
     ) -> Result<()> {
         let kv = &self.opts().kv;
         let Some(held) = self.held_by_others() else {
             return Ok(());
         };
-        let invoices = p.verified_count.unwrap_or(0);
-        let done = match p.state {
+        let invoices = row.verified_count.unwrap_or(0);
+        let done = match row.state {
             State::Locked => {
                 "the migration is locked but the KV store has lost its tombstone".into()
             }
@@ -86,7 +86,7 @@ impl Run<'_> {
             holders: held,
             done,
             estimate_s: estimate.ceil().max(1.0) as u64,
-            at: p.state,
+            at: row.state,
             tombstone_present,
         })
     }
@@ -121,16 +121,16 @@ impl Run<'_> {
     /// before it was durable, a restored backup): written again when the
     /// invoices are still exactly what was verified, which loses nothing;
     /// otherwise refused with what is true and what to do.
-    pub(super) fn restore_lost_seal(&mut self, t: &dyn NativeStore, p: &Persisted) -> Result<()> {
-        self.refuse_seal_while_held(p, false)?;
+    pub(super) fn restore_lost_seal(&mut self, t: &dyn NativeStore, row: &Persisted) -> Result<()> {
+        self.refuse_seal_while_held(row, false)?;
         let digest = self.kv.digest()?;
-        let verified = p.source_digest.clone().unwrap_or_default();
+        let verified = row.source_digest.clone().unwrap_or_default();
         if digest.sha256 != verified {
             let err = Error::SealLostAndChanged {
                 native: self.opts().sql.clone(),
                 kv: self.opts().kv.clone(),
                 now: digest.invoices,
-                verified: p.verified_count.unwrap_or(0),
+                verified: row.verified_count.unwrap_or(0),
             };
             security_event(
                 Some(t),
@@ -162,14 +162,14 @@ impl Run<'_> {
     pub(super) fn resync_under_seal(
         &mut self,
         t: &mut dyn NativeStore,
-        p: &Persisted,
+        row: &Persisted,
     ) -> Result<()> {
         self.refuse_rolled_back_source(t)?;
         tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after the tombstone; copying the difference under the seal");
-        let report = self.copy_and_verify(t, p)?;
+        let report = self.copy_and_verify(t, row)?;
         let details = serde_json::json!({
             "invoices": report.invoices,
-            "previous_source_digest": p.source_digest,
+            "previous_source_digest": row.source_digest,
             "source_digest": report.source_digest,
             "target_digest": report.target_digest,
         });
@@ -223,10 +223,10 @@ impl Run<'_> {
     /// KV commit but before `Tombstoned` is recorded: the rerun is still in
     /// `Verified`, finds the tombstone, checks the digest again, and records
     /// `Tombstoned` without writing anything to the KV store.
-    pub(super) fn tombstone(&mut self, t: &mut dyn NativeStore, p: &Persisted) -> Result<()> {
+    pub(super) fn tombstone(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
         let verified = SourceDigest {
-            invoices: p.verified_count.unwrap_or(0),
-            sha256: p.source_digest.clone().unwrap_or_default(),
+            invoices: row.verified_count.unwrap_or(0),
+            sha256: row.source_digest.clone().unwrap_or_default(),
         };
         let mut since = self.verified.take();
         if since.is_none() && !self.kv.tombstone_present()? {
@@ -317,13 +317,13 @@ impl Run<'_> {
     /// `Tombstoned → Locked`: only while the KV store is still exactly what
     /// was verified, with its tombstone, and nobody else holds it open; a
     /// store lnd wrote past the seal is re-synced first (`Resynced`).
-    pub(super) fn lock(&mut self, t: &mut dyn NativeStore, p: &Persisted) -> Result<()> {
-        self.refuse_seal_while_held(p, true)?;
+    pub(super) fn lock(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+        self.refuse_seal_while_held(row, true)?;
         self.m.progress.start(Phase::Lock, 0);
-        if !self.seal_intact(t, p)? {
+        if !self.seal_intact(t, row)? {
             self.m.progress.finish();
             let started = Instant::now();
-            self.resync_under_seal(t, p)?;
+            self.resync_under_seal(t, row)?;
             self.report.seconds.verify += started.elapsed().as_secs_f64();
             return Ok(());
         }

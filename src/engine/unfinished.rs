@@ -44,21 +44,21 @@ impl Run<'_> {
     ) -> Result<Option<VerifyReport>> {
         // The first read opens the native snapshot: the state, the cursor,
         // the copy map and the rows below are all of one commit.
-        let Some(p) = t.load()? else {
+        let Some(row) = t.load()? else {
             return Ok(None);
         };
-        if !matches!(p.state, State::Fresh | State::Migrating) {
+        if !matches!(row.state, State::Fresh | State::Migrating) {
             return Ok(None);
         }
         let mut coverage = Coverage {
-            state: p.state,
+            state: row.state,
             complete: false,
             copied: t.copies()?,
             not_copied_yet: 0,
             compared: 0,
             staged_amp_sets: t.staged_amp_sets()?,
             indexes_built: t.indexes_built()?,
-            cursor: p.cursor.map(|c| format!("{c:08x}")),
+            cursor: row.cursor.map(|c| format!("{c:08x}")),
         };
         let mut stream = self.stream(None, reader::Kind::Verify)?;
         let digest = self.first_digest(&mut stream)?;

@@ -39,24 +39,24 @@ impl Migrator {
     /// ([`VerifyReport::passed`]).
     pub fn verify(&self) -> Result<VerifyReport> {
         let kv = self.open_kv()?;
-        let (mut t, p) = match Native::open(&self.opts)? {
-            Native::Begun(t, p) => (t, p),
+        let (mut t, row) = match Native::open(&self.opts)? {
+            Native::Begun(t, row) => (t, row),
             Native::NotBegun(t) => return Err(self.nothing_to_verify(&kv, t.is_some())?),
         };
-        let mut run = Run::new(self, kv, p.state)?;
-        run.check_identity(&p)?;
-        let p = if matches!(p.state, State::Fresh | State::Migrating) {
+        let mut run = Run::new(self, kv, row.state)?;
+        run.check_identity(&row)?;
+        let row = if matches!(row.state, State::Fresh | State::Migrating) {
             if let Some(report) = run.verify_unfinished(&*t)? {
                 return Ok(report);
             }
             // A running `migrate` verified it meanwhile: compare it in full.
-            t.load()?.unwrap_or(*p)
+            t.load()?.unwrap_or(*row)
         } else {
-            *p
+            *row
         };
         let mut report = run.verify_pass(&mut *t, false, None)?;
-        report.coverage = complete_coverage(&*t, &p, &report)?;
-        run.check_final(&*t, &p, &mut report)?;
+        report.coverage = complete_coverage(&*t, &row, &report)?;
+        run.check_final(&*t, &row, &mut report)?;
         Ok(report)
     }
 
@@ -85,18 +85,18 @@ impl Migrator {
 /// The coverage of a complete comparison (from `Verified` on).
 fn complete_coverage(
     t: &dyn NativeStore,
-    p: &Persisted,
+    row: &Persisted,
     report: &VerifyReport,
 ) -> Result<Coverage> {
     Ok(Coverage {
-        state: p.state,
+        state: row.state,
         complete: true,
         copied: t.copies()?,
         not_copied_yet: 0,
         compared: report.invoices.saturating_sub(report.outdated),
         staged_amp_sets: t.staged_amp_sets()?,
         indexes_built: t.indexes_built()?,
-        cursor: p.cursor.map(|c| format!("{c:08x}")),
+        cursor: row.cursor.map(|c| format!("{c:08x}")),
     })
 }
 
@@ -107,10 +107,10 @@ impl Run<'_> {
     fn check_final(
         &self,
         t: &dyn NativeStore,
-        p: &Persisted,
+        row: &Persisted,
         report: &mut VerifyReport,
     ) -> Result<()> {
-        let stage = match p.state {
+        let stage = match row.state {
             State::Locked => Some(Stage::Locked),
             State::Verified | State::Tombstoned => Some(Stage::Migrating),
             State::Fresh | State::Migrating => None,
@@ -119,12 +119,12 @@ impl Run<'_> {
         if let Some(stage) = stage {
             found.extend(t.contract(stage, self.expected_settle_index(t)?)?);
         }
-        if p.state.is_sealed() && !self.kv.tombstone_present()? {
+        if row.state.is_sealed() && !self.kv.tombstone_present()? {
             found.push(format!(
                 "the KV store {} has lost its invoice-tombstone although the migration is {}: \
                  lnd could start on the KV backend; run `oneway migrate` to restore the seal",
                 self.opts().kv.display(),
-                p.state
+                row.state
             ));
         }
         add_store_wide(report, found);

@@ -65,8 +65,11 @@ pub struct Persisted {
     pub cursor: Option<u32>,
     /// Invoices copied so far (rows in the copy map).
     pub copied: u64,
-    /// Copy generation: 1, plus one for each re-sync after a source change.
-    pub pass: u64,
+    /// Copy generation: 1, plus one for each re-sync after a source change
+    /// (`pass` in the state row and in JSON, for compatibility; not a
+    /// verification pass).
+    #[serde(rename = "pass")]
+    pub generation: u64,
     /// Invoices counted by the last successful verification.
     pub verified_count: Option<u64>,
     /// Source digest recorded at verification.

@@ -374,7 +374,7 @@ impl NativeStore for Target {
             batch_size: r.3 as u64,
             cursor: r.4.map(|c| c as u32),
             copied: r.5 as u64,
-            pass: r.6 as u64,
+            generation: r.6 as u64,
             verified_count: r.7.map(|c| c as u64),
             source_digest: r.8,
             target_digest: r.9,
