@@ -44,7 +44,7 @@ pub(super) fn range(
 impl Target {
     /// The copy-map rows with `lo < kv_num <= hi` (`None`: unbounded).
     pub(super) fn copy_map(&self, lo: Option<u32>, hi: Option<u32>) -> Result<CopyMap> {
-        range(self.conn(), lo, hi).map_err(|e| self.err("reading the copy map", e))
+        range(self.conn(), lo, hi).ctx(Role::Native, &self.path, "reading the copy map")
     }
 
     /// Up to `limit` copied invoice numbers after `after`, in order.
@@ -60,7 +60,7 @@ impl Target {
                 })?
                 .collect()
             })
-            .map_err(|e| self.err("reading the copy map", e))
+            .ctx(Role::Native, &self.path, "reading the copy map")
     }
 
     /// Whether any copy was read back equal already (`checked`).
@@ -71,7 +71,7 @@ impl Target {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| self.err("reading the copy map", e))
+            .ctx(Role::Native, &self.path, "reading the copy map")
     }
 
     /// Calls `f(kv_num, digest, checked)` for every copy in key order until
@@ -107,7 +107,7 @@ impl Target {
                 [],
                 |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]),
             )
-            .map_err(|e| self.err("summing the copies' rows", e))?;
+            .ctx(Role::Native, &self.path, "summing the copies' rows")?;
         let tables = ChildRows::default().tables();
         Ok(std::array::from_fn(|i| (tables[i].0, owned[i] as u64)))
     }

@@ -164,7 +164,7 @@ impl Target {
         };
         t.conn
             .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|e| t.err("setting the busy timeout", e))?;
+            .ctx(Role::Native, &t.path, "setting the busy timeout")?;
         // Refuse a store oneway did not create before changing anything in
         // it (switching to WAL is a persistent change to the file).
         t.refuse_foreign()?;
@@ -182,34 +182,40 @@ impl Target {
         // pages cost far more memory (BENCHMARKS.md).
         t.conn
             .pragma_update(None, "page_size", NATIVE_PAGE_SIZE)
-            .map_err(|e| t.err("setting the page size", e))?;
+            .ctx(Role::Native, &t.path, "setting the page size")?;
         // No `auto_vacuum`: lnd asks for `incremental`, but only after
         // `journal_mode=WAL`, which has already written the header of a new
         // file, so SQLite keeps lnd's own databases at `none` (the
         // emulation in `tests/common/lnd.rs` checks it). This file matches.
-        t.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| t.err("switching to WAL", e))?;
+        t.conn.pragma_update(None, "journal_mode", "WAL").ctx(
+            Role::Native,
+            &t.path,
+            "switching to WAL",
+        )?;
         t.conn
             .pragma_update(None, "cache_size", -NATIVE_CACHE_KIB)
-            .map_err(|e| t.err("setting the cache size", e))?;
+            .ctx(Role::Native, &t.path, "setting the cache size")?;
         // Foreign keys are declared (as in lnd's schema) but not enforced row
         // by row while copying: every child row is written in the same
         // transaction as its parent, deletes remove children explicitly, and
         // the verification pass proves, before `Verified`, that no row refers
         // to a missing parent (by row counts: `native::ChildRows`) once
         // instead of with a parent lookup per inserted row.
-        t.conn
-            .pragma_update(None, "foreign_keys", "OFF")
-            .map_err(|e| t.err("configuring foreign keys", e))?;
+        t.conn.pragma_update(None, "foreign_keys", "OFF").ctx(
+            Role::Native,
+            &t.path,
+            "configuring foreign keys",
+        )?;
         t.conn.set_prepared_statement_cache_capacity(64);
         #[cfg(feature = "failpoints")]
         if let Ok(pages) = std::env::var("ONEWAY_MAX_PAGE_COUNT") {
             // A size limit for fault-injection tests: SQLite fails writes
             // beyond it with SQLITE_FULL, exactly as on a full disk.
-            t.conn
-                .pragma_update(None, "max_page_count", pages)
-                .map_err(|e| t.err("setting max_page_count", e))?;
+            t.conn.pragma_update(None, "max_page_count", pages).ctx(
+                Role::Native,
+                &t.path,
+                "setting max_page_count",
+            )?;
         }
         Ok(())
     }
@@ -241,7 +247,7 @@ impl Target {
             )
             .optional()
             .map(|o| o.is_some())
-            .map_err(|e| self.err("reading the schema", e))
+            .ctx(Role::Native, &self.path, "reading the schema")
     }
 
     /// Refuses a store that has tables but no oneway state, unless it is an
@@ -253,7 +259,7 @@ impl Target {
             return Ok(());
         }
         let existing =
-            lnd_schema::classify(&self.conn).map_err(|e| self.err("reading the schema", e))?;
+            lnd_schema::classify(&self.conn).ctx(Role::Native, &self.path, "reading the schema")?;
         match existing {
             Existing::Empty | Existing::LndBeforeInvoices => Ok(()),
             Existing::LndMigrated { version } => Err(Error::LndMigrated {
@@ -272,7 +278,7 @@ impl Target {
     fn set_sync(&self, full: bool) -> Result<()> {
         self.conn
             .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
-            .map_err(|e| self.err("setting synchronous", e))
+            .ctx(Role::Native, &self.path, "setting synchronous")
     }
 
     /// Every journal row, oldest first.
@@ -283,7 +289,7 @@ impl Target {
         let mut st = self
             .conn
             .prepare("SELECT seq, at, kind, from_state, to_state, event, details FROM oneway_journal ORDER BY seq")
-            .map_err(|e| self.err("reading the journal", e))?;
+            .ctx(Role::Native, &self.path, "reading the journal")?;
         let rows = st
             .query_map([], |r| {
                 let details: String = r.get(6)?;
@@ -299,7 +305,7 @@ impl Target {
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err("reading the journal", e))?;
+            .ctx(Role::Native, &self.path, "reading the journal")?;
         Ok(rows)
     }
 }
@@ -343,7 +349,7 @@ impl NativeStore for Target {
                 },
             )
             .optional()
-            .map_err(|e| self.err("reading the state row", e))?;
+            .ctx(Role::Native, &self.path, "reading the state row")?;
         let Some(r) = row else {
             return Err(Error::NotOnewayStore {
                 path: self.path.clone(),
@@ -475,7 +481,11 @@ impl NativeStore for Target {
                     details.to_string()
                 ],
             )
-            .map_err(|e| self.err("appending a security event to the journal", e))?;
+            .ctx(
+                Role::Native,
+                &self.path,
+                "appending a security event to the journal",
+            )?;
         Ok(())
     }
 
@@ -486,7 +496,7 @@ impl NativeStore for Target {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)
-            .map_err(|e| self.err("counting rows", e))
+            .ctx(Role::Native, &self.path, "counting rows")
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {

@@ -60,7 +60,7 @@ impl Target {
             .prepare_cached("SELECT count(*) FROM sqlite_master WHERE type = ?1 AND name = ?2")
             .and_then(|mut st| st.query_row([kind, name], |r| r.get::<_, i64>(0)))
             .map(|n| n > 0)
-            .map_err(|e| self.err("reading the schema", e))
+            .ctx(Role::Native, &self.path, "reading the schema")
     }
 }
 
@@ -84,7 +84,7 @@ impl Target {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
-            .map_err(|e| self.err("reading the highest settle index", e))
+            .ctx(Role::Native, &self.path, "reading the highest settle index")
     }
 
     /// The highest add index (native invoice id) copied.
@@ -94,7 +94,11 @@ impl Target {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)
-            .map_err(|e| self.err("reading the highest copied add index", e))
+            .ctx(
+                Role::Native,
+                &self.path,
+                "reading the highest copied add index",
+            )
     }
 
     /// Reads back every invoice whose id is in `ids`; with `staged`, their
@@ -105,8 +109,11 @@ impl Target {
         ids: &[i64],
         staged: bool,
     ) -> Result<BTreeMap<i64, NativeInvoice>> {
-        let mut loaded =
-            native::load_many(&self.conn, ids).map_err(|e| self.err("reading invoices back", e))?;
+        let mut loaded = native::load_many(&self.conn, ids).ctx(
+            Role::Native,
+            &self.path,
+            "reading invoices back",
+        )?;
         if staged {
             self.add_staged(ids, &mut loaded)?;
         }
@@ -142,9 +149,11 @@ impl Target {
     /// Runs `read` inside one read transaction, so that everything it reads
     /// is of one commit even while a `migrate` writes meanwhile.
     pub(super) fn in_snapshot<T>(&self, read: impl FnOnce(&Target) -> Result<T>) -> Result<T> {
-        self.conn
-            .execute_batch("BEGIN DEFERRED")
-            .map_err(|e| self.err("starting a read", e))?;
+        self.conn.execute_batch("BEGIN DEFERRED").ctx(
+            Role::Native,
+            &self.path,
+            "starting a read",
+        )?;
         let result = read(self);
         let _ = self.conn.execute_batch("ROLLBACK");
         result
