@@ -44,6 +44,7 @@ macro_rules! snapshot_json {
 
 /// An emulation of lnd's start-up on a native database (`lnd.sqlite`).
 pub mod lnd;
+pub mod pg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
