@@ -20,6 +20,7 @@
 //! Nothing here prints a DSN except through [`dsn::Dsn`]'s redacted form.
 
 pub mod dsn;
+pub mod lnd_schema;
 pub mod time;
 
 pub use dsn::Dsn;
@@ -79,3 +80,9 @@ pub enum PgError {
 
 /// `Result` of this module.
 pub type PgResult<T> = std::result::Result<T, PgError>;
+
+/// Wraps a driver error with the action it interrupted.
+pub(crate) fn sql(action: impl Into<String>) -> impl FnOnce(postgres::Error) -> PgError {
+    let action = action.into();
+    move |source| PgError::Sql { action, source }
+}
