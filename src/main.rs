@@ -130,8 +130,17 @@ enum Cmd {
     /// Write a realistic lnd-format KV store for testing.
     Fixture {
         /// Where to write it (must not exist).
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "postgres",
+            conflicts_with = "postgres"
+        )]
+        out: Option<PathBuf>,
+        /// Write it into this PostgreSQL database instead (lnd's db.postgres.dsn;
+        /// the KV table must not exist). The password is never printed.
+        #[arg(long, value_name = "DSN")]
+        postgres: Option<String>,
         /// Number of invoices.
         #[arg(long, default_value_t = 1000)]
         invoices: u64,
@@ -497,6 +506,7 @@ fn main() -> ExitCode {
         }
         Cmd::Fixture {
             out,
+            postgres,
             invoices,
             seed,
             table_prefix,
@@ -506,7 +516,12 @@ fn main() -> ExitCode {
                 seed,
                 table_prefix,
             };
-            match fixture::write_fixture(&out, &spec) {
+            let written = match (postgres, out) {
+                (Some(dsn), _) => fixture::write_fixture_postgres(&dsn, &spec),
+                (None, Some(out)) => fixture::write_fixture(&out, &spec),
+                (None, None) => unreachable!("clap requires --out or --postgres"),
+            };
+            match written {
                 Ok(s) => {
                     print_json(&s);
                     ExitCode::from(exit::OK)

@@ -20,6 +20,7 @@
 //! Nothing here prints a DSN except through [`dsn::Dsn`]'s redacted form.
 
 pub mod dsn;
+pub mod kv;
 pub mod lnd_schema;
 pub mod time;
 
