@@ -146,6 +146,10 @@ pub mod __test_support {
     pub mod timefmt {
         pub use crate::timefmt::*;
     }
+    /// `native`: one invoice's native rows.
+    pub mod native {
+        pub use crate::native::{NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
+    }
     /// `postgres`: lnd on Postgres (DSN, schema, KV table, COPY, read-back).
     #[cfg(feature = "postgres")]
     pub mod postgres {

@@ -19,9 +19,11 @@
 //!
 //! Nothing here prints a DSN except through [`dsn::Dsn`]'s redacted form.
 
+pub mod copy;
 pub mod dsn;
 pub mod kv;
 pub mod lnd_schema;
+pub mod load;
 pub mod time;
 
 pub use dsn::Dsn;
@@ -38,7 +40,7 @@ pub enum PgError {
         why: String,
     },
     /// The server could not be reached or refused the session.
-    #[error("cannot connect to PostgreSQL at {dsn}: {source}")]
+    #[error("cannot connect to PostgreSQL at {dsn}: {}", describe(.source))]
     Connect {
         /// The redacted DSN.
         dsn: String,
@@ -46,7 +48,7 @@ pub enum PgError {
         source: postgres::Error,
     },
     /// A statement failed.
-    #[error("PostgreSQL failed {action}: {source}")]
+    #[error("PostgreSQL failed {action}: {}", describe(.source))]
     Sql {
         /// What was being done ("reading the invoices bucket", ...).
         action: String,
@@ -86,4 +88,27 @@ pub type PgResult<T> = std::result::Result<T, PgError>;
 pub(crate) fn sql(action: impl Into<String>) -> impl FnOnce(postgres::Error) -> PgError {
     let action = action.into();
     move |source| PgError::Sql { action, source }
+}
+
+/// The driver's error with the server's message, severity, code and the
+/// constraint, table or column it names (the driver's own `Display` says
+/// only "db error"). The server's DETAIL is left out: for a unique
+/// violation it quotes the key, which may be a payment address.
+pub(crate) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+            for (what, v) in [
+                ("constraint", db.constraint()),
+                ("table", db.table()),
+                ("column", db.column()),
+            ] {
+                if let Some(v) = v {
+                    s.push_str(&format!(", {what} {v}"));
+                }
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
