@@ -203,3 +203,26 @@ fn values_lnds_postgres_schema_cannot_hold_are_refused_before_sending() {
     let err = copy_invoices(&mut tx, &[good[0].clone(), dup], 1).unwrap_err();
     assert!(err.to_string().contains("invoices_hash_key"), "{err}");
 }
+
+#[test]
+fn creating_the_schema_again_after_a_copy_changes_no_row() {
+    let Some((_db, mut c)) = schema_db() else {
+        return;
+    };
+    let invoices = native_invoices(40, 6);
+    let mut tx = c.transaction().unwrap();
+    copy_invoices(&mut tx, &invoices, 1).unwrap();
+    tx.commit().unwrap();
+    // A resumed migration runs create again: lnd's 000004 (every expiry to
+    // 24 h or 30 days) must not be part of it.
+    let mut tx = c.transaction().unwrap();
+    lnd_schema::create(&mut tx, true).unwrap();
+    tx.commit().unwrap();
+    let max_id = invoices.iter().map(|i| i.id).max().unwrap();
+    let loaded = load_range(&mut c, 1, max_id).unwrap();
+    let want: Vec<NativeInvoice> = invoices.iter().map(as_stored).collect();
+    assert_eq!(loaded, want);
+    assert!(invoices
+        .iter()
+        .any(|i| i.expiry != 86_400 && i.expiry != 2_592_000));
+}

@@ -237,6 +237,9 @@ CREATE INDEX IF NOT EXISTS invoice_payment_hashes_add_index_idx ON invoice_payme
 CREATE INDEX IF NOT EXISTS invoice_payment_hashes_hash_idx ON invoice_payment_hashes(hash);
 ";
 
+/// The number of schema file 000004, `invoice_expiry_fix`: data, not DDL.
+pub const EXPIRY_FIX: i64 = 4;
+
 /// lnd's schema files 000001–000006, in order.
 pub const UP_FILES: [SchemaFile; 6] = [
     SchemaFile {
@@ -304,8 +307,11 @@ const EMPTY_TABLES: [&str; 2] = ["invoice_events", "invoice_payment_hashes"];
 /// Creates lnd's native schema at version 6 in the caller's transaction,
 /// the way lnd's start-up does, and records `schema_migrations` = (6,
 /// `dirty`). Idempotent, like lnd's files (`IF NOT EXISTS`, seed rows only
-/// when absent). Schema file 000004 is run too: it is part of what lnd
-/// runs, and on the empty tables of a new schema it changes nothing.
+/// when absent), so it also completes a database lnd left at an earlier
+/// schema version, and may run again on a resumed migration. Schema file
+/// 000004 is the one file left out: it creates nothing, changes nothing on
+/// the empty tables lnd runs it on, and over copied rows would overwrite
+/// every expiry.
 pub fn create(client: &mut impl GenericClient, dirty: bool) -> PgResult<()> {
     client
         .batch_execute(TRACKER_BOOT)
@@ -313,7 +319,7 @@ pub fn create(client: &mut impl GenericClient, dirty: bool) -> PgResult<()> {
     client
         .batch_execute(SCHEMA_MIGRATIONS)
         .map_err(sql("creating schema_migrations"))?;
-    for file in UP_FILES {
+    for file in UP_FILES.iter().filter(|f| f.number != EXPIRY_FIX) {
         client
             .batch_execute(&postgres_text(file.up))
             .map_err(sql(format!(
