@@ -226,3 +226,45 @@ fn creating_the_schema_again_after_a_copy_changes_no_row() {
         .iter()
         .any(|i| i.expiry != 86_400 && i.expiry != 2_592_000));
 }
+
+#[test]
+fn indexes_built_after_the_copy_are_lnds() {
+    let Some((_db, mut c)) = schema_db() else {
+        return;
+    };
+    let invoices = native_invoices(200, 13);
+    let mut tx = c.transaction().unwrap();
+    lnd_schema::drop_copy_indexes(&mut tx).unwrap();
+    lnd_schema::drop_copy_indexes(&mut tx).unwrap();
+    tx.commit().unwrap();
+    let want = Schema::expected(&mut c).unwrap();
+    let missing = Schema::read_native(&mut c).unwrap().differences(&want);
+    // 13 indexes, 6 constraints and their 6 backing indexes.
+    assert_eq!(missing.len(), 25, "{missing:#?}");
+    assert!(missing.iter().any(|m| m.contains("invoices_hash_key")));
+
+    let mut tx = c.transaction().unwrap();
+    copy_invoices(&mut tx, &invoices, 1).unwrap();
+    lnd_schema::build_copy_indexes(&mut tx).unwrap();
+    lnd_schema::build_copy_indexes(&mut tx).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        Schema::read_native(&mut c).unwrap().differences(&want),
+        Vec::<String>::new()
+    );
+
+    // A duplicate copied while the constraints were away fails the build,
+    // naming lnd's constraint.
+    let mut tx = c.transaction().unwrap();
+    lnd_schema::drop_copy_indexes(&mut tx).unwrap();
+    let mut dup = invoices[0].clone();
+    dup.id = 1_000_000;
+    dup.payment_addr = None;
+    dup.payment_request = None;
+    dup.payment_request_hash = None;
+    dup.htlcs.clear();
+    dup.amp_sets.clear();
+    copy_invoices(&mut tx, &[dup], 1_000_000).unwrap();
+    let err = lnd_schema::build_copy_indexes(&mut tx).unwrap_err();
+    assert!(err.to_string().contains("invoices_hash_key"), "{err}");
+}
