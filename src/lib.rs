@@ -95,6 +95,8 @@ mod kv;
 mod lnd_schema;
 pub mod model;
 mod native;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod reader;
 mod store;
 mod timefmt;
@@ -143,6 +145,15 @@ pub mod __test_support {
     /// `timefmt`: lnd's SQL time layout.
     pub mod timefmt {
         pub use crate::timefmt::*;
+    }
+    /// `native`: one invoice's native rows.
+    pub mod native {
+        pub use crate::native::{NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
+    }
+    /// `postgres`: lnd on Postgres (DSN, schema, KV table, COPY, read-back).
+    #[cfg(feature = "postgres")]
+    pub mod postgres {
+        pub use crate::postgres::*;
     }
 }
 

@@ -137,8 +137,17 @@ enum Cmd {
     /// Write a realistic lnd-format KV store for testing.
     Fixture {
         /// Where to write it (must not exist).
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "postgres",
+            conflicts_with = "postgres"
+        )]
+        out: Option<PathBuf>,
+        /// Write it into this PostgreSQL database instead (lnd's db.postgres.dsn;
+        /// the KV table must not exist). The password is never printed.
+        #[arg(long, value_name = "DSN")]
+        postgres: Option<String>,
         /// Number of invoices.
         #[arg(long, default_value_t = 1000)]
         invoices: u64,
@@ -347,11 +356,13 @@ fn main() -> ExitCode {
         } => guard(&stores, backend, json),
         Cmd::Fixture {
             out,
+            postgres,
             invoices,
             seed,
             table_prefix,
         } => write_fixture(
-            &out,
+            out.as_deref(),
+            postgres.as_deref(),
             &fixture::FixtureSpec {
                 invoices,
                 seed,
@@ -512,8 +523,20 @@ fn guard(stores: &Stores, backend: BackendArg, json: bool) -> ExitCode {
 }
 
 /// `oneway fixture`: writes the store and prints its summary as JSON.
-fn write_fixture(out: &Path, spec: &fixture::FixtureSpec) -> ExitCode {
-    match fixture::write_fixture(out, spec) {
+/// `oneway fixture`: into a new SQLite file (`--out`) or a PostgreSQL
+/// database (`--postgres`; clap requires exactly one).
+fn write_fixture(
+    out: Option<&Path>,
+    postgres: Option<&str>,
+    spec: &fixture::FixtureSpec,
+) -> ExitCode {
+    let written = match (postgres, out) {
+        #[cfg(feature = "postgres")]
+        (Some(dsn), _) => fixture::write_fixture_postgres(dsn, spec),
+        (_, Some(out)) => fixture::write_fixture(out, spec),
+        _ => unreachable!("clap requires --out or --postgres"),
+    };
+    match written {
         Ok(s) => {
             print_json(&s);
             ExitCode::from(exit::OK)

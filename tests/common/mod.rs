@@ -50,6 +50,7 @@ pub mod edge;
 pub mod kv;
 pub mod lnd;
 pub mod native;
+pub mod pg;
 pub mod reference;
 pub mod run;
 /// Editing a KV store as lnd would ([`Source`]); also included by

@@ -1,0 +1,432 @@
+//! Bulk writing of native invoice rows into lnd's Postgres tables with
+//! binary `COPY`, and the `BIGSERIAL` reset that follows a copy.
+//!
+//! [`copy_invoices`] takes a batch of [`NativeInvoice`]s and the caller's
+//! open transaction, checks and converts every value first (so a value lnd's
+//! Postgres schema cannot hold fails before anything is sent, naming the
+//! invoice), then streams six `COPY … FROM STDIN (FORMAT binary)`, parents
+//! before children so that every foreign key is satisfied when its
+//! statement ends: `invoices`, `invoice_features`, `amp_sub_invoices`,
+//! `invoice_htlcs`, `invoice_htlc_custom_records`, `amp_sub_invoice_htlcs`.
+//! No row costs a round trip.
+//!
+//! Ids: `invoices.id` is the KV add index (as on SQLite). `invoice_htlcs.id`
+//! is handed out by the copy itself, consecutively from the id the caller
+//! passes ([`next_htlc_id`] gives the usual one), in invoice order and, in
+//! an invoice, in its HTLC order, the order SQLite's inserts give. Since the
+//! ids bypass lnd's sequences, [`reset_sequences`] must run before lnd
+//! inserts anything, or lnd's next invoice or HTLC collides with a copied
+//! one.
+//!
+//! Conversions, each checked: `INTEGER` columns (`cltv_delta`, `expiry`,
+//! `feature`, the heights) take `i32`, `SMALLINT` states `i16`; `TEXT`
+//! columns (memo, payment request) take UTF-8 without NUL, which is all
+//! Postgres stores (lnd itself cannot write other bytes there); times go
+//! through [`PgTimestamp`] (UTC, floored to the microsecond as pgx does).
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::Transaction;
+
+use super::time::PgTimestamp;
+use super::{sql, PgError, PgResult};
+use crate::native::NativeInvoice;
+
+/// `invoices`' columns in COPY order.
+const INVOICE_COLUMNS: &str = "id, hash, preimage, settle_index, settled_at, memo, amount_msat, \
+     cltv_delta, expiry, payment_addr, payment_request, payment_request_hash, state, \
+     amount_paid_msat, is_amp, is_hodl, is_keysend, created_at";
+
+/// What one invoice's rows became, checked and converted.
+struct Checked<'a> {
+    inv: &'a NativeInvoice,
+    settled_at: Option<PgTimestamp>,
+    memo: Option<&'a str>,
+    cltv_delta: i32,
+    expiry: i32,
+    payment_request: Option<&'a str>,
+    state: i16,
+    created_at: PgTimestamp,
+    features: Vec<i32>,
+    htlcs: Vec<CheckedHtlc>,
+    sets: Vec<CheckedSet>,
+}
+
+struct CheckedHtlc {
+    accept_height: i32,
+    accept_time: PgTimestamp,
+    expiry_height: i32,
+    state: i16,
+    resolve_time: Option<PgTimestamp>,
+}
+
+struct CheckedSet {
+    state: i16,
+    created_at: PgTimestamp,
+    settled_at: Option<PgTimestamp>,
+}
+
+fn fit<T: TryFrom<i64>>(id: i64, what: &str, v: i64) -> PgResult<T> {
+    T::try_from(v).map_err(|_| PgError::Unrepresentable {
+        id,
+        why: format!(
+            "its {what} {v} does not fit the column's {}-bit integer",
+            std::mem::size_of::<T>() * 8
+        ),
+    })
+}
+
+fn time(id: i64, what: &str, text: &str) -> PgResult<PgTimestamp> {
+    PgTimestamp::from_sql_text(text).ok_or_else(|| PgError::Unrepresentable {
+        id,
+        why: format!("its {what} {text:?} is not a UTC time in lnd's layout"),
+    })
+}
+
+fn opt_time(id: i64, what: &str, text: Option<&str>) -> PgResult<Option<PgTimestamp>> {
+    text.map(|t| time(id, what, t)).transpose()
+}
+
+fn text<'a>(id: i64, what: &str, bytes: Option<&'a [u8]>) -> PgResult<Option<&'a str>> {
+    let Some(bytes) = bytes else { return Ok(None) };
+    let s = std::str::from_utf8(bytes).map_err(|_| PgError::Unrepresentable {
+        id,
+        why: format!("its {what} is not UTF-8, and Postgres TEXT holds only UTF-8"),
+    })?;
+    if s.contains('\0') {
+        return Err(PgError::Unrepresentable {
+            id,
+            why: format!("its {what} contains a NUL byte, which Postgres TEXT cannot hold"),
+        });
+    }
+    Ok(Some(s))
+}
+
+fn check(inv: &NativeInvoice) -> PgResult<Checked<'_>> {
+    let id = inv.id;
+    let mut htlcs = Vec::with_capacity(inv.htlcs.len());
+    for h in &inv.htlcs {
+        htlcs.push(CheckedHtlc {
+            accept_height: fit(id, "HTLC accept height", h.accept_height)?,
+            accept_time: time(id, "HTLC accept time", &h.accept_time)?,
+            expiry_height: fit(id, "HTLC expiry height", h.expiry_height)?,
+            state: fit(id, "HTLC state", h.state)?,
+            resolve_time: opt_time(id, "HTLC resolve time", h.resolve_time.as_deref())?,
+        });
+    }
+    let mut sets = Vec::with_capacity(inv.amp_sets.len());
+    for s in &inv.amp_sets {
+        sets.push(CheckedSet {
+            state: fit(id, "AMP set state", s.state)?,
+            created_at: time(id, "AMP set creation time", &s.created_at)?,
+            settled_at: opt_time(id, "AMP set settle time", s.settled_at.as_deref())?,
+        });
+    }
+    Ok(Checked {
+        inv,
+        settled_at: opt_time(id, "settle time", inv.settled_at.as_deref())?,
+        memo: text(id, "memo", inv.memo.as_deref())?,
+        cltv_delta: fit(id, "final CLTV delta", inv.cltv_delta)?,
+        expiry: fit(id, "expiry", inv.expiry)?,
+        payment_request: text(id, "payment request", inv.payment_request.as_deref())?,
+        state: fit(id, "state", inv.state)?,
+        created_at: time(id, "creation time", &inv.created_at)?,
+        features: inv
+            .features
+            .iter()
+            .map(|f| fit(id, "feature bit", *f))
+            .collect::<PgResult<_>>()?,
+        htlcs,
+        sets,
+    })
+}
+
+/// One `COPY … FROM STDIN (FORMAT binary)` into `table`, writing the rows
+/// `rows` feeds to the writer.
+fn copy_table(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    columns: &str,
+    types: &[Type],
+    rows: impl FnOnce(&mut BinaryCopyInWriter<'_>) -> Result<(), postgres::Error>,
+) -> PgResult<u64> {
+    let action = || format!("copying rows into {table}");
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .map_err(sql(action()))?;
+    let mut w = BinaryCopyInWriter::new(sink, types);
+    rows(&mut w).map_err(sql(action()))?;
+    w.finish().map_err(sql(action()))
+}
+
+/// The id the next copied HTLC gets by default: one past the largest
+/// `invoice_htlcs.id` (1 in an empty table).
+pub fn next_htlc_id(tx: &mut Transaction<'_>) -> PgResult<i64> {
+    Ok(tx
+        .query_one("SELECT coalesce(max(id), 0) + 1 FROM invoice_htlcs", &[])
+        .map_err(sql("reading the largest HTLC id"))?
+        .get(0))
+}
+
+/// What a copy wrote: rows per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// `invoices` rows.
+    pub invoices: u64,
+    /// `invoice_features` rows.
+    pub invoice_features: u64,
+    /// `invoice_htlcs` rows.
+    pub invoice_htlcs: u64,
+    /// `invoice_htlc_custom_records` rows.
+    pub invoice_htlc_custom_records: u64,
+    /// `amp_sub_invoices` rows.
+    pub amp_sub_invoices: u64,
+    /// `amp_sub_invoice_htlcs` rows.
+    pub amp_sub_invoice_htlcs: u64,
+    /// The id the next HTLC would get (pass it to the next batch).
+    pub next_htlc_id: i64,
+}
+
+/// Writes every row of `invoices` into lnd's tables in the caller's
+/// transaction, HTLC ids from `first_htlc_id` (see the
+/// [module docs](self)). Nothing is sent when a value does not fit; a
+/// failed `COPY` leaves the transaction aborted, for the caller to roll
+/// back.
+pub fn copy_invoices(
+    tx: &mut Transaction<'_>,
+    invoices: &[NativeInvoice],
+    first_htlc_id: i64,
+) -> PgResult<Copied> {
+    let checked: Vec<Checked<'_>> = invoices.iter().map(check).collect::<PgResult<_>>()?;
+    let mut out = Copied {
+        next_htlc_id: first_htlc_id,
+        ..Copied::default()
+    };
+    out.invoices = copy_table(
+        tx,
+        "invoices",
+        INVOICE_COLUMNS,
+        &[
+            Type::INT8,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::INT8,
+            Type::TIMESTAMP,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT4,
+            Type::INT4,
+            Type::BYTEA,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::INT2,
+            Type::INT8,
+            Type::BOOL,
+            Type::BOOL,
+            Type::BOOL,
+            Type::TIMESTAMP,
+        ],
+        |w| {
+            for c in &checked {
+                let i = c.inv;
+                let row: [&(dyn ToSql + Sync); 18] = [
+                    &i.id,
+                    &i.hash,
+                    &i.preimage,
+                    &i.settle_index,
+                    &c.settled_at,
+                    &c.memo,
+                    &i.amount_msat,
+                    &c.cltv_delta,
+                    &c.expiry,
+                    &i.payment_addr,
+                    &c.payment_request,
+                    &i.payment_request_hash,
+                    &c.state,
+                    &i.amount_paid_msat,
+                    &i.is_amp,
+                    &i.is_hodl,
+                    &i.is_keysend,
+                    &c.created_at,
+                ];
+                w.write(&row)?;
+            }
+            Ok(())
+        },
+    )?;
+    out.invoice_features = copy_table(
+        tx,
+        "invoice_features",
+        "feature, invoice_id",
+        &[Type::INT4, Type::INT8],
+        |w| {
+            for c in &checked {
+                for f in &c.features {
+                    w.write(&[f, &c.inv.id])?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    out.amp_sub_invoices = copy_table(
+        tx,
+        "amp_sub_invoices",
+        "set_id, state, created_at, settled_at, settle_index, invoice_id",
+        &[
+            Type::BYTEA,
+            Type::INT2,
+            Type::TIMESTAMP,
+            Type::TIMESTAMP,
+            Type::INT8,
+            Type::INT8,
+        ],
+        |w| {
+            for c in &checked {
+                for (s, cs) in c.inv.amp_sets.iter().zip(&c.sets) {
+                    w.write(&[
+                        &s.set_id,
+                        &cs.state,
+                        &cs.created_at,
+                        &cs.settled_at,
+                        &s.settle_index,
+                        &c.inv.id,
+                    ])?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    out.invoice_htlcs = copy_table(
+        tx,
+        "invoice_htlcs",
+        "id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height, accept_time, \
+         expiry_height, state, resolve_time, invoice_id",
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT4,
+            Type::TIMESTAMP,
+            Type::INT4,
+            Type::INT2,
+            Type::TIMESTAMP,
+            Type::INT8,
+        ],
+        |w| {
+            let mut id = first_htlc_id;
+            for c in &checked {
+                for (h, ch) in c.inv.htlcs.iter().zip(&c.htlcs) {
+                    w.write(&[
+                        &id,
+                        &h.chan_id,
+                        &h.htlc_id,
+                        &h.amount_msat,
+                        &h.total_mpp_msat,
+                        &ch.accept_height,
+                        &ch.accept_time,
+                        &ch.expiry_height,
+                        &ch.state,
+                        &ch.resolve_time,
+                        &c.inv.id,
+                    ])?;
+                    id += 1;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    out.invoice_htlc_custom_records = copy_table(
+        tx,
+        "invoice_htlc_custom_records",
+        "key, value, htlc_id",
+        &[Type::INT8, Type::BYTEA, Type::INT8],
+        |w| {
+            let mut id = first_htlc_id;
+            for c in &checked {
+                for h in &c.inv.htlcs {
+                    for (k, v) in &h.custom_records {
+                        w.write(&[k, v, &id])?;
+                    }
+                    id += 1;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    out.amp_sub_invoice_htlcs = copy_table(
+        tx,
+        "amp_sub_invoice_htlcs",
+        "invoice_id, set_id, htlc_id, root_share, child_index, hash, preimage",
+        &[
+            Type::INT8,
+            Type::BYTEA,
+            Type::INT8,
+            Type::BYTEA,
+            Type::INT8,
+            Type::BYTEA,
+            Type::BYTEA,
+        ],
+        |w| {
+            let mut id = first_htlc_id;
+            for c in &checked {
+                for h in &c.inv.htlcs {
+                    if let Some(a) = &h.amp {
+                        w.write(&[
+                            &c.inv.id,
+                            &a.set_id,
+                            &id,
+                            &a.root_share,
+                            &a.child_index,
+                            &a.hash,
+                            &a.preimage,
+                        ])?;
+                    }
+                    id += 1;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    out.next_htlc_id = first_htlc_id + out.invoice_htlcs as i64;
+    Ok(out)
+}
+
+/// The tables whose `id` oneway writes itself, bypassing their sequence.
+pub const SERIAL_TABLES: [&str; 2] = ["invoices", "invoice_htlcs"];
+
+/// Moves the `BIGSERIAL` sequence of each of [`SERIAL_TABLES`] past the
+/// table's largest id, so lnd's next insert gets `max(id) + 1`. A sequence
+/// already further is left alone (it never moves back); on an empty table
+/// it stays as Postgres created it. Returns (sequence, next value) pairs.
+pub fn reset_sequences(tx: &mut Transaction<'_>) -> PgResult<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    for table in SERIAL_TABLES {
+        let act = || format!("moving the id sequence of {table} past its largest id");
+        let seq: String = tx
+            .query_one("SELECT pg_get_serial_sequence($1, 'id')", &[&table])
+            .map_err(sql(act()))?
+            .get(0);
+        let max: Option<i64> = tx
+            .query_one(&format!("SELECT max(id) FROM {table}"), &[])
+            .map_err(sql(act()))?
+            .get(0);
+        let row = tx
+            .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+            .map_err(sql(act()))?;
+        let (last, called): (i64, bool) = (row.get(0), row.get(1));
+        let next = if called { last + 1 } else { last };
+        match max {
+            Some(m) if m >= next => {
+                tx.query_one("SELECT setval($1::text::regclass, $2, true)", &[&seq, &m])
+                    .map_err(sql(act()))?;
+                out.push((seq, m + 1));
+            }
+            _ => out.push((seq, next)),
+        }
+    }
+    Ok(out)
+}

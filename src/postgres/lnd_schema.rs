@@ -1,0 +1,808 @@
+//! lnd's native invoice schema on PostgreSQL, as lnd's start-up leaves it
+//! once its invoice migration has run: the contract a Postgres target meets.
+//!
+//! lnd writes its schema files once, in SQLite's dialect, and derives the
+//! Postgres schema by text replacement when golang-migrate opens a file
+//! (`sqldb/postgres.go`, `postgresSchemaReplacements`, applied by
+//! `newReplacerFS` in `sqldb/migrations.go`): `BLOB` → `BYTEA`,
+//! `INTEGER PRIMARY KEY` → `BIGSERIAL PRIMARY KEY`, ` TIMESTAMP` →
+//! ` TIMESTAMP WITHOUT TIME ZONE`. [`UP_FILES`] holds the statements of
+//! lnd's up files 000001–000006 in that dialect (lnd's comments left out),
+//! [`REPLACEMENTS`] lnd's table, and [`postgres_text`] applies it the same
+//! way. Checked against `lightningnetwork/lnd` at commit `90ea05d5`.
+//!
+//! What lnd's start-up does on Postgres, and so what a migrated database
+//! holds ([`create`], [`record_migrated`]):
+//! 1. `CREATE TABLE IF NOT EXISTS migration_tracker (…)` from Go code, with
+//!    no replacement ([`TRACKER_BOOT`]; plain `TIMESTAMP` is the same type);
+//! 2. golang-migrate's pgx driver creates `schema_migrations (version bigint
+//!    not null primary key, dirty boolean not null)` in the current schema
+//!    ([`SCHEMA_MIGRATIONS`]) and, per file, sets (n, dirty), runs the file,
+//!    sets (n, clean), each set a `TRUNCATE` and one `INSERT`;
+//! 3. entry 7 (the KV invoice migration) runs at schema 6, and every entry
+//!    adds its row to `migration_tracker`.
+//!
+//! So: the tables, constraints, indexes and `BIGSERIAL` sequences of files
+//! 000001–000006, the seed rows of 000001 and 000003, `schema_migrations` =
+//! (6, false), `migration_tracker` 1 to 7. oneway keeps `schema_migrations`
+//! *dirty* until the migration is sealed ([`set_schema_version`]), as on
+//! SQLite: an lnd started too early stops at "Dirty database version 6"
+//! instead of replaying 000004 over the copied expiries.
+//!
+//! [`Schema`] is a structural picture of a database read from `pg_catalog`
+//! (tables, columns with types, nullability and defaults, constraints by
+//! name and definition, indexes by name and definition, owned sequences),
+//! and [`Schema::differences`] names every object that differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use postgres::GenericClient;
+
+use super::{sql, PgResult};
+
+/// lnd's Postgres replacements (`sqldb/postgres.go`). lnd keeps them in a Go
+/// map, iterated in random order; no output of one contains the search text
+/// of another, so the order does not matter (checked by a test).
+pub const REPLACEMENTS: [(&str, &str); 3] = [
+    ("BLOB", "BYTEA"),
+    ("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY"),
+    (" TIMESTAMP", " TIMESTAMP WITHOUT TIME ZONE"),
+];
+
+/// Applies [`REPLACEMENTS`] to a schema file written in lnd's dialect, as
+/// lnd's `replacerFS` does (every occurrence, case-sensitive).
+pub fn postgres_text(sqlite_dialect: &str) -> String {
+    let mut s = sqlite_dialect.to_owned();
+    for (from, to) in REPLACEMENTS {
+        s = s.replace(from, to);
+    }
+    s
+}
+
+/// The golang-migrate schema version lnd records after its invoice
+/// migration.
+pub const SCHEMA_VERSION: i64 = 6;
+
+/// The `migration_tracker` version of lnd's KV invoice migration.
+pub const TRACKER_VERSION: i32 = 7;
+
+/// lnd's `migration_tracker` creation in `NewPostgresStore`, run before any
+/// schema file (not replaced: it is Go code).
+pub const TRACKER_BOOT: &str = "CREATE TABLE IF NOT EXISTS migration_tracker (
+    version INTEGER UNIQUE NOT NULL,
+    migration_time TIMESTAMP NOT NULL
+);";
+
+/// golang-migrate's version table on Postgres (`database/pgx/v5`,
+/// `ensureVersionTable`), in the current schema.
+pub const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS \"schema_migrations\" \
+     (version bigint not null primary key, dirty boolean not null)";
+
+/// One of lnd's schema files: its number (golang-migrate's version) and its
+/// up statements in lnd's dialect.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaFile {
+    /// `0000NN`.
+    pub number: i64,
+    /// The name after the number.
+    pub name: &'static str,
+    /// The up statements, lnd's dialect (SQLite with sqlc's types).
+    pub up: &'static str,
+}
+
+const UP_1: &str = "
+CREATE TABLE IF NOT EXISTS invoice_sequences (
+    name TEXT PRIMARY KEY,
+    current_value BIGINT NOT NULL
+);
+INSERT INTO invoice_sequences (name, current_value)
+VALUES ('settle_index', 0)
+    ON CONFLICT (name) DO NOTHING;
+CREATE TABLE IF NOT EXISTS invoices (
+    id INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    preimage BLOB,
+    settle_index BIGINT,
+    settled_at TIMESTAMP,
+    memo TEXT,
+    amount_msat BIGINT NOT NULL,
+    cltv_delta INTEGER,
+    expiry INTEGER NOT NULL,
+    payment_addr BLOB UNIQUE,
+    payment_request TEXT,
+    payment_request_hash BLOB UNIQUE,
+    state SMALLINT NOT NULL,
+    amount_paid_msat BIGINT NOT NULL,
+    is_amp BOOLEAN NOT NULL,
+    is_hodl BOOLEAN NOT NULL,
+    is_keysend BOOLEAN NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invoices_hash_idx ON invoices(hash);
+CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
+CREATE INDEX IF NOT EXISTS invoices_payment_addr_idx ON invoices(payment_addr);
+CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
+CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
+CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
+CREATE TABLE IF NOT EXISTS invoice_features (
+    feature INTEGER NOT NULL,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    UNIQUE (feature, invoice_id)
+);
+CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
+CREATE TABLE IF NOT EXISTS invoice_htlcs (
+    id INTEGER PRIMARY KEY,
+    chan_id TEXT NOT NULL,
+    htlc_id BIGINT NOT NULL,
+    amount_msat BIGINT NOT NULL,
+    total_mpp_msat BIGINT,
+    accept_height INTEGER NOT NULL,
+    accept_time TIMESTAMP NOT NULL,
+    expiry_height INTEGER NOT NULL,
+    state SMALLINT NOT NULL,
+    resolve_time TIMESTAMP,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    UNIQUE (chan_id, htlc_id)
+);
+CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
+CREATE TABLE IF NOT EXISTS invoice_htlc_custom_records (
+    key BIGINT NOT NULL,
+    value BLOB NOT NULL,
+    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
+";
+
+const UP_2: &str = "
+CREATE TABLE IF NOT EXISTS amp_sub_invoices (
+    set_id BLOB PRIMARY KEY,
+    state SMALLINT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    settled_at TIMESTAMP,
+    settle_index BIGINT,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    UNIQUE (set_id, invoice_id)
+);
+CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
+CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    set_id BLOB NOT NULL REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE,
+    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE,
+    root_share BLOB NOT NULL,
+    child_index BIGINT NOT NULL,
+    hash BLOB NOT NULL,
+    preimage BLOB
+);
+CREATE INDEX IF NOT EXISTS amp_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
+CREATE INDEX IF NOT EXISTS amp_htlcs_set_id_idx ON amp_sub_invoice_htlcs(set_id);
+CREATE INDEX IF NOT EXISTS amp_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
+";
+
+const UP_3: &str = "
+CREATE TABLE IF NOT EXISTS invoice_event_types(
+    id INTEGER PRIMARY KEY,
+    description TEXT NOT NULL
+);
+INSERT INTO invoice_event_types (id, description)
+SELECT id, description FROM (
+    SELECT 0 AS id, 'invoice_created' AS description UNION ALL
+    SELECT 1, 'invoice_canceled' UNION ALL
+    SELECT 2, 'invoice_settled' UNION ALL
+    SELECT 3, 'setid_created' UNION ALL
+    SELECT 4, 'setid_canceled' UNION ALL
+    SELECT 5, 'setid_settled'
+) AS new_values
+WHERE NOT EXISTS (
+    SELECT 1 FROM invoice_event_types
+        WHERE invoice_event_types.id = new_values.id
+);
+CREATE TABLE IF NOT EXISTS invoice_events (
+    id INTEGER PRIMARY KEY,
+    added_at TIMESTAMP NOT NULL,
+    event_type INTEGER NOT NULL REFERENCES invoice_event_types(id) ON DELETE CASCADE,
+    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
+    set_id BLOB REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS invoice_events_added_at_idx ON invoice_events(added_at);
+CREATE INDEX IF NOT EXISTS invoice_events_event_type_idx ON invoice_events(event_type);
+CREATE INDEX IF NOT EXISTS invoice_events_invoice_id_idx ON invoice_events(invoice_id);
+CREATE INDEX IF NOT EXISTS invoice_events_set_id_idx ON invoice_events(set_id);
+";
+
+/// Not DDL: on lnd's empty tables it changes nothing; over copied rows it
+/// would overwrite every expiry, which is why it must never run after a copy.
+const UP_4: &str = "
+UPDATE invoices
+SET expiry = 86400
+WHERE is_amp = FALSE;
+UPDATE invoices
+SET expiry = 2592000
+WHERE is_amp = TRUE;
+";
+
+const UP_5: &str = "
+CREATE TABLE IF NOT EXISTS migration_tracker (
+        version INTEGER UNIQUE NOT NULL,
+        migration_time TIMESTAMP NOT NULL
+);
+";
+
+const UP_6: &str = "
+CREATE TABLE IF NOT EXISTS invoice_payment_hashes (
+    id INTEGER PRIMARY KEY,
+    add_index BIGINT NOT NULL,
+    hash BLOB
+);
+CREATE INDEX IF NOT EXISTS invoice_payment_hashes_add_index_idx ON invoice_payment_hashes(add_index);
+CREATE INDEX IF NOT EXISTS invoice_payment_hashes_hash_idx ON invoice_payment_hashes(hash);
+";
+
+/// The number of schema file 000004, `invoice_expiry_fix`: data, not DDL.
+pub const EXPIRY_FIX: i64 = 4;
+
+/// lnd's schema files 000001–000006, in order.
+pub const UP_FILES: [SchemaFile; 6] = [
+    SchemaFile {
+        number: 1,
+        name: "invoices",
+        up: UP_1,
+    },
+    SchemaFile {
+        number: 2,
+        name: "amp_invoices",
+        up: UP_2,
+    },
+    SchemaFile {
+        number: 3,
+        name: "invoice_events",
+        up: UP_3,
+    },
+    SchemaFile {
+        number: 4,
+        name: "invoice_expiry_fix",
+        up: UP_4,
+    },
+    SchemaFile {
+        number: 5,
+        name: "migration_tracker",
+        up: UP_5,
+    },
+    SchemaFile {
+        number: 6,
+        name: "invoice_migration",
+        up: UP_6,
+    },
+];
+
+/// lnd's native tables at schema version 6 (and golang-migrate's), in the
+/// order lnd creates them.
+pub const TABLE_NAMES: [&str; 12] = [
+    "migration_tracker",
+    "schema_migrations",
+    "invoice_sequences",
+    "invoices",
+    "invoice_features",
+    "invoice_htlcs",
+    "invoice_htlc_custom_records",
+    "amp_sub_invoices",
+    "amp_sub_invoice_htlcs",
+    "invoice_event_types",
+    "invoice_events",
+    "invoice_payment_hashes",
+];
+
+/// lnd's invoice event types (schema file 000003).
+pub const EVENT_TYPES: [(i64, &str); 6] = [
+    (0, "invoice_created"),
+    (1, "invoice_canceled"),
+    (2, "invoice_settled"),
+    (3, "setid_created"),
+    (4, "setid_canceled"),
+    (5, "setid_settled"),
+];
+
+/// Tables lnd's invoice migration leaves empty.
+const EMPTY_TABLES: [&str; 2] = ["invoice_events", "invoice_payment_hashes"];
+
+/// Creates lnd's native schema at version 6 in the caller's transaction,
+/// the way lnd's start-up does, and records `schema_migrations` = (6,
+/// `dirty`). Idempotent, like lnd's files (`IF NOT EXISTS`, seed rows only
+/// when absent), so it also completes a database lnd left at an earlier
+/// schema version, and may run again on a resumed migration. Schema file
+/// 000004 is the one file left out: it creates nothing, changes nothing on
+/// the empty tables lnd runs it on, and over copied rows would overwrite
+/// every expiry.
+pub fn create(client: &mut impl GenericClient, dirty: bool) -> PgResult<()> {
+    client
+        .batch_execute(TRACKER_BOOT)
+        .map_err(sql("creating migration_tracker"))?;
+    client
+        .batch_execute(SCHEMA_MIGRATIONS)
+        .map_err(sql("creating schema_migrations"))?;
+    for file in UP_FILES.iter().filter(|f| f.number != EXPIRY_FIX) {
+        client
+            .batch_execute(&postgres_text(file.up))
+            .map_err(sql(format!(
+                "running lnd's schema file {:06}_{}",
+                file.number, file.name
+            )))?;
+    }
+    set_schema_version(client, dirty)
+}
+
+/// lnd's named indexes on the tables a migration copies into (schema files
+/// 000001 and 000002), as (name, table, column).
+pub const COPY_INDEXES: [(&str, &str, &str); 13] = [
+    ("invoices_hash_idx", "invoices", "hash"),
+    ("invoices_preimage_idx", "invoices", "preimage"),
+    ("invoices_payment_addr_idx", "invoices", "payment_addr"),
+    ("invoices_state_idx", "invoices", "state"),
+    ("invoices_created_at_idx", "invoices", "created_at"),
+    ("invoices_settled_at_idx", "invoices", "settled_at"),
+    (
+        "invoice_feature_invoice_id_idx",
+        "invoice_features",
+        "invoice_id",
+    ),
+    ("invoice_htlc_invoice_id_idx", "invoice_htlcs", "invoice_id"),
+    (
+        "invoice_htlc_custom_records_htlc_id_idx",
+        "invoice_htlc_custom_records",
+        "htlc_id",
+    ),
+    (
+        "amp_sub_invoices_invoice_id_idx",
+        "amp_sub_invoices",
+        "invoice_id",
+    ),
+    (
+        "amp_htlcs_invoice_id_idx",
+        "amp_sub_invoice_htlcs",
+        "invoice_id",
+    ),
+    ("amp_htlcs_set_id_idx", "amp_sub_invoice_htlcs", "set_id"),
+    ("amp_htlcs_htlc_id_idx", "amp_sub_invoice_htlcs", "htlc_id"),
+];
+
+/// lnd's inline UNIQUE constraints on the tables a migration copies into,
+/// as (the name Postgres gives them, table, columns). No foreign key
+/// depends on one (they reference primary keys), so they can be dropped.
+pub const COPY_UNIQUES: [(&str, &str, &str); 6] = [
+    ("invoices_hash_key", "invoices", "hash"),
+    ("invoices_payment_addr_key", "invoices", "payment_addr"),
+    (
+        "invoices_payment_request_hash_key",
+        "invoices",
+        "payment_request_hash",
+    ),
+    (
+        "invoice_features_feature_invoice_id_key",
+        "invoice_features",
+        "feature, invoice_id",
+    ),
+    (
+        "invoice_htlcs_chan_id_htlc_id_key",
+        "invoice_htlcs",
+        "chan_id, htlc_id",
+    ),
+    (
+        "amp_sub_invoices_set_id_invoice_id_key",
+        "amp_sub_invoices",
+        "set_id, invoice_id",
+    ),
+];
+
+/// Drops [`COPY_INDEXES`] and [`COPY_UNIQUES`] before a bulk copy: keeping
+/// nineteen B-trees (13 indexes, 6 unique constraints) sorted row by row
+/// costs far more than building each once from the copied rows
+/// ([`build_copy_indexes`]). Primary keys and foreign keys stay. Idempotent. Until the rebuild the schema is not lnd's, which
+/// [`check`] reports object by object.
+pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
+    for (name, table, _) in COPY_UNIQUES {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
+            ))
+            .map_err(sql(format!("dropping {name} for the copy")))?;
+    }
+    for (name, _, _) in COPY_INDEXES {
+        client
+            .batch_execute(&format!("DROP INDEX IF EXISTS {name}"))
+            .map_err(sql(format!("dropping {name} for the copy")))?;
+    }
+    Ok(())
+}
+
+/// Builds what [`drop_copy_indexes`] dropped, with lnd's names and
+/// definitions: the unique constraints as `ADD CONSTRAINT … UNIQUE`, which
+/// is exactly what lnd's inline `UNIQUE` creates, and lnd's own `CREATE
+/// INDEX` statements. Idempotent. A duplicate (two invoices with one
+/// payment hash, say) fails here, naming the constraint.
+pub fn build_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
+    for (name, table, cols) in COPY_UNIQUES {
+        let present = client
+            .query_opt(
+                "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+                 WHERE c.conname = $1 AND t.relname = $2
+                   AND t.relnamespace = current_schema()::regnamespace",
+                &[&name, &table],
+            )
+            .map_err(sql(format!("looking for {name}")))?
+            .is_some();
+        if !present {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE ({cols})"
+                ))
+                .map_err(sql(format!("building {name}")))?;
+        }
+    }
+    for (name, table, col) in COPY_INDEXES {
+        client
+            .batch_execute(&format!(
+                "CREATE INDEX IF NOT EXISTS {name} ON {table}({col})"
+            ))
+            .map_err(sql(format!("building {name}")))?;
+    }
+    Ok(())
+}
+
+/// Sets golang-migrate's record to (6, `dirty`) as its pgx driver does: the
+/// table emptied, one row inserted.
+pub fn set_schema_version(client: &mut impl GenericClient, dirty: bool) -> PgResult<()> {
+    client
+        .batch_execute("TRUNCATE \"schema_migrations\"")
+        .map_err(sql("emptying schema_migrations"))?;
+    client
+        .execute(
+            "INSERT INTO \"schema_migrations\" (version, dirty) VALUES ($1, $2)",
+            &[&SCHEMA_VERSION, &dirty],
+        )
+        .map_err(sql("setting schema_migrations"))?;
+    Ok(())
+}
+
+/// Records what lnd records once its invoice migration has run:
+/// `schema_migrations` = (6, clean) and `migration_tracker` rows 1 to 7 at
+/// the server's current UTC time (rows already there are kept).
+pub fn record_migrated(client: &mut impl GenericClient) -> PgResult<()> {
+    set_schema_version(client, false)?;
+    client
+        .execute(
+            "INSERT INTO migration_tracker (version, migration_time)
+             SELECT v, now() AT TIME ZONE 'UTC' FROM generate_series(1, $1::int) AS v
+             ON CONFLICT (version) DO NOTHING",
+            &[&TRACKER_VERSION],
+        )
+        .map_err(sql("recording migration_tracker rows 1 to 7"))?;
+    Ok(())
+}
+
+/// The structure of a Postgres database that lnd depends on, per table in
+/// schema `public`: columns in order (name, type, NOT NULL, default),
+/// constraints by name and definition, indexes by name and definition,
+/// sequences owned by a column, and triggers by name. Two databases
+/// compare equal exactly when lnd's queries cannot tell them apart.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schema {
+    /// Table name → one line per item, sorted.
+    pub tables: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Schema {
+    /// Reads the tables of schema `namespace` that `keep` accepts, rendered
+    /// without the namespace's qualification (so a scratch copy in another
+    /// namespace compares equal to `public`).
+    pub fn read(
+        client: &mut impl GenericClient,
+        namespace: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> PgResult<Schema> {
+        let unqualify = |def: &str| def.replace(&format!("{namespace}."), "");
+        let act = "reading the schema from pg_catalog";
+        let tables: Vec<(u32, String)> = client
+            .query(
+                "SELECT c.oid, c.relname::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY 2",
+                &[&namespace],
+            )
+            .map_err(sql(act))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .filter(|(_, name): &(u32, String)| keep(name))
+            .collect();
+        let mut out = Schema::default();
+        for (oid, name) in tables {
+            let mut items = BTreeSet::new();
+            let cols = client
+                .query(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                            pg_get_expr(d.adbin, d.adrelid)
+                     FROM pg_attribute a
+                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                     ORDER BY a.attnum",
+                    &[&oid],
+                )
+                .map_err(sql(act))?;
+            for (i, r) in cols.iter().enumerate() {
+                let default: Option<String> = r.get(3);
+                items.insert(format!(
+                    "column #{} {} {}{}{}",
+                    i + 1,
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    if r.get(2) { " NOT NULL" } else { "" },
+                    default
+                        .map(|d| format!(" DEFAULT {}", unqualify(&d)))
+                        .unwrap_or_default()
+                ));
+            }
+            let cons = client
+                .query(
+                    "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+                     WHERE conrelid = $1",
+                    &[&oid],
+                )
+                .map_err(sql(act))?;
+            for r in cons {
+                items.insert(format!(
+                    "constraint {} {}",
+                    r.get::<_, String>(0),
+                    unqualify(&r.get::<_, String>(1))
+                ));
+            }
+            let idx = client
+                .query(
+                    "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+                     JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1",
+                    &[&oid],
+                )
+                .map_err(sql(act))?;
+            for r in idx {
+                items.insert(format!(
+                    "index {} {}",
+                    r.get::<_, String>(0),
+                    unqualify(&r.get::<_, String>(1))
+                ));
+            }
+            let seqs = client
+                .query(
+                    "SELECT s.relname::text, a.attname::text, format_type(q.seqtypid, NULL),
+                            q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcache, q.seqcycle
+                     FROM pg_depend d
+                     JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                     JOIN pg_sequence q ON q.seqrelid = s.oid
+                     JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                     WHERE d.refobjid = $1 AND d.classid = 'pg_class'::regclass
+                       AND d.deptype IN ('a', 'i')",
+                    &[&oid],
+                )
+                .map_err(sql(act))?;
+            for r in seqs {
+                items.insert(format!(
+                    "sequence {} owned by {} as {} start {} increment {} min {} max {} cache {}{}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, i64>(3),
+                    r.get::<_, i64>(4),
+                    r.get::<_, i64>(5),
+                    r.get::<_, i64>(6),
+                    r.get::<_, i64>(7),
+                    if r.get(8) { " cycle" } else { "" },
+                ));
+            }
+            let trig = client
+                .query(
+                    "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal",
+                    &[&oid],
+                )
+                .map_err(sql(act))?;
+            for r in trig {
+                items.insert(format!("trigger {}", r.get::<_, String>(0)));
+            }
+            out.tables.insert(name, items);
+        }
+        Ok(out)
+    }
+
+    /// Reads lnd's native tables ([`TABLE_NAMES`]) in `public`, and any
+    /// other table there that is neither a KV table (`*_kv`) nor oneway's
+    /// bookkeeping (`oneway_*`).
+    pub fn read_native(client: &mut impl GenericClient) -> PgResult<Schema> {
+        Schema::read(client, "public", |t| {
+            !t.ends_with("_kv") && !t.starts_with("oneway_")
+        })
+    }
+
+    /// The schema [`create`] gives, built in a scratch namespace on the same
+    /// server (so the server's own rendering is compared with itself) inside
+    /// a transaction that is rolled back: nothing is left behind.
+    pub fn expected(client: &mut postgres::Client) -> PgResult<Schema> {
+        let mut tx = client
+            .transaction()
+            .map_err(sql("starting the expected schema's transaction"))?;
+        tx.batch_execute("CREATE SCHEMA oneway_expected; SET LOCAL search_path TO oneway_expected")
+            .map_err(sql("creating a scratch schema"))?;
+        create(&mut tx, false)?;
+        let want = Schema::read(&mut tx, "oneway_expected", |t| TABLE_NAMES.contains(&t))?;
+        tx.rollback().map_err(sql("dropping the scratch schema"))?;
+        Ok(want)
+    }
+
+    /// Every difference between `self` (what a database has) and `want`,
+    /// one sentence per object, naming the table and the item.
+    pub fn differences(&self, want: &Schema) -> Vec<String> {
+        let mut out = Vec::new();
+        for (table, items) in &want.tables {
+            match self.tables.get(table) {
+                None => out.push(format!("table {table} is missing")),
+                Some(have) => {
+                    for item in items.difference(have) {
+                        out.push(format!("table {table}: {item} is missing"));
+                    }
+                    for item in have.difference(items) {
+                        out.push(format!("table {table}: {item} is not part of lnd's schema"));
+                    }
+                }
+            }
+        }
+        for table in self.tables.keys().filter(|t| !want.tables.contains_key(*t)) {
+            out.push(format!(
+                "table {table} is not part of lnd's schema at version {SCHEMA_VERSION}"
+            ));
+        }
+        out
+    }
+}
+
+/// How far lnd's bookkeeping must be at a given point of the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before the seal: `schema_migrations` = (6, dirty), no tracker row
+    /// above 6.
+    Migrating,
+    /// Sealed: `schema_migrations` = (6, clean), tracker rows 1 to 7.
+    Locked,
+}
+
+/// Checks lnd's bookkeeping rows at `stage`: `schema_migrations`,
+/// `migration_tracker`, the settle-index sequence (`settle_index`, the KV
+/// store's), the event types, and the tables lnd's migration leaves empty.
+/// One sentence per difference.
+pub fn check_rows(
+    client: &mut impl GenericClient,
+    stage: Stage,
+    settle_index: u64,
+) -> PgResult<Vec<String>> {
+    let act = "reading lnd's bookkeeping rows";
+    let mut out = Vec::new();
+    let versions: Vec<(i64, bool)> = client
+        .query("SELECT version, dirty FROM \"schema_migrations\"", &[])
+        .map_err(sql(act))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want_dirty = stage == Stage::Migrating;
+    if versions != [(SCHEMA_VERSION, want_dirty)] {
+        out.push(format!(
+            "schema_migrations holds {versions:?} (version, dirty), lnd needs [({SCHEMA_VERSION}, {want_dirty})] at this stage"
+        ));
+    }
+    let tracker: Vec<i32> = client
+        .query(
+            "SELECT version FROM migration_tracker ORDER BY version",
+            &[],
+        )
+        .map_err(sql(act))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ok = match stage {
+        Stage::Locked => tracker == (1..=TRACKER_VERSION).collect::<Vec<_>>(),
+        Stage::Migrating => tracker.iter().all(|v| (1..TRACKER_VERSION).contains(v)),
+    };
+    if !ok {
+        out.push(format!(
+            "migration_tracker holds versions {tracker:?}, lnd needs {} at this stage",
+            match stage {
+                Stage::Locked => format!("1 to {TRACKER_VERSION}"),
+                Stage::Migrating => format!("none above {}", TRACKER_VERSION - 1),
+            }
+        ));
+    }
+    let sequences: Vec<(String, i64)> = client
+        .query(
+            "SELECT name, current_value FROM invoice_sequences ORDER BY name",
+            &[],
+        )
+        .map_err(sql(act))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if sequences != [("settle_index".to_owned(), settle_index as i64)] {
+        out.push(format!(
+            "invoice_sequences holds {sequences:?}, lnd needs only settle_index = {settle_index} (the KV store's settle index)"
+        ));
+    }
+    let types: Vec<(i64, String)> = client
+        .query(
+            "SELECT id, description FROM invoice_event_types ORDER BY id",
+            &[],
+        )
+        .map_err(sql(act))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(i64, String)> = EVENT_TYPES
+        .iter()
+        .map(|(i, d)| (*i, (*d).to_owned()))
+        .collect();
+    if types != want {
+        out.push(format!(
+            "invoice_event_types holds {types:?}, lnd seeds {want:?}"
+        ));
+    }
+    for table in EMPTY_TABLES {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .map_err(sql(act))?
+            .get(0);
+        if n != 0 {
+            out.push(format!(
+                "{table} holds {n} rows, lnd's migration leaves it empty"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Everything lnd needs of the database at `stage` besides the invoices'
+/// own rows: the structure ([`Schema::read_native`] against
+/// [`Schema::expected`]) and the bookkeeping rows ([`check_rows`]). One
+/// sentence per difference, each naming the object.
+pub fn check(
+    client: &mut postgres::Client,
+    stage: Stage,
+    settle_index: u64,
+) -> PgResult<Vec<String>> {
+    let want = Schema::expected(client)?;
+    let mut out = Schema::read_native(client)?.differences(&want);
+    match check_rows(client, stage, settle_index) {
+        Ok(rows) => out.extend(rows),
+        // A missing or reshaped bookkeeping table is already named above.
+        Err(_) if !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_commute() {
+        for (i, (_, to)) in REPLACEMENTS.iter().enumerate() {
+            for (j, (from, _)) in REPLACEMENTS.iter().enumerate() {
+                if i != j {
+                    assert!(!to.contains(from), "{to} contains {from}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn replaced_text_is_postgres() {
+        let all: String = UP_FILES.iter().map(|f| postgres_text(f.up)).collect();
+        assert!(!all.contains("BLOB"));
+        assert!(!all.contains("INTEGER PRIMARY KEY"));
+        assert_eq!(all.matches("BIGSERIAL PRIMARY KEY").count(), 5);
+        assert_eq!(
+            all.matches(" TIMESTAMP").count(),
+            all.matches(" TIMESTAMP WITHOUT TIME ZONE").count()
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! A real PostgreSQL server for the tests: the one `.ci/postgres` starts
+//! (`source .ci/postgres` in a shell; `.ci/run` does it for CI), named by
+//! `ONEWAY_TEST_POSTGRES`.
+//!
+//! * [`server`]: the DSN; without it a test skips locally and *fails* when
+//!   `CI` is set, so CI never passes by skipping.
+//! * [`TestDb`]: a fresh database per test (`oneway_t_<pid>_<n>_<nanos>`),
+//!   dropped (with `FORCE`) when the value goes out of scope.
+//! * [`pg_ctl`]: runs the server's `pg_ctl` (as the server's OS user), for
+//!   tests that stop or crash the server (`stop -m immediate`) and restart it.
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use postgres::{Client, Config, NoTls};
+
+/// The variable naming the test server.
+pub const ENV: &str = "ONEWAY_TEST_POSTGRES";
+
+/// The test server's DSN, or `None` (after printing why) when there is none
+/// and `CI` is not set. Panics in CI without a server.
+pub fn server() -> Option<String> {
+    match std::env::var(ENV) {
+        Ok(dsn) if !dsn.trim().is_empty() => Some(dsn),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "CI is set but {ENV} is not: the Postgres tests need a server \
+             (`source .ci/postgres` starts one; .ci/run does)"
+        ),
+        _ => {
+            eprintln!("skipped: no {ENV}");
+            None
+        }
+    }
+}
+
+/// Connects to `dsn` (key=value or URL).
+pub fn connect(dsn: &str) -> Client {
+    dsn.parse::<Config>()
+        .expect("a valid DSN")
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
+}
+
+/// `dsn` with its database replaced by `dbname`, in the same form.
+pub fn with_dbname(dsn: &str, dbname: &str) -> String {
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = dsn.strip_prefix(scheme) {
+            let (main, query) = match rest.split_once('?') {
+                Some((m, q)) => (m, format!("?{q}")),
+                None => (rest, String::new()),
+            };
+            let authority = main.split_once('/').map_or(main, |(a, _)| a);
+            return format!("{scheme}{authority}/{dbname}{query}");
+        }
+    }
+    // key=value: a later key overrides an earlier one.
+    format!("{dsn} dbname={dbname}")
+}
+
+/// A database of its own for one test, dropped on drop.
+pub struct TestDb {
+    /// The DSN of the new database.
+    pub dsn: String,
+    /// Its name.
+    pub name: String,
+    admin: String,
+}
+
+impl TestDb {
+    /// Creates `oneway_t_<unique>` on the server `admin` names.
+    pub fn create(admin: &str) -> TestDb {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "oneway_t_{}_{}_{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        connect(admin)
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"
+            ))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        TestDb {
+            dsn: with_dbname(admin, &name),
+            name,
+            admin: admin.to_owned(),
+        }
+    }
+
+    /// A fresh database on the test server, or `None` when the test skips
+    /// (see [`server`]).
+    pub fn fresh() -> Option<TestDb> {
+        server().map(|s| TestDb::create(&s))
+    }
+
+    /// A session on this database.
+    pub fn client(&self) -> Client {
+        connect(&self.dsn)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let dropped = self.admin.parse::<Config>().ok().and_then(|c| {
+            c.connect(NoTls)
+                .ok()?
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .ok()
+        });
+        if dropped.is_none() {
+            eprintln!("note: test database {} was not dropped", self.name);
+        }
+    }
+}
+
+/// Runs the test server's `pg_ctl` with `args` (the data folder is added),
+/// as the server's OS user; returns whether it succeeded.
+pub fn pg_ctl(args: &[&str]) -> bool {
+    let bin = std::env::var("ONEWAY_TEST_PG_BIN").expect("ONEWAY_TEST_PG_BIN");
+    let data = std::env::var("ONEWAY_TEST_PG_DATA").expect("ONEWAY_TEST_PG_DATA");
+    let runas = std::env::var("ONEWAY_TEST_PG_RUNAS").unwrap_or_default();
+    let pg_ctl = format!("{bin}/pg_ctl");
+    let mut cmd = if runas.is_empty() {
+        Command::new(&pg_ctl)
+    } else {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &runas, "--", &pg_ctl]);
+        c
+    };
+    cmd.args(["-D", &data]).args(args);
+    cmd.status().is_ok_and(|s| s.success())
+}
