@@ -96,6 +96,7 @@ mod lnd_schema;
 pub mod model;
 mod native;
 mod reader;
+mod source;
 mod store;
 mod timefmt;
 

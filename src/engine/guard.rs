@@ -25,7 +25,7 @@ impl Migrator {
         let state = persisted.as_ref().map(|row| row.state);
         if let Some(row) = &persisted {
             let buckets = kv.invoice_buckets()?;
-            if let Err(e) = check_identity(&kv, buckets, &self.opts, row) {
+            if let Err(e) = check_identity(&*kv, buckets, &self.opts, row) {
                 security_event(
                     target.as_deref(),
                     state,
