@@ -15,7 +15,7 @@ impl Migrator {
     /// security event through `tracing` at WARN, and appended to the journal
     /// when a native store exists.
     pub fn guard(&self, backend: Backend) -> Result<GuardOutcome> {
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         let tombstone_present = kv.tombstone_present()?;
         let target = store::open(&self.opts.sql, false)?;
         let persisted = match &target {

@@ -118,7 +118,7 @@ impl Migrator {
         &self.opts
     }
 
-    fn open_kv(&self) -> Result<Box<dyn Source>> {
+    fn open_source(&self) -> Result<Box<dyn Source>> {
         let kv = source::open(&self.opts.kv, &self.opts.table_prefix)?;
         if let (Ok(a), Ok(b)) = (self.opts.kv.canonicalize(), self.opts.sql.canonicalize()) {
             if a == b {
@@ -142,7 +142,7 @@ impl Migrator {
         if self.opts.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         // Check the native path before the run lock creates `<sql>.lock`
         // next to it: a wrong path must leave nothing behind.
         if let Some(parent) = self.opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -174,7 +174,7 @@ impl Migrator {
 
     /// Reports the persisted state and counts without changing anything.
     pub fn status(&self) -> Result<Status> {
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         let buckets = kv.invoice_buckets()?;
         let source_invoices = match &buckets {
             Some(b) => kv.count_invoices(b)?,

@@ -12,8 +12,7 @@ use crate::error::{Error, Mismatch, Result};
 use crate::fsm::{Refusal, State};
 use crate::lnd_schema::Stage;
 use crate::native::{self, ChildRows, NativeInvoice};
-use crate::source::SourceDigest;
-use crate::source::{self, Msg, Prepared, Source};
+use crate::source::{self, Msg, Prepared, Source, SourceDigest};
 use crate::store::{is_current, BatchKind, NativeStore, Persisted};
 
 /// How many verification passes may repair source changes before giving up.
@@ -38,7 +37,7 @@ impl Migrator {
     /// and AMP sets still staged, none of them a mismatch
     /// ([`VerifyReport::passed`]).
     pub fn verify(&self) -> Result<VerifyReport> {
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         let (mut t, row) = match Native::open(&self.opts)? {
             Native::Begun(t, row) => (t, row),
             Native::NotBegun(t) => return Err(self.nothing_to_verify(&*kv, t.is_some())?),

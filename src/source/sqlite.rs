@@ -192,3 +192,82 @@ impl Snapshot for Decoder {
         Box::new(self.into_kv().into_witness(at.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::{write_fixture, FixtureSpec};
+
+    /// A witness of some other backend that claims the store is untouched.
+    #[derive(Debug)]
+    struct Foreign;
+
+    impl Witness for Foreign {
+        fn same_file(&self) -> bool {
+            true
+        }
+        fn untouched(&self) -> Result<bool> {
+            Ok(true)
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    fn store(dir: &tempfile::TempDir) -> SqliteSource {
+        let path = dir.path().join("channel.sqlite");
+        let spec = FixtureSpec {
+            invoices: 20,
+            ..Default::default()
+        };
+        write_fixture(&path, &spec).expect("fixture");
+        SqliteSource::open(&path, crate::kv::DEFAULT_PREFIX).expect("open")
+    }
+
+    #[test]
+    fn a_foreign_witness_is_no_evidence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = store(&dir);
+        let wrong = SourceDigest {
+            invoices: 20,
+            sha256: "00".repeat(32),
+        };
+        let (outcome, seal) = source
+            .write_tombstone_if_unchanged(&wrong, Some(&Foreign))
+            .expect("tombstone transaction");
+        assert_eq!(
+            outcome,
+            TombstoneOutcome::SourceChanged(source.digest().unwrap())
+        );
+        assert!(seal.is_none());
+        assert!(!source.tombstone_present().unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_witnesses_the_tombstone_and_the_seal_witnesses_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = store(&dir);
+        let buckets = source.invoice_buckets().unwrap().expect("buckets");
+        let mut snap = source.snapshot().unwrap();
+        snap.begin_read().unwrap();
+        let scan = snap.invoice_digests(&buckets).unwrap();
+        let at = snap.version().unwrap();
+        snap.end_read().unwrap();
+        snap.begin_read().unwrap();
+        assert_eq!(snap.version().unwrap(), at, "nobody committed in between");
+        snap.end_read().unwrap();
+        assert_eq!(scan.source, source.digest().unwrap());
+        let since = snap.into_witness(at);
+        assert!(since.same_file() && since.untouched().unwrap());
+        let (outcome, seal) = source
+            .write_tombstone_if_unchanged(&scan.source, Some(&*since))
+            .unwrap();
+        assert_eq!(outcome, TombstoneOutcome::Written);
+        // The tombstone was another connection's commit; the seal's own
+        // witness is untouched by it.
+        assert!(!since.untouched().unwrap());
+        let seal = seal.expect("a witness of the sealed state");
+        assert!(seal.same_file() && seal.untouched().unwrap());
+        assert!(source.tombstone_present().unwrap());
+    }
+}
