@@ -98,6 +98,7 @@ mod native;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod reader;
+mod source;
 mod store;
 mod timefmt;
 

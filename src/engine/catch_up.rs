@@ -7,7 +7,7 @@ use super::run::{Prescan, Run};
 use super::verify::{add_store_wide, compare};
 use super::{Phase, VerifyReport};
 use crate::error::{Error, Result};
-use crate::reader::{self, Prepared};
+use crate::source::{InvoiceBuckets, InvoiceDigests, Prepared, Snapshot};
 use crate::store::{BatchKind, NativeStore};
 
 impl Run<'_> {
@@ -40,7 +40,7 @@ impl Run<'_> {
     /// The catch-up verification: as strong as a full pass, reading back
     /// only what changed. One snapshot of the source gives the source digest
     /// and every invoice's copy digest without decoding
-    /// ([`KvSource::invoice_digests`]). A copy whose digest is unchanged and
+    /// ([`Snapshot::invoice_digests`]). A copy whose digest is unchanged and
     /// which is `checked` equals its source already (the copy map's
     /// invariants, `store.rs`); every other invoice is decoded from the same
     /// snapshot, re-copied when outdated, and read back and compared field by
@@ -77,18 +77,18 @@ impl Run<'_> {
             invoices: scan.invoices.len() as u64,
             ..VerifyReport::starting(&scan.source.sha256)
         };
-        let Some(prepared) = self.recopy_changed(t, &mut dec, &todo)? else {
+        let Some(prepared) = self.recopy_changed(t, &mut *dec, &todo)? else {
             dec.end_read()?;
             return Ok(None);
         };
         self.compare_and_mark(t, &prepared, &mut report)?;
-        let data_version = dec.kv().data_version()?;
+        let version = dec.version()?;
         dec.end_read()?;
         self.m.progress.finish();
         self.check_row_counts(t, &mut report)?;
         report.max_settle_index = self.expected_settle_index(t)?;
         self.verified = if report.mismatch_count == 0 {
-            Some(dec.into_kv().into_witness(data_version))
+            Some(dec.into_witness(version))
         } else {
             None
         };
@@ -107,7 +107,7 @@ impl Run<'_> {
     fn recopy_changed(
         &mut self,
         t: &mut dyn NativeStore,
-        dec: &mut reader::Decoder,
+        dec: &mut dyn Snapshot,
         todo: &[(u32, Option<[u8; 32]>)],
     ) -> Result<Option<Vec<Prepared>>> {
         let mut prepared = Vec::with_capacity(todo.len());
@@ -135,14 +135,12 @@ impl Run<'_> {
     /// the scan the tombstone step made (`prescan`) when nothing has been
     /// committed to the KV store since (its snapshot is then this one), or
     /// a new scan.
-    pub(super) fn take_prescan_or_scan(
-        &mut self,
-    ) -> Result<(reader::Decoder, crate::kv::InvoiceDigests)> {
+    pub(super) fn take_prescan_or_scan(&mut self) -> Result<(Box<dyn Snapshot>, InvoiceDigests)> {
         if let Some(mut pre) = self.prescan.take() {
             pre.dec.begin_read()?;
-            let now = pre.dec.kv().data_version()?;
-            tracing::debug!(then = pre.data_version, now, "the tombstone step's scan");
-            if now == pre.data_version {
+            let now = pre.dec.version()?;
+            tracing::debug!(then = %pre.version, %now, "the tombstone step's scan");
+            if now == pre.version {
                 tracing::debug!("KV store untouched since the tombstone step's scan; reusing it");
                 return Ok((pre.dec, pre.scan));
             }
@@ -151,26 +149,22 @@ impl Run<'_> {
         let Some(buckets) = self.buckets else {
             unreachable!("catch-up needs the invoices bucket");
         };
-        let mut dec = reader::Decoder::open(&self.opts().kv, &self.opts().table_prefix)?;
+        let mut dec = self.source.snapshot()?;
         dec.begin_read()?;
-        let scan = dec.kv().invoice_digests(&buckets)?;
+        let scan = dec.invoice_digests(&buckets)?;
         Ok((dec, scan))
     }
 
     /// One snapshot's digests, with the connection kept (outside its read
     /// transaction) so that a later step can tell whether anything was
     /// committed since ([`Prescan`]).
-    pub(super) fn scan_source(&self, buckets: &crate::kv::InvoiceBuckets) -> Result<Prescan> {
-        let mut dec = reader::Decoder::open(&self.opts().kv, &self.opts().table_prefix)?;
+    pub(super) fn scan_source(&self, buckets: &InvoiceBuckets) -> Result<Prescan> {
+        let mut dec = self.source.snapshot()?;
         dec.begin_read()?;
-        let scan = dec.kv().invoice_digests(buckets)?;
-        let data_version = dec.kv().data_version()?;
+        let scan = dec.invoice_digests(buckets)?;
+        let version = dec.version()?;
         dec.end_read()?;
-        Ok(Prescan {
-            dec,
-            scan,
-            data_version,
-        })
+        Ok(Prescan { dec, scan, version })
     }
 
     /// Reads the rows of `prepared` back, compares each with its source,
@@ -221,10 +215,7 @@ impl Run<'_> {
 /// copies whose invoice is gone). `None` when that is more than a tenth of
 /// the invoices (and more than a thousand).
 #[allow(clippy::type_complexity)]
-fn catch_up_plan(
-    t: &dyn NativeStore,
-    scan: &crate::kv::InvoiceDigests,
-) -> Result<Option<CatchUpPlan>> {
+fn catch_up_plan(t: &dyn NativeStore, scan: &InvoiceDigests) -> Result<Option<CatchUpPlan>> {
     let limit = (scan.invoices.len() / 10).max(1000);
     let mut plan = CatchUpPlan::default();
     let mut scan_it = scan.invoices.iter().peekable();

@@ -8,7 +8,7 @@ use super::run::{load_begun, Native, Run};
 use super::{Phase, VerifyReport};
 use crate::error::Result;
 use crate::fsm::{Event, State};
-use crate::reader::{self, Msg, Prepared};
+use crate::source::{self, Msg, Prepared};
 use crate::store::{
     self, Batch, BatchKind, BatchOutcome, Effect, IndexBuild, NativeStore, Persisted,
 };
@@ -93,7 +93,7 @@ impl Run<'_> {
         // core while this thread builds lnd's indexes. Its snapshot begins
         // after the copy; what the pass proves does not depend on when it
         // began.
-        let first = self.stream(None, reader::Kind::Verify)?;
+        let first = self.stream(None, source::Kind::Verify)?;
         self.build_indexes(t)?;
         self.report.seconds.copy += started.elapsed().as_secs_f64();
         let started = Instant::now();
@@ -113,7 +113,7 @@ impl Run<'_> {
     /// them all).
     fn copy(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
         let mut cursor = row.cursor;
-        let mut stream = self.stream(cursor, reader::Kind::Copy)?;
+        let mut stream = self.stream(cursor, source::Kind::Copy)?;
         // Progress starts once the decoder has counted the invoices (after
         // its first batch); what was done before is reported then.
         let mut done = row.copied;
@@ -160,7 +160,7 @@ impl Run<'_> {
     /// progress when the decoder has counted the invoices.
     fn next_copy_batch(
         &mut self,
-        stream: &mut reader::Stream,
+        stream: &mut source::Stream,
         row: &Persisted,
         done: u64,
         counted: &mut bool,
@@ -233,7 +233,7 @@ impl Run<'_> {
             let (Some(&lo), Some(&hi)) = (keys.first(), keys.last()) else {
                 break;
             };
-            let present = self.kv.invoice_numbers_between(&buckets, lo, hi)?;
+            let present = self.source.invoice_numbers_between(&buckets, lo, hi)?;
             let gone: Vec<u32> = keys.into_iter().filter(|k| !present.contains(k)).collect();
             if !gone.is_empty() {
                 swept += t.remove_copies(&gone)?;
@@ -301,13 +301,9 @@ impl Run<'_> {
     /// Source invoice `num` as it is now (empty when it is gone).
     fn read_one(&self, num: u32) -> Result<Vec<Prepared>> {
         // A stream of batches of one: the invoice itself, or the next one.
-        let mut stream = reader::stream(
-            self.opts().kv.clone(),
-            self.opts().table_prefix.clone(),
-            1,
-            num.checked_sub(1),
-            reader::Kind::Plain,
-        )?;
+        let mut stream = self
+            .source
+            .stream(1, num.checked_sub(1), source::Kind::Plain)?;
         loop {
             match stream.next() {
                 Some(Ok(Msg::Batch(b))) => {

@@ -15,7 +15,7 @@ impl Migrator {
     /// security event through `tracing` at WARN, and appended to the journal
     /// when a native store exists.
     pub fn guard(&self, backend: Backend) -> Result<GuardOutcome> {
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         let tombstone_present = kv.tombstone_present()?;
         let target = store::open(&self.opts.sql, false)?;
         let persisted = match &target {
@@ -25,7 +25,7 @@ impl Migrator {
         let state = persisted.as_ref().map(|row| row.state);
         if let Some(row) = &persisted {
             let buckets = kv.invoice_buckets()?;
-            if let Err(e) = check_identity(&kv, buckets, &self.opts, row) {
+            if let Err(e) = check_identity(&*kv, buckets, &self.opts, row) {
                 security_event(
                     target.as_deref(),
                     state,

@@ -4,64 +4,51 @@
 use super::run::Run;
 use super::Options;
 use crate::error::{Error, Result};
-use crate::identity::{self, SourceIdentity};
-use crate::kv::{InvoiceBuckets, KvSource};
+use crate::source::{InvoiceBuckets, Source, SourceIdentity};
 use crate::store::Persisted;
 
 impl Run<'_> {
     /// The identity of the source as it is now.
     pub(super) fn identity(&mut self) -> Result<SourceIdentity> {
-        identity::current(
-            &self.kv,
-            self.buckets,
-            &self.opts().kv,
-            &self.opts().table_prefix,
-        )
+        self.source.identity(self.buckets)
     }
 
     /// See [`check_identity`].
     pub(super) fn check_identity(&self, row: &Persisted) -> Result<()> {
-        check_identity(&self.kv, self.buckets, self.opts(), row)
+        check_identity(&*self.source, self.buckets, self.opts(), row)
     }
 }
 
 /// Refuses a native store that was made from a different KV store, or from
-/// one this KV store cannot be shown to be ([`identity::check`]); the error
+/// one this KV store cannot be shown to be ([`Source::check_identity`]); the error
 /// carries the state and whether the KV store is tombstoned.
 pub(super) fn check_identity(
-    kv: &KvSource,
+    kv: &dyn Source,
     buckets: Option<InvoiceBuckets>,
     opts: &Options,
     row: &Persisted,
 ) -> Result<()> {
     let tombstone_present = || kv.tombstone_present().unwrap_or(false);
-    identity::check(
-        &row.identity,
-        kv,
-        buckets,
-        &opts.table_prefix,
-        &opts.kv,
-        &opts.sql,
-    )
-    .map_err(|e| match e {
-        Error::SourceMismatch {
-            native, kv, why, ..
-        } => Error::SourceMismatch {
-            native,
-            kv,
-            why,
-            at: Some(row.state),
-            tombstone_present: tombstone_present(),
-        },
-        Error::SourceUnproven {
-            native, kv, why, ..
-        } => Error::SourceUnproven {
-            native,
-            kv,
-            why,
-            at: Some(row.state),
-            tombstone_present: tombstone_present(),
-        },
-        other => other,
-    })
+    kv.check_identity(&row.identity, buckets, &opts.sql)
+        .map_err(|e| match e {
+            Error::SourceMismatch {
+                native, kv, why, ..
+            } => Error::SourceMismatch {
+                native,
+                kv,
+                why,
+                at: Some(row.state),
+                tombstone_present: tombstone_present(),
+            },
+            Error::SourceUnproven {
+                native, kv, why, ..
+            } => Error::SourceUnproven {
+                native,
+                kv,
+                why,
+                at: Some(row.state),
+                tombstone_present: tombstone_present(),
+            },
+            other => other,
+        })
 }

@@ -9,13 +9,13 @@
 //! `guard.rs` (the backend guard and the refusals), `unfinished.rs`
 //! (`verify` on an unfinished migration). No SQL is written here: every
 //! read and write of the native store goes through [`crate::store`], and of
-//! the KV store through [`crate::kv`] and [`crate::reader`].
+//! the KV store through [`crate::source`].
 
 use std::path::PathBuf;
 
 use crate::error::{Error, Result, Role};
 use crate::fsm::State;
-use crate::kv::KvSource;
+use crate::source::{self, Source};
 use crate::store;
 
 mod catch_up;
@@ -58,7 +58,7 @@ impl Options {
         Options {
             kv: kv.into(),
             sql: sql.into(),
-            table_prefix: crate::kv::DEFAULT_PREFIX.to_string(),
+            table_prefix: crate::DEFAULT_PREFIX.to_string(),
             batch_size: DEFAULT_BATCH_SIZE,
         }
     }
@@ -118,8 +118,8 @@ impl Migrator {
         &self.opts
     }
 
-    fn open_kv(&self) -> Result<KvSource> {
-        let kv = KvSource::open(&self.opts.kv, &self.opts.table_prefix)?;
+    fn open_source(&self) -> Result<Box<dyn Source>> {
+        let kv = source::open(&self.opts.kv, &self.opts.table_prefix)?;
         if let (Ok(a), Ok(b)) = (self.opts.kv.canonicalize(), self.opts.sql.canonicalize()) {
             if a == b {
                 return Err(Error::NotOnewayStore {
@@ -142,7 +142,7 @@ impl Migrator {
         if self.opts.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         // Check the native path before the run lock creates `<sql>.lock`
         // next to it: a wrong path must leave nothing behind.
         if let Some(parent) = self.opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -154,7 +154,7 @@ impl Migrator {
             }
         }
         if std::fs::metadata(&self.opts.sql).is_ok_and(|m| m.is_dir() || m.len() > 0) {
-            crate::kv::check_sqlite_file(Role::Native, &self.opts.sql)?;
+            store::check_file(&self.opts.sql)?;
             // Also refuses a foreign store before any lock file exists.
             store::open(&self.opts.sql, false)?;
         }
@@ -174,7 +174,7 @@ impl Migrator {
 
     /// Reports the persisted state and counts without changing anything.
     pub fn status(&self) -> Result<Status> {
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         let buckets = kv.invoice_buckets()?;
         let source_invoices = match &buckets {
             Some(b) => kv.count_invoices(b)?,

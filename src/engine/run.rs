@@ -12,19 +12,18 @@ use super::guard::{refused, security_event, Request};
 use super::{Migrator, Options, Report, VerifyReport};
 use crate::error::{Error, Result};
 use crate::fsm::{self, Event, State, Step};
-use crate::kv::{InvoiceBuckets, KvSource, Witness};
 use crate::lnd_schema;
-use crate::reader;
+use crate::source::{InvoiceBuckets, InvoiceDigests, Snapshot, Source, Version, Witness};
 use crate::store::{self, Effect, NativeStore, Persisted, Verification};
 
 /// A scan of the source made by the tombstone step of a resumed run
-/// ([`KvSource::invoice_digests`]), kept for the catch-up verification that
+/// ([`Snapshot::invoice_digests`]), kept for the catch-up verification that
 /// follows when it found the source changed: one walk of the store instead
-/// of two. Valid only while the connection's `data_version` is unchanged.
+/// of two. Valid only while the store's commit marker is unchanged.
 pub(super) struct Prescan {
-    pub(super) dec: reader::Decoder,
-    pub(super) scan: crate::kv::InvoiceDigests,
-    pub(super) data_version: i64,
+    pub(super) dec: Box<dyn Snapshot>,
+    pub(super) scan: InvoiceDigests,
+    pub(super) version: Version,
 }
 
 /// The native store as a run sees it.
@@ -69,27 +68,27 @@ impl Native {
 /// One invocation of [`Migrator::run`] (or of the read-only verification).
 pub(super) struct Run<'a> {
     pub(super) m: &'a Migrator,
-    pub(super) kv: KvSource,
+    pub(super) source: Box<dyn Source>,
     pub(super) buckets: Option<InvoiceBuckets>,
     pub(super) report: Report,
     /// Set by a clean verification pass of this run: a witness of the
     /// verified snapshot (see [`Witness`]); lets the tombstone transaction
     /// skip re-computing the digest.
-    pub(super) verified: Option<Witness>,
+    pub(super) verified: Option<Box<dyn Witness>>,
     /// Set when this run itself checked and sealed the KV store; lets the
     /// Lock step skip a second digest.
-    pub(super) seal: Option<Witness>,
+    pub(super) seal: Option<Box<dyn Witness>>,
     /// See [`Prescan`].
     pub(super) prescan: Option<Prescan>,
 }
 
 impl<'a> Run<'a> {
-    /// A run of `m` over the KV store `kv`, reporting from `state`.
-    pub(super) fn new(m: &'a Migrator, kv: KvSource, state: State) -> Result<Run<'a>> {
-        let buckets = kv.invoice_buckets()?;
+    /// A run of `m` over the KV store `source`, reporting from `state`.
+    pub(super) fn new(m: &'a Migrator, source: Box<dyn Source>, state: State) -> Result<Run<'a>> {
+        let buckets = source.invoice_buckets()?;
         Ok(Run {
             m,
-            kv,
+            source,
             buckets,
             report: Report::new(state),
             verified: None,
@@ -109,7 +108,7 @@ impl Run<'_> {
     /// a step the machine refuses ([`fsm::next_step`]). Returns the store
     /// and whether the tombstone is present.
     pub(super) fn preflight(&mut self) -> Result<(Native, bool)> {
-        let tombstone = self.kv.tombstone_present()?;
+        let tombstone = self.source.tombstone_present()?;
         let native = Native::open(self.opts())?;
         if let Native::Begun(_, row) = &native {
             self.check_identity(row)?;
@@ -135,12 +134,12 @@ impl Run<'_> {
     pub(super) fn check_environment(&self, state: Option<State>, tombstone: bool) -> Result<()> {
         let copying = matches!(state, None | Some(State::Fresh) | Some(State::Migrating));
         if !tombstone && (copying || state == Some(State::Verified)) {
-            crate::files::check_kv_writable(&self.opts().kv)?;
+            self.source.check_writable()?;
         }
         if copying {
-            let on_disk = size_with_wal(&self.opts().kv);
+            let on_disk = self.source.size_bound();
             crate::files::check_room(&self.opts().sql, on_disk, || match &self.buckets {
-                Some(b) => self.kv.invoice_bytes(b),
+                Some(b) => self.source.invoice_bytes(b),
                 None => Ok(0),
             })?;
         }
@@ -251,7 +250,7 @@ impl Run<'_> {
     /// The KV store's settle-index sequence (0 without the bucket).
     pub(super) fn settle_sequence(&self) -> Result<u64> {
         match self.buckets.and_then(|b| b.settle_index) {
-            Some(b) => self.kv.sequence(b),
+            Some(b) => self.source.sequence(b),
             None => Ok(0),
         }
     }
@@ -276,19 +275,6 @@ pub(super) fn verification(report: &VerifyReport, settle_index: u64) -> Verifica
         target_digest: (!report.target_digest.is_empty()).then_some(&report.target_digest),
         settle_index,
     }
-}
-
-/// The bytes of a SQLite file and its `-wal` file.
-fn size_with_wal(path: &std::path::Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            std::fs::metadata(p).ok()
-        })
-        .map(|m| m.len())
-        .sum()
 }
 
 /// lnd's migration versions, for the `Lock` journal row.

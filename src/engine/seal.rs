@@ -10,7 +10,7 @@ use super::run::{lock_details, verification, Run};
 use super::Phase;
 use crate::error::{Error, Result};
 use crate::fsm::{self, Event, State};
-use crate::kv::{SourceDigest, TombstoneOutcome};
+use crate::source::{OtherHolders, SourceDigest, TombstoneOutcome};
 use crate::store::{Effect, NativeStore, Persisted};
 
 /// How many looks a holder of the KV store must survive (`held_by_others`).
@@ -34,8 +34,8 @@ impl Run<'_> {
                 return Ok(true);
             }
         }
-        let present = self.kv.tombstone_present()?;
-        let digest = self.kv.digest()?;
+        let present = self.source.tombstone_present()?;
+        let digest = self.source.digest()?;
         let verified = row.source_digest.clone().unwrap_or_default();
         if !present {
             tracing::warn!(kv = %self.opts().kv.display(), "the KV store lost its tombstone before Lock; writing it again");
@@ -44,7 +44,7 @@ impl Run<'_> {
                 "seal_restored",
                 serde_json::json!({ "invoices_unchanged": digest.sha256 == verified }),
             )?;
-            self.seal = Some(self.kv.write_tombstone()?);
+            self.seal = Some(self.source.write_tombstone()?);
         }
         Ok(digest.sha256 == verified)
     }
@@ -104,10 +104,10 @@ impl Run<'_> {
             if look > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            match crate::holders::other_holders(&self.opts().kv) {
-                Ok(h) if h.is_empty() => return None,
-                Ok(h) => seen = Some(h.to_string()),
-                Err(e) => {
+            match self.source.other_holders() {
+                OtherHolders::Nobody => return None,
+                OtherHolders::Held(h) => seen = Some(h),
+                OtherHolders::Unknown(e) => {
                     return Some(format!(
                         "oneway cannot tell whether another process has it open ({e})"
                     ))
@@ -123,7 +123,7 @@ impl Run<'_> {
     /// otherwise refused with what is true and what to do.
     pub(super) fn restore_lost_seal(&mut self, t: &dyn NativeStore, row: &Persisted) -> Result<()> {
         self.refuse_seal_while_held(row, false)?;
-        let digest = self.kv.digest()?;
+        let digest = self.source.digest()?;
         let verified = row.source_digest.clone().unwrap_or_default();
         if digest.sha256 != verified {
             let err = Error::SealLostAndChanged {
@@ -142,7 +142,7 @@ impl Run<'_> {
             );
             return Err(err);
         }
-        self.kv.write_tombstone()?;
+        self.source.write_tombstone()?;
         t.security_event(
             Some(State::Locked),
             "seal_restored",
@@ -191,7 +191,7 @@ impl Run<'_> {
     pub(super) fn refuse_rolled_back_source(&self, t: &dyn NativeStore) -> Result<()> {
         let copied = t.highest_add_index()?;
         let sequence = match self.buckets.and_then(|b| b.add_index) {
-            Some(b) => self.kv.sequence(b)?,
+            Some(b) => self.source.sequence(b)?,
             None => 0,
         };
         if sequence >= copied {
@@ -229,7 +229,7 @@ impl Run<'_> {
             sha256: row.source_digest.clone().unwrap_or_default(),
         };
         let mut since = self.verified.take();
-        if since.is_none() && !self.kv.tombstone_present()? {
+        if since.is_none() && !self.source.tombstone_present()? {
             if let Some(buckets) = self.buckets {
                 // A resumed run has no witness of the verified snapshot: one
                 // walk tells whether the source changed and, if it did, serves
@@ -240,13 +240,13 @@ impl Run<'_> {
                     self.prescan = Some(pre);
                     return self.source_changed_since_verified(t, &verified, &now);
                 }
-                since = Some(pre.dec.into_kv().into_witness(pre.data_version));
+                since = Some(pre.dec.into_witness(pre.version));
             }
         }
         self.m.progress.start(Phase::Tombstone, 0);
         let (outcome, seal) = self
-            .kv
-            .write_tombstone_if_unchanged(&verified, since.as_ref())?;
+            .source
+            .write_tombstone_if_unchanged(&verified, since.as_deref())?;
         self.seal = seal;
         self.m.progress.finish();
         match outcome {

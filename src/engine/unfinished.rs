@@ -18,7 +18,7 @@ use super::{Coverage, Phase, VerifyReport};
 use crate::error::Result;
 use crate::fsm::State;
 use crate::native;
-use crate::reader::{self, Prepared};
+use crate::source::{self, Prepared};
 use crate::store::{is_current, NativeStore};
 
 impl Run<'_> {
@@ -60,7 +60,7 @@ impl Run<'_> {
             indexes_built: t.indexes_built()?,
             cursor: row.cursor.map(|c| format!("{c:08x}")),
         };
-        let mut stream = self.stream(None, reader::Kind::Verify)?;
+        let mut stream = self.stream(None, source::Kind::Verify)?;
         let digest = self.first_digest(&mut stream)?;
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut report = VerifyReport::starting(&digest.sha256);

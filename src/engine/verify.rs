@@ -10,10 +10,9 @@ use super::run::{Native, Run};
 use super::{Coverage, Migrator, Phase, VerifyReport};
 use crate::error::{Error, Mismatch, Result};
 use crate::fsm::{Refusal, State};
-use crate::kv::SourceDigest;
 use crate::lnd_schema::Stage;
 use crate::native::{self, ChildRows, NativeInvoice};
-use crate::reader::{self, Msg, Prepared};
+use crate::source::{self, Msg, Prepared, Source, SourceDigest};
 use crate::store::{is_current, BatchKind, NativeStore, Persisted};
 
 /// How many verification passes may repair source changes before giving up.
@@ -38,10 +37,10 @@ impl Migrator {
     /// and AMP sets still staged, none of them a mismatch
     /// ([`VerifyReport::passed`]).
     pub fn verify(&self) -> Result<VerifyReport> {
-        let kv = self.open_kv()?;
+        let kv = self.open_source()?;
         let (mut t, row) = match Native::open(&self.opts)? {
             Native::Begun(t, row) => (t, row),
-            Native::NotBegun(t) => return Err(self.nothing_to_verify(&kv, t.is_some())?),
+            Native::NotBegun(t) => return Err(self.nothing_to_verify(&*kv, t.is_some())?),
         };
         let mut run = Run::new(self, kv, row.state)?;
         run.check_identity(&row)?;
@@ -62,7 +61,7 @@ impl Migrator {
 
     /// Why `verify` has nothing to compare (no migration in the native
     /// store at `opts.sql`).
-    fn nothing_to_verify(&self, kv: &crate::kv::KvSource, opened: bool) -> Result<Error> {
+    fn nothing_to_verify(&self, kv: &dyn Source, opened: bool) -> Result<Error> {
         if !opened && kv.tombstone_present()? {
             // Not a migration yet to run: the store that was made is lost.
             return Ok(refused(Refusal::NativeStoreMissing, None, true));
@@ -119,7 +118,7 @@ impl Run<'_> {
         if let Some(stage) = stage {
             found.extend(t.contract(stage, self.expected_settle_index(t)?)?);
         }
-        if row.state.is_sealed() && !self.kv.tombstone_present()? {
+        if row.state.is_sealed() && !self.source.tombstone_present()? {
             found.push(format!(
                 "the KV store {} has lost its invoice-tombstone although the migration is {}: \
                  lnd could start on the KV backend; run `oneway migrate` to restore the seal",
@@ -136,7 +135,7 @@ impl Run<'_> {
     pub(super) fn verify_until_clean(
         &mut self,
         t: &mut dyn NativeStore,
-        mut first: Option<reader::Stream>,
+        mut first: Option<source::Stream>,
     ) -> Result<VerifyReport> {
         for _ in 0..MAX_VERIFY_PASSES {
             let pass_started = Instant::now();
@@ -195,11 +194,11 @@ impl Run<'_> {
         &mut self,
         t: &mut dyn NativeStore,
         repair: bool,
-        started: Option<reader::Stream>,
+        started: Option<source::Stream>,
     ) -> Result<VerifyReport> {
         let mut stream = match started {
             Some(s) => s,
-            None => self.stream(None, reader::Kind::Verify)?,
+            None => self.stream(None, source::Kind::Verify)?,
         };
         let digest = self.first_digest(&mut stream)?;
         let report = self.verify_stream(t, repair, digest, &mut stream)?;
@@ -211,7 +210,7 @@ impl Run<'_> {
     }
 
     /// The source digest a verification stream sends first (its snapshot's).
-    pub(super) fn first_digest(&self, stream: &mut reader::Stream) -> Result<SourceDigest> {
+    pub(super) fn first_digest(&self, stream: &mut source::Stream) -> Result<SourceDigest> {
         match stream.next() {
             Some(Ok(Msg::Digest(d))) => Ok(d),
             Some(Err(e)) => Err(e),
@@ -222,14 +221,8 @@ impl Run<'_> {
     }
 
     /// A decoder thread streaming the source after `after`.
-    pub(super) fn stream(&self, after: Option<u32>, kind: reader::Kind) -> Result<reader::Stream> {
-        reader::stream(
-            self.opts().kv.clone(),
-            self.opts().table_prefix.clone(),
-            self.opts().batch_size,
-            after,
-            kind,
-        )
+    pub(super) fn stream(&self, after: Option<u32>, kind: source::Kind) -> Result<source::Stream> {
+        self.source.stream(self.opts().batch_size, after, kind)
     }
 
     /// The body of a pass: compares batch after batch, marks runs of clean
@@ -240,7 +233,7 @@ impl Run<'_> {
         t: &mut dyn NativeStore,
         repair: bool,
         digest: SourceDigest,
-        stream: &mut reader::Stream,
+        stream: &mut source::Stream,
     ) -> Result<VerifyReport> {
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut pass = Pass::new(&digest);
@@ -382,7 +375,7 @@ struct BatchFindings {
 /// The next batch of a verification stream (empty at its end), taking the
 /// rows digest into `report` on the way.
 pub(super) fn next_batch(
-    stream: &mut reader::Stream,
+    stream: &mut source::Stream,
     report: &mut VerifyReport,
 ) -> Result<Vec<Prepared>> {
     loop {

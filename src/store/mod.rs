@@ -47,6 +47,12 @@ pub fn create(path: &Path) -> Result<Box<dyn NativeStore>> {
     Ok(Box::new(Target::create(path)?))
 }
 
+/// Refuses a file at `path` that is not a native store of this backend at
+/// all (SQLite: no SQLite header), before anything is opened or locked.
+pub fn check_file(path: &Path) -> Result<()> {
+    crate::kv::check_sqlite_file(crate::error::Role::Native, path)
+}
+
 /// Version of oneway's own tables; bumped on incompatible change.
 pub const FORMAT_VERSION: i64 = 2;
 
