@@ -422,15 +422,8 @@ impl KvSource {
     ) -> Result<Vec<RawInvoice>> {
         let mut out: Vec<RawInvoice> = Vec::with_capacity(max.min(4096));
         let mut bytes = 0usize;
-        let start_key: Vec<u8> = match after {
-            // Every key of invoice `n` (4 bytes, or 36 starting with them)
-            // sorts below the 4-byte key of `n + 1`, so ">= n+1" starts exactly
-            // after the last AMP set of `n`.
-            Some(n) => match n.checked_add(1) {
-                Some(next) => next.to_be_bytes().to_vec(),
-                None => return Ok(out),
-            },
-            None => Vec::new(),
+        let Some(start_key) = invoice_start_key(after) else {
+            return Ok(out);
         };
         let sql = format!(
             "SELECT key, value FROM {} WHERE parent_id = ?1 AND key >= ?2 ORDER BY key",
@@ -444,62 +437,100 @@ impl KvSource {
             .query(params![buckets.invoices, start_key])
             .map_err(|e| self.err("reading invoices", e))?;
         while let Some(row) = rows.next().map_err(|e| self.err("reading invoices", e))? {
-            let key = row
-                .get_ref(0)
-                .map_err(|e| self.err("reading invoices", e))?
-                .as_blob()
-                .map_err(|_| self.unexpected_text_key(row))?;
-            let value = row
-                .get_ref(1)
-                .map_err(|e| self.err("reading invoices", e))?;
+            let (key, value) = self.invoice_bucket_row(row)?;
             let is_bucket = matches!(value, rusqlite::types::ValueRef::Null);
             match key.len() {
                 4 if !is_bucket => {
                     if out.len() == max || (!out.is_empty() && bytes >= max_bytes) {
                         break;
                     }
-                    let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-                    let value = self.blob_value(key, value)?.to_vec();
-                    bytes += value.len();
-                    out.push(RawInvoice {
-                        num,
-                        value,
-                        amp_sets: Vec::new(),
-                    });
+                    bytes += self.push_invoice(&mut out, key, value)?;
                 }
-                36 if !is_bucket => {
-                    let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-                    let mut set_id = [0u8; 32];
-                    set_id.copy_from_slice(&key[4..]);
-                    let value = self.blob_value(key, value)?.to_vec();
-                    bytes += value.len();
-                    match out.last_mut() {
-                        Some(inv) if inv.num == num => inv.amp_sets.push((set_id, value)),
-                        _ => {
-                            return Err(Error::UnexpectedKey {
-                                path: self.path.clone(),
-                                key: hex::encode(key),
-                                why: format!(
-                                    "an AMP HTLC set for invoice {num:08x}, which does not exist"
-                                ),
-                            })
-                        }
-                    }
-                }
+                36 if !is_bucket => bytes += self.push_amp_set(&mut out, key, value)?,
                 _ if is_bucket => {}
                 _ if key == TOMBSTONE_KEY => {}
-                _ => {
-                    return Err(Error::UnexpectedKey {
-                        path: self.path.clone(),
-                        key: hex::encode(key),
-                        why: "it is neither an invoice (4 bytes), an AMP HTLC set (36 bytes), a \
-                              sub-bucket nor the tombstone"
-                            .into(),
-                    })
-                }
+                _ => return Err(self.unknown_invoice_key(key)),
             }
         }
         Ok(out)
+    }
+
+    /// The key (a BLOB, as lnd writes keys) and value of one row of the
+    /// `invoices` bucket.
+    #[inline]
+    fn invoice_bucket_row<'r>(
+        &self,
+        row: &'r rusqlite::Row<'_>,
+    ) -> Result<(&'r [u8], rusqlite::types::ValueRef<'r>)> {
+        let key = row
+            .get_ref(0)
+            .map_err(|e| self.err("reading invoices", e))?
+            .as_blob()
+            .map_err(|_| self.unexpected_text_key(row))?;
+        let value = row
+            .get_ref(1)
+            .map_err(|e| self.err("reading invoices", e))?;
+        Ok((key, value))
+    }
+
+    /// Appends the invoice under the 4-byte `key` to `out`; returns the
+    /// bytes of its value.
+    #[inline]
+    fn push_invoice(
+        &self,
+        out: &mut Vec<RawInvoice>,
+        key: &[u8],
+        value: rusqlite::types::ValueRef<'_>,
+    ) -> Result<usize> {
+        let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+        let value = self.blob_value(key, value)?.to_vec();
+        let len = value.len();
+        out.push(RawInvoice {
+            num,
+            value,
+            amp_sets: Vec::new(),
+        });
+        Ok(len)
+    }
+
+    /// Appends the AMP HTLC set under the 36-byte `key` (invoice number ‖
+    /// set id) to the last invoice of `out`, which must be that invoice;
+    /// returns the bytes of its value.
+    #[inline]
+    fn push_amp_set(
+        &self,
+        out: &mut [RawInvoice],
+        key: &[u8],
+        value: rusqlite::types::ValueRef<'_>,
+    ) -> Result<usize> {
+        let num = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+        let mut set_id = [0u8; 32];
+        set_id.copy_from_slice(&key[4..]);
+        let value = self.blob_value(key, value)?.to_vec();
+        let len = value.len();
+        match out.last_mut() {
+            Some(inv) if inv.num == num => inv.amp_sets.push((set_id, value)),
+            _ => {
+                return Err(Error::UnexpectedKey {
+                    path: self.path.clone(),
+                    key: hex::encode(key),
+                    why: format!("an AMP HTLC set for invoice {num:08x}, which does not exist"),
+                })
+            }
+        }
+        Ok(len)
+    }
+
+    /// The error for a key of the `invoices` bucket that has none of the
+    /// shapes lnd writes there.
+    fn unknown_invoice_key(&self, key: &[u8]) -> Error {
+        Error::UnexpectedKey {
+            path: self.path.clone(),
+            key: hex::encode(key),
+            why: "it is neither an invoice (4 bytes), an AMP HTLC set (36 bytes), a \
+                  sub-bucket nor the tombstone"
+                .into(),
+        }
     }
 
     fn blob_value<'a>(&self, key: &[u8], value: rusqlite::types::ValueRef<'a>) -> Result<&'a [u8]> {
@@ -735,94 +766,10 @@ impl KvSource {
     /// `irregular` is set for any row of the `invoices` bucket that is not
     /// an invoice, an AMP set of the invoice before it, or a sub-bucket.
     pub fn invoice_digests(&self, buckets: &InvoiceBuckets) -> Result<InvoiceDigests> {
-        let mut out = InvoiceDigests::default();
-        // The invoice being read, its digest so far, and its hash if known.
-        let mut current: Option<(u32, Sha256, Option<[u8; 32]>)> = None;
-        // Invoices waiting for their hash from `paymenthashes`.
-        let mut pending: std::collections::HashMap<u32, (usize, Sha256)> = Default::default();
-        let mut found: std::collections::HashMap<u32, Vec<Vec<u8>>> = Default::default();
-        let finish =
-            |cur: (u32, Sha256, Option<[u8; 32]>),
-             out: &mut InvoiceDigests,
-             pending: &mut std::collections::HashMap<u32, (usize, Sha256)>| {
-                let (num, mut h, hash) = cur;
-                match hash {
-                    Some(hash) => {
-                        h.update(hash);
-                        out.invoices.push((num, Some(h.finalize().into())));
-                    }
-                    None => {
-                        pending.insert(num, (out.invoices.len(), h));
-                        out.invoices.push((num, None));
-                    }
-                }
-            };
-        let source = walk_invoice_tree(&self.conn, &self.table, |row| {
-            if row.depth == 0 && row.bucket == buckets.invoices {
-                let Some(value) = row.value else {
-                    return; // a sub-bucket
-                };
-                if !row.key_is_blob {
-                    out.irregular = true;
-                    return;
-                }
-                match row.key.len() {
-                    4 => {
-                        if let Some(cur) = current.take() {
-                            finish(cur, &mut out, &mut pending);
-                        }
-                        let num = u32::from_be_bytes(row.key.try_into().unwrap_or_default());
-                        let mut h = Sha256::new();
-                        h.update(num.to_be_bytes());
-                        h.update((value.len() as u64).to_be_bytes());
-                        h.update(value);
-                        match crate::codec::invoice_preimage(value) {
-                            Ok(Some(p)) => current = Some((num, h, Some(Sha256::digest(p).into()))),
-                            Ok(None) => current = Some((num, h, None)),
-                            Err(_) => {
-                                out.invoices.push((num, None));
-                                current = None;
-                            }
-                        }
-                    }
-                    36 => match &mut current {
-                        Some((num, h, _)) if row.key[..4] == num.to_be_bytes() => {
-                            h.update(&row.key[4..]);
-                            h.update((value.len() as u64).to_be_bytes());
-                            h.update(value);
-                        }
-                        _ => out.irregular = true,
-                    },
-                    _ => out.irregular = true,
-                }
-            } else if Some(row.bucket) == buckets.payment_hashes {
-                if let Some(cur) = current.take() {
-                    finish(cur, &mut out, &mut pending);
-                }
-                if let (Some(v), true) = (row.value, row.key != NEXT_INVOICE_KEY) {
-                    if let Ok(b) = <[u8; 4]>::try_from(v) {
-                        found
-                            .entry(u32::from_be_bytes(b))
-                            .or_default()
-                            .push(row.key.to_vec());
-                    }
-                }
-            }
-        })
-        .map_err(|e| self.err("digesting the invoices", e))?;
-        if let Some(cur) = current.take() {
-            finish(cur, &mut out, &mut pending);
-        }
-        for (num, (at, mut h)) in pending {
-            if let Some([one]) = found.get(&num).map(Vec::as_slice) {
-                if one.len() == 32 {
-                    h.update(one);
-                    out.invoices[at].1 = Some(h.finalize().into());
-                }
-            }
-        }
-        out.source = source;
-        Ok(out)
+        let mut walk = DigestWalk::default();
+        let source = walk_invoice_tree(&self.conn, &self.table, |row| walk.visit(buckets, row))
+            .map_err(|e| self.err("digesting the invoices", e))?;
+        Ok(walk.finish(source))
     }
 
     /// Computes the [`SourceDigest`] of the invoice buckets.
@@ -922,6 +869,41 @@ impl KvSource {
         since: Option<&Witness>,
     ) -> Result<(TombstoneOutcome, Option<Witness>)> {
         let path = &self.path;
+        let e = |action: &'static str| {
+            move |err: rusqlite::Error| Error::sqlite(Role::Kv, path, action, err)
+        };
+        let (rw, file) = self.open_for_tombstone(&e)?;
+        rw.execute_batch("BEGIN IMMEDIATE")
+            .map_err(e("starting the tombstone transaction"))?;
+        let result = self.seal_in_transaction(&rw, verified, since, file, &e);
+        match result {
+            Ok((TombstoneOutcome::Written, data_version)) => {
+                let witness = self.commit_tombstone(rw, data_version, file, &e)?;
+                Ok((TombstoneOutcome::Written, Some(witness)))
+            }
+            Ok((outcome @ TombstoneOutcome::AlreadyPresent { unchanged: true }, data_version)) => {
+                let _ = rw.execute_batch("ROLLBACK");
+                let witness = Witness::new(rw, path, data_version, file);
+                Ok((outcome, Some(witness)))
+            }
+            other => {
+                let _ = rw.execute_batch("ROLLBACK");
+                other.map(|(o, _)| (o, None))
+            }
+        }
+    }
+
+    /// Opens the write connection of the tombstone transaction, durable
+    /// enough for it, and the identity of the file it opened (`None` when
+    /// the path changed files while it opened).
+    fn open_for_tombstone<F>(
+        &self,
+        e: &impl Fn(&'static str) -> F,
+    ) -> Result<(Connection, Option<FileId>)>
+    where
+        F: FnOnce(rusqlite::Error) -> Error,
+    {
+        let path = &self.path;
         let before = file_id(path);
         let rw = Connection::open_with_flags(
             path,
@@ -929,7 +911,6 @@ impl KvSource {
         )
         .ctx(Role::Kv, path, "opening read-write for the tombstone")?;
         let file = before.filter(|b| Some(*b) == file_id(path));
-        let e = |action: &'static str| move |err| Error::sqlite(Role::Kv, path, action, err);
         rw.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(e("setting the busy timeout"))?;
         // EXTRA: in rollback-journal mode a commit is durable against power
@@ -937,67 +918,96 @@ impl KvSource {
         // synced too, which FULL does not do (spec/state-machine.md §6).
         rw.pragma_update(None, "synchronous", "EXTRA")
             .map_err(e("setting synchronous=EXTRA"))?;
-        rw.execute_batch("BEGIN IMMEDIATE")
-            .map_err(e("starting the tombstone transaction"))?;
-        let mut data_version = 0i64;
-        let result = (|| {
-            let present =
-                tombstone_present(&rw, &self.table).map_err(e("looking for the tombstone"))?;
-            let Some(verified) = verified else {
-                // Unconditional: seal what is there.
-                data_version = read_data_version(&rw).map_err(e("reading data_version"))?;
-                if present {
-                    return Ok(TombstoneOutcome::AlreadyPresent { unchanged: true });
-                }
-                return self.insert_tombstone(&rw, &e);
-            };
-            let now = match since {
-                // The witness speaks only for the file it was taken on: a
-                // path that now names another file is digested again.
-                Some(w) if file.is_some() && w.file == file && w.untouched()? => {
-                    tracing::debug!("KV store untouched since the verified snapshot");
-                    verified.clone()
-                }
-                _ => {
-                    source_digest(&rw, &self.table).map_err(e("re-computing the source digest"))?
-                }
-            };
-            // Read while this transaction holds the write lock: no other
-            // connection can commit between the digest and this value.
-            data_version = read_data_version(&rw).map_err(e("reading data_version"))?;
+        Ok((rw, file))
+    }
+
+    /// Inside the tombstone transaction on `rw`: writes the tombstone when
+    /// it is absent and (with `verified`) the source still has that digest.
+    /// Returns what it did and the `data_version` read inside the
+    /// transaction, after the check.
+    fn seal_in_transaction<F>(
+        &self,
+        rw: &Connection,
+        verified: Option<&SourceDigest>,
+        since: Option<&Witness>,
+        file: Option<FileId>,
+        e: &impl Fn(&'static str) -> F,
+    ) -> Result<(TombstoneOutcome, i64)>
+    where
+        F: FnOnce(rusqlite::Error) -> Error,
+    {
+        let present = tombstone_present(rw, &self.table).map_err(e("looking for the tombstone"))?;
+        let Some(verified) = verified else {
+            // Unconditional: seal what is there.
+            let data_version = read_data_version(rw).map_err(e("reading data_version"))?;
             if present {
-                return Ok(TombstoneOutcome::AlreadyPresent {
-                    unchanged: now.sha256 == verified.sha256,
-                });
+                return Ok((
+                    TombstoneOutcome::AlreadyPresent { unchanged: true },
+                    data_version,
+                ));
             }
-            if now.sha256 != verified.sha256 {
-                return Ok(TombstoneOutcome::SourceChanged(now));
-            }
-            self.insert_tombstone(&rw, &e)
-        })();
-        match result {
-            Ok(TombstoneOutcome::Written) => {
-                rw.execute_batch("COMMIT")
-                    .map_err(e("committing the tombstone"))?;
-                sync_dir(path).map_err(|source| Error::Io {
-                    path: path.to_path_buf(),
-                    action: "syncing the folder after the tombstone".into(),
-                    source,
-                })?;
-                crate::failpoint::hit("tombstone.after_commit");
-                let witness = Witness::new(rw, path, data_version, file);
-                Ok((TombstoneOutcome::Written, Some(witness)))
-            }
-            Ok(outcome @ TombstoneOutcome::AlreadyPresent { unchanged: true }) => {
-                let _ = rw.execute_batch("ROLLBACK");
-                let witness = Witness::new(rw, path, data_version, file);
-                Ok((outcome, Some(witness)))
-            }
-            other => {
-                let _ = rw.execute_batch("ROLLBACK");
-                other.map(|o| (o, None))
-            }
+            return Ok((self.insert_tombstone(rw, e)?, data_version));
+        };
+        let now = self.digest_in_transaction(rw, verified, since, file, e)?;
+        // Read while this transaction holds the write lock: no other
+        // connection can commit between the digest and this value.
+        let data_version = read_data_version(rw).map_err(e("reading data_version"))?;
+        if present {
+            let unchanged = now.sha256 == verified.sha256;
+            return Ok((TombstoneOutcome::AlreadyPresent { unchanged }, data_version));
         }
+        if now.sha256 != verified.sha256 {
+            return Ok((TombstoneOutcome::SourceChanged(now), data_version));
+        }
+        Ok((self.insert_tombstone(rw, e)?, data_version))
+    }
+
+    /// The source digest inside the tombstone transaction: `verified`
+    /// itself when the witness `since` shows that nobody committed since
+    /// the verified snapshot, else computed again.
+    fn digest_in_transaction<F>(
+        &self,
+        rw: &Connection,
+        verified: &SourceDigest,
+        since: Option<&Witness>,
+        file: Option<FileId>,
+        e: &impl Fn(&'static str) -> F,
+    ) -> Result<SourceDigest>
+    where
+        F: FnOnce(rusqlite::Error) -> Error,
+    {
+        match since {
+            // The witness speaks only for the file it was taken on: a
+            // path that now names another file is digested again.
+            Some(w) if file.is_some() && w.file == file && w.untouched()? => {
+                tracing::debug!("KV store untouched since the verified snapshot");
+                Ok(verified.clone())
+            }
+            _ => source_digest(rw, &self.table).map_err(e("re-computing the source digest")),
+        }
+    }
+
+    /// Commits the tombstone written on `rw`, durably (the folder synced
+    /// too), and returns the connection as the witness of the sealed state.
+    fn commit_tombstone<F>(
+        &self,
+        rw: Connection,
+        data_version: i64,
+        file: Option<FileId>,
+        e: &impl Fn(&'static str) -> F,
+    ) -> Result<Witness>
+    where
+        F: FnOnce(rusqlite::Error) -> Error,
+    {
+        rw.execute_batch("COMMIT")
+            .map_err(e("committing the tombstone"))?;
+        sync_dir(&self.path).map_err(|source| Error::Io {
+            path: self.path.to_path_buf(),
+            action: "syncing the folder after the tombstone".into(),
+            source,
+        })?;
+        crate::failpoint::hit("tombstone.after_commit");
+        Ok(Witness::new(rw, &self.path, data_version, file))
     }
 }
 
@@ -1096,6 +1106,144 @@ pub enum TombstoneOutcome {
     SourceChanged(SourceDigest),
 }
 
+/// The first key of the `invoices` bucket to read for the invoices after
+/// `after` (all of them when `None`); `None` when no invoice can follow it.
+///
+/// Every key of invoice `n` (4 bytes, or 36 starting with them) sorts below
+/// the 4-byte key of `n + 1`, so ">= n+1" starts exactly after the last AMP
+/// set of `n`.
+fn invoice_start_key(after: Option<u32>) -> Option<Vec<u8>> {
+    match after {
+        Some(n) => n.checked_add(1).map(|next| next.to_be_bytes().to_vec()),
+        None => Some(Vec::new()),
+    }
+}
+
+/// The state of [`KvSource::invoice_digests`] along its walk.
+#[derive(Default)]
+struct DigestWalk {
+    out: InvoiceDigests,
+    /// The invoice being read, its digest so far, and its hash if known.
+    current: Option<(u32, Sha256, Option<[u8; 32]>)>,
+    /// Invoices waiting for their hash from `paymenthashes`: where they are
+    /// in `out.invoices`, and their digest so far.
+    pending: std::collections::HashMap<u32, (usize, Sha256)>,
+    /// The `paymenthashes` keys pointing to each invoice number.
+    found: std::collections::HashMap<u32, Vec<Vec<u8>>>,
+}
+
+impl DigestWalk {
+    /// Takes in one row of the tree.
+    #[inline]
+    fn visit(&mut self, buckets: &InvoiceBuckets, row: &TreeRow<'_>) {
+        if row.depth == 0 && row.bucket == buckets.invoices {
+            self.invoices_row(row);
+        } else if Some(row.bucket) == buckets.payment_hashes {
+            self.finish_current();
+            self.payment_hash_row(row);
+        }
+    }
+
+    /// A row of the `invoices` bucket: an invoice starts, or an AMP set of
+    /// the current one follows; sub-buckets are passed over.
+    #[inline]
+    fn invoices_row(&mut self, row: &TreeRow<'_>) {
+        let Some(value) = row.value else {
+            return; // a sub-bucket
+        };
+        if !row.key_is_blob {
+            self.out.irregular = true;
+            return;
+        }
+        match row.key.len() {
+            4 => self.start_invoice(row.key, value),
+            36 => self.add_amp_set(row.key, value),
+            _ => self.out.irregular = true,
+        }
+    }
+
+    /// Ends the current invoice and starts digesting the one under `key`.
+    #[inline]
+    fn start_invoice(&mut self, key: &[u8], value: &[u8]) {
+        self.finish_current();
+        let num = u32::from_be_bytes(key.try_into().unwrap_or_default());
+        let mut h = Sha256::new();
+        h.update(num.to_be_bytes());
+        h.update((value.len() as u64).to_be_bytes());
+        h.update(value);
+        match crate::codec::invoice_preimage(value) {
+            Ok(Some(p)) => self.current = Some((num, h, Some(Sha256::digest(p).into()))),
+            Ok(None) => self.current = Some((num, h, None)),
+            Err(_) => {
+                self.out.invoices.push((num, None));
+                self.current = None;
+            }
+        }
+    }
+
+    /// Adds the AMP set under `key` to the current invoice's digest, when
+    /// it belongs to that invoice.
+    #[inline]
+    fn add_amp_set(&mut self, key: &[u8], value: &[u8]) {
+        match &mut self.current {
+            Some((num, h, _)) if key[..4] == num.to_be_bytes() => {
+                h.update(&key[4..]);
+                h.update((value.len() as u64).to_be_bytes());
+                h.update(value);
+            }
+            _ => self.out.irregular = true,
+        }
+    }
+
+    /// Notes which invoice a `paymenthashes` entry (other than `nik`) points to.
+    #[inline]
+    fn payment_hash_row(&mut self, row: &TreeRow<'_>) {
+        if let (Some(v), true) = (row.value, row.key != NEXT_INVOICE_KEY) {
+            if let Ok(b) = <[u8; 4]>::try_from(v) {
+                self.found
+                    .entry(u32::from_be_bytes(b))
+                    .or_default()
+                    .push(row.key.to_vec());
+            }
+        }
+    }
+
+    /// Records the current invoice's digest, or sets it aside until its
+    /// hash is found in `paymenthashes`.
+    #[inline]
+    fn finish_current(&mut self) {
+        let Some((num, mut h, hash)) = self.current.take() else {
+            return;
+        };
+        match hash {
+            Some(hash) => {
+                h.update(hash);
+                self.out.invoices.push((num, Some(h.finalize().into())));
+            }
+            None => {
+                self.pending.insert(num, (self.out.invoices.len(), h));
+                self.out.invoices.push((num, None));
+            }
+        }
+    }
+
+    /// Completes the pending digests whose invoice exactly one 32-byte
+    /// `paymenthashes` entry points to, and returns what was found.
+    fn finish(mut self, source: SourceDigest) -> InvoiceDigests {
+        self.finish_current();
+        for (num, (at, mut h)) in self.pending {
+            if let Some([one]) = self.found.get(&num).map(Vec::as_slice) {
+                if one.len() == 32 {
+                    h.update(one);
+                    self.out.invoices[at].1 = Some(h.finalize().into());
+                }
+            }
+        }
+        self.out.source = source;
+        self.out
+    }
+}
+
 fn bucket_id(
     conn: &Connection,
     table: &str,
@@ -1162,17 +1310,16 @@ fn walk_invoice_tree(
     table: &str,
     mut visit: impl FnMut(&TreeRow<'_>),
 ) -> rusqlite::Result<SourceDigest> {
-    let mut hasher = Sha256::new();
-    let mut invoices = 0u64;
+    let mut tree = TreeDigest {
+        hasher: Sha256::new(),
+        invoices: 0,
+    };
     let Some(root) = bucket_id(conn, table, None, INVOICES_BUCKET)? else {
         // A missing bucket digests like an empty one: the tombstone write
         // creates the bucket on an empty node, and the bucket holding only
         // the (skipped) tombstone must still compare equal.
-        hasher.update([0xfe, 0]);
-        return Ok(SourceDigest {
-            invoices: 0,
-            sha256: hex::encode(hasher.finalize()),
-        });
+        tree.hasher.update([0xfe, 0]);
+        return Ok(tree.finish());
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT key, value, id, sequence FROM {table} WHERE parent_id = ?1 ORDER BY key"
@@ -1180,65 +1327,104 @@ fn walk_invoice_tree(
     // (bucket id, depth); a stack keeps the walk iterative.
     let mut stack = vec![(root, 0u8)];
     while let Some((bucket, depth)) = stack.pop() {
+        let mut children = tree.bucket(&mut stmt, bucket, depth, &mut visit)?;
+        // Mark the end of this bucket so sibling/child boundaries are unambiguous.
+        tree.hasher.update([0xfe, depth]);
+        children.reverse();
+        stack.extend(children);
+    }
+    Ok(tree.finish())
+}
+
+/// The [`SourceDigest`] being computed by [`walk_invoice_tree`].
+struct TreeDigest {
+    hasher: Sha256,
+    /// Invoices seen (4-byte BLOB keys with a value in the `invoices` bucket).
+    invoices: u64,
+}
+
+impl TreeDigest {
+    /// Digests the rows of `bucket` (at `depth`) in key order, skipping the
+    /// tombstone, and shows each to `visit`; returns its sub-buckets, in key
+    /// order, with their depth.
+    fn bucket(
+        &mut self,
+        stmt: &mut rusqlite::CachedStatement<'_>,
+        bucket: i64,
+        depth: u8,
+        visit: &mut impl FnMut(&TreeRow<'_>),
+    ) -> rusqlite::Result<Vec<(i64, u8)>> {
         let mut children = Vec::new();
         let mut rows = stmt.query([bucket])?;
         while let Some(row) = rows.next()? {
             let key = row.get_ref(0)?;
-            let key_bytes: &[u8] = match key {
-                rusqlite::types::ValueRef::Blob(b) => b,
-                rusqlite::types::ValueRef::Text(t) => t,
-                _ => &[],
-            };
+            let key_bytes = stored_bytes(key);
             if depth == 0 && key_bytes == TOMBSTONE_KEY {
                 continue;
             }
-            let key_is_blob = matches!(key, rusqlite::types::ValueRef::Blob(_));
-            hasher.update([depth]);
-            hasher.update((key_bytes.len() as u64).to_be_bytes());
-            hasher.update(key_bytes);
+            let mut tree_row = TreeRow {
+                depth,
+                bucket,
+                key: key_bytes,
+                key_is_blob: matches!(key, rusqlite::types::ValueRef::Blob(_)),
+                value: None,
+            };
+            self.hasher.update([depth]);
+            self.hasher.update((key_bytes.len() as u64).to_be_bytes());
+            self.hasher.update(key_bytes);
             match row.get_ref(1)? {
                 rusqlite::types::ValueRef::Null => {
-                    visit(&TreeRow {
-                        depth,
-                        bucket,
-                        key: key_bytes,
-                        key_is_blob,
-                        value: None,
-                    });
-                    hasher.update([0xff]);
-                    let seq: Option<i64> = row.get(3)?;
-                    hasher.update(seq.unwrap_or(0).to_be_bytes());
-                    children.push((row.get::<_, i64>(2)?, depth.saturating_add(1)));
+                    visit(&tree_row);
+                    children.push(self.sub_bucket(row, depth)?);
                 }
                 v => {
-                    let b: &[u8] = match v {
-                        rusqlite::types::ValueRef::Blob(b) => b,
-                        rusqlite::types::ValueRef::Text(t) => t,
-                        _ => &[],
-                    };
-                    if depth == 0 && key_bytes.len() == 4 && key_is_blob {
-                        invoices += 1;
-                    }
-                    visit(&TreeRow {
-                        depth,
-                        bucket,
-                        key: key_bytes,
-                        key_is_blob,
-                        value: Some(b),
-                    });
-                    hasher.update([0x01]);
-                    hasher.update((b.len() as u64).to_be_bytes());
-                    hasher.update(b);
+                    let value = stored_bytes(v);
+                    tree_row.value = Some(value);
+                    visit(&tree_row);
+                    self.value(&tree_row, value);
                 }
             }
         }
-        // Mark the end of this bucket so sibling/child boundaries are unambiguous.
-        hasher.update([0xfe, depth]);
-        children.reverse();
-        stack.extend(children);
+        Ok(children)
     }
-    Ok(SourceDigest {
-        invoices,
-        sha256: hex::encode(hasher.finalize()),
-    })
+
+    /// Digests the sub-bucket marker and sequence of `row` (a bucket at
+    /// `depth`); returns the sub-bucket's id and depth.
+    #[inline]
+    fn sub_bucket(&mut self, row: &rusqlite::Row<'_>, depth: u8) -> rusqlite::Result<(i64, u8)> {
+        self.hasher.update([0xff]);
+        let seq: Option<i64> = row.get(3)?;
+        self.hasher.update(seq.unwrap_or(0).to_be_bytes());
+        Ok((row.get(2)?, depth.saturating_add(1)))
+    }
+
+    /// Digests `value`, the value of `row`, counting invoices.
+    #[inline]
+    fn value(&mut self, row: &TreeRow<'_>, value: &[u8]) {
+        if row.depth == 0 && row.key.len() == 4 && row.key_is_blob {
+            self.invoices += 1;
+        }
+        self.hasher.update([0x01]);
+        self.hasher.update((value.len() as u64).to_be_bytes());
+        self.hasher.update(value);
+    }
+
+    /// The digest of everything walked.
+    fn finish(self) -> SourceDigest {
+        SourceDigest {
+            invoices: self.invoices,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
+    }
+}
+
+/// The bytes of a key or value as stored (BLOB or TEXT; nothing for
+/// another type).
+#[inline]
+fn stored_bytes(v: rusqlite::types::ValueRef<'_>) -> &[u8] {
+    match v {
+        rusqlite::types::ValueRef::Blob(b) => b,
+        rusqlite::types::ValueRef::Text(t) => t,
+        _ => &[],
+    }
 }

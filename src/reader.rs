@@ -9,8 +9,8 @@
 //! [`IN_FLIGHT`] batches wait in the channel, so memory stays bounded by the
 //! batch size, not the store.
 
-use std::path::PathBuf;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest, Witness};
+use crate::model::Htlc;
 use crate::native::NativeInvoice;
 
 /// Batches decoded ahead of the writer.
@@ -190,86 +191,80 @@ impl Decoder {
 
     /// Decodes one raw invoice into its native rows and source digest.
     pub fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
-        let path = self.kv.path().to_path_buf();
-        let key = raw.key_hex();
-        let inv = codec::decode_invoice(&raw.value).map_err(|source| Error::Codec {
-            invoice_key: key.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        let mut sets = Vec::with_capacity(raw.amp_sets.len());
-        for (set_id, bytes) in &raw.amp_sets {
-            let htlcs = codec::decode_htlc_set(bytes).map_err(|source| Error::Codec {
-                invoice_key: format!("{key} (AMP set {})", hex::encode(set_id)),
-                path: path.clone(),
-                source,
-            })?;
-            sets.push((*set_id, htlcs));
-        }
+        let inv = codec::decode_invoice(&raw.value)
+            .map_err(|source| self.codec_error(raw.key_hex(), source))?;
+        let sets = self.decode_amp_sets(raw)?;
         let hash: [u8; 32] = match inv.preimage {
             Some(p) => Sha256::digest(p).into(),
-            None => {
-                let found = self.hashes_for(raw.num)?;
-                match found.as_slice() {
-                    [one] if one.len() == 32 => {
-                        let mut h = [0u8; 32];
-                        h.copy_from_slice(one);
-                        h
-                    }
-                    [] => {
-                        return Err(Error::BadInvoice {
-                            invoice_key: key,
-                            path,
-                            reason: "its preimage is unknown and no entry of invoices/paymenthashes \
-                                     points to it, so its payment hash cannot be found (lnd would skip \
-                                     it silently; oneway stops instead)"
-                                .into(),
-                        })
-                    }
-                    [one] => {
-                        return Err(Error::BadInvoice {
-                            invoice_key: key,
-                            path,
-                            reason: format!(
-                                "its preimage is unknown and the invoices/paymenthashes key pointing to it is {} bytes long, not 32",
-                                one.len()
-                            ),
-                        })
-                    }
-                    many => {
-                        return Err(Error::BadInvoice {
-                            invoice_key: key,
-                            path,
-                            reason: format!(
-                                "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
-                                many.len()
-                            ),
-                        })
-                    }
-                }
-            }
+            None => self.payment_hash(raw)?,
         };
-        let native =
-            NativeInvoice::from_kv(&inv, hash, &sets).map_err(|reason| Error::BadInvoice {
-                invoice_key: key,
-                path,
-                reason,
-            })?;
-        let mut h = Sha256::new();
-        h.update(raw.num.to_be_bytes());
-        h.update((raw.value.len() as u64).to_be_bytes());
-        h.update(&raw.value);
-        for (set_id, bytes) in &raw.amp_sets {
-            h.update(set_id);
-            h.update((bytes.len() as u64).to_be_bytes());
-            h.update(bytes);
-        }
-        h.update(hash);
+        let native = NativeInvoice::from_kv(&inv, hash, &sets)
+            .map_err(|reason| self.bad_invoice(raw, reason))?;
         Ok(Prepared {
             num: raw.num,
             native,
-            digest: h.finalize().into(),
+            digest: copy_digest(raw, &hash),
         })
+    }
+
+    /// Decodes the AMP HTLC sets stored with `raw`.
+    #[inline]
+    fn decode_amp_sets(&self, raw: &RawInvoice) -> Result<Vec<([u8; 32], Vec<Htlc>)>> {
+        let mut sets = Vec::with_capacity(raw.amp_sets.len());
+        for (set_id, bytes) in &raw.amp_sets {
+            let htlcs = codec::decode_htlc_set(bytes).map_err(|source| {
+                let key = format!("{} (AMP set {})", raw.key_hex(), hex::encode(set_id));
+                self.codec_error(key, source)
+            })?;
+            sets.push((*set_id, htlcs));
+        }
+        Ok(sets)
+    }
+
+    /// The payment hash of `raw`, whose preimage is unknown: the one
+    /// `invoices/paymenthashes` entry pointing to it.
+    fn payment_hash(&mut self, raw: &RawInvoice) -> Result<[u8; 32]> {
+        let found = self.hashes_for(raw.num)?;
+        let reason = match found.as_slice() {
+            [one] if one.len() == 32 => {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(one);
+                return Ok(h);
+            }
+            [] => "its preimage is unknown and no entry of invoices/paymenthashes \
+                   points to it, so its payment hash cannot be found (lnd would skip \
+                   it silently; oneway stops instead)"
+                .into(),
+            [one] => format!(
+                "its preimage is unknown and the invoices/paymenthashes key pointing to it is {} bytes long, not 32",
+                one.len()
+            ),
+            many => format!(
+                "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
+                many.len()
+            ),
+        };
+        Err(self.bad_invoice(raw, reason))
+    }
+
+    /// The error for a record under `invoice_key` that does not decode.
+    #[cold]
+    fn codec_error(&self, invoice_key: String, source: codec::CodecError) -> Error {
+        Error::Codec {
+            invoice_key,
+            path: self.kv.path().to_path_buf(),
+            source,
+        }
+    }
+
+    /// The error for `raw`, which decodes but cannot be migrated.
+    #[cold]
+    fn bad_invoice(&self, raw: &RawInvoice, reason: String) -> Error {
+        Error::BadInvoice {
+            invoice_key: raw.key_hex(),
+            path: self.kv.path().to_path_buf(),
+            reason,
+        }
     }
 
     /// Reads and prepares up to `max` invoices after `after`, fewer when
@@ -392,76 +387,22 @@ pub fn stream(
     after: Option<u32>,
     kind: Kind,
 ) -> Result<Stream> {
-    let snapshot = kind == Kind::Verify;
     let (tx, rx) = sync_channel::<Result<Msg>>(IN_FLIGHT);
     // Unbounded, but it never holds more than the batches in flight: the
     // caller returns each batch once, and this thread drains the channel
     // before decoding the next one.
     let (back, returned) = channel::<Vec<Prepared>>();
+    let producer = Producer {
+        tx,
+        returned,
+        batch_size,
+        kind,
+    };
     let handle = std::thread::Builder::new()
         .name("oneway-decoder".into())
         .spawn(move || {
-            let run = || -> Result<Option<Witness>> {
-                let mut d = Decoder::open(&kv_path, &prefix)?;
-                let mut version = None;
-                if snapshot {
-                    d.begin_read()?;
-                    let digest = d.kv.digest()?;
-                    // Same read transaction as the digest: this value
-                    // belongs to the digested snapshot.
-                    version = Some(d.kv.data_version()?);
-                    if tx.send(Ok(Msg::Digest(digest))).is_err() {
-                        return Ok(None);
-                    }
-                }
-                let mut cursor = after;
-                let mut rows = Sha256::new();
-                let mut first = true;
-                loop {
-                    while let Ok(done) = returned.try_recv() {
-                        drop(done);
-                    }
-                    let batch = d.batch(cursor, batch_size)?;
-                    let last = batch.last().map(|p| p.num);
-                    if snapshot {
-                        for p in &batch {
-                            p.native.feed_digest(&mut rows);
-                        }
-                        if last.is_none() {
-                            let digest = hex::encode(std::mem::take(&mut rows).finalize());
-                            if tx.send(Ok(Msg::RowsDigest(digest))).is_err() {
-                                return Ok(None);
-                            }
-                        }
-                    }
-                    if tx.send(Ok(Msg::Batch(batch))).is_err() {
-                        return Ok(None);
-                    }
-                    if first && kind == Kind::Copy {
-                        let total = match d.buckets {
-                            Some(b) => d.kv.count_invoices(&b)?,
-                            None => 0,
-                        };
-                        if tx.send(Ok(Msg::Total(total))).is_err() {
-                            return Ok(None);
-                        }
-                    }
-                    first = false;
-                    match last {
-                        Some(l) => cursor = Some(l),
-                        None => break,
-                    }
-                }
-                match version {
-                    Some(v) => {
-                        d.end_read()?;
-                        Ok(Some(d.kv.into_witness(v)))
-                    }
-                    None => Ok(None),
-                }
-            };
-            run().unwrap_or_else(|e| {
-                let _ = tx.send(Err(e));
+            producer.run(&kv_path, &prefix, after).unwrap_or_else(|e| {
+                let _ = producer.tx.send(Err(e));
                 None
             })
         })
@@ -475,4 +416,120 @@ pub fn stream(
         back,
         handle: Some(handle),
     })
+}
+
+/// The decoder thread's end of a [`Stream`].
+struct Producer {
+    tx: SyncSender<Result<Msg>>,
+    /// Batches the caller is done with, to free here.
+    returned: Receiver<Vec<Prepared>>,
+    batch_size: usize,
+    kind: Kind,
+}
+
+impl Producer {
+    /// Sends every message of the stream over the invoices after `after`;
+    /// for a [`Kind::Verify`] stream read to its end, returns the witness.
+    /// Stops early, without error, once the receiver is gone.
+    fn run(&self, kv_path: &Path, prefix: &str, after: Option<u32>) -> Result<Option<Witness>> {
+        let mut d = Decoder::open(kv_path, prefix)?;
+        let mut version = None;
+        if self.kind == Kind::Verify {
+            d.begin_read()?;
+            let digest = d.kv.digest()?;
+            // Same read transaction as the digest: this value belongs to
+            // the digested snapshot.
+            version = Some(d.kv.data_version()?);
+            if !self.send(Msg::Digest(digest)) {
+                return Ok(None);
+            }
+        }
+        if !self.send_batches(&mut d, after)? {
+            return Ok(None);
+        }
+        match version {
+            Some(v) => {
+                d.end_read()?;
+                Ok(Some(d.kv.into_witness(v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Sends the batches after `after`, up to and including the final,
+    /// empty one, with the messages that go with them; false when the
+    /// receiver went away.
+    fn send_batches(&self, d: &mut Decoder, after: Option<u32>) -> Result<bool> {
+        let mut cursor = after;
+        let mut rows = Sha256::new();
+        let mut first = true;
+        loop {
+            while let Ok(done) = self.returned.try_recv() {
+                drop(done);
+            }
+            let batch = d.batch(cursor, self.batch_size)?;
+            let last = batch.last().map(|p| p.num);
+            if self.kind == Kind::Verify && !self.digest_rows(&mut rows, &batch) {
+                return Ok(false);
+            }
+            if !self.send(Msg::Batch(batch)) {
+                return Ok(false);
+            }
+            if first && self.kind == Kind::Copy && !self.send_total(d)? {
+                return Ok(false);
+            }
+            first = false;
+            match last {
+                Some(l) => cursor = Some(l),
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// Adds the rows of `batch` to the target digest `rows`, and sends the
+    /// digest before the final, empty batch; false when the receiver went
+    /// away.
+    fn digest_rows(&self, rows: &mut Sha256, batch: &[Prepared]) -> bool {
+        for p in batch {
+            p.native.feed_digest(rows);
+        }
+        if !batch.is_empty() {
+            return true;
+        }
+        let digest = hex::encode(std::mem::take(rows).finalize());
+        self.send(Msg::RowsDigest(digest))
+    }
+
+    /// Counts the invoices of the source and sends the total; false when
+    /// the receiver went away.
+    fn send_total(&self, d: &Decoder) -> Result<bool> {
+        let total = match d.buckets {
+            Some(b) => d.kv.count_invoices(&b)?,
+            None => 0,
+        };
+        Ok(self.send(Msg::Total(total)))
+    }
+
+    /// Sends `msg`; false when the receiver went away.
+    fn send(&self, msg: Msg) -> bool {
+        self.tx.send(Ok(msg)).is_ok()
+    }
+}
+
+/// The copy digest of `raw` (`spec/formats.md`): its number, value and AMP
+/// sets as stored, and its payment hash. [`KvSource::invoice_digests`]
+/// computes the same digest without decoding.
+#[inline]
+fn copy_digest(raw: &RawInvoice, hash: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(raw.num.to_be_bytes());
+    h.update((raw.value.len() as u64).to_be_bytes());
+    h.update(&raw.value);
+    for (set_id, bytes) in &raw.amp_sets {
+        h.update(set_id);
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    h.update(hash);
+    h.finalize().into()
 }
