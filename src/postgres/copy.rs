@@ -204,7 +204,20 @@ pub fn copy_invoices(
         next_htlc_id: first_htlc_id,
         ..Copied::default()
     };
-    out.invoices = copy_table(
+    out.invoices = copy_invoice_rows(tx, &checked)?;
+    out.invoice_features = copy_invoice_features(tx, &checked)?;
+    out.amp_sub_invoices = copy_amp_sub_invoices(tx, &checked)?;
+    out.invoice_htlcs = copy_invoice_htlcs(tx, &checked, first_htlc_id)?;
+    out.invoice_htlc_custom_records =
+        copy_invoice_htlc_custom_records(tx, &checked, first_htlc_id)?;
+    out.amp_sub_invoice_htlcs = copy_amp_sub_invoice_htlcs(tx, &checked, first_htlc_id)?;
+    out.next_htlc_id = first_htlc_id + out.invoice_htlcs as i64;
+    Ok(out)
+}
+
+/// The `invoices` rows.
+fn copy_invoice_rows(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> PgResult<u64> {
+    copy_table(
         tx,
         "invoices",
         INVOICE_COLUMNS,
@@ -229,7 +242,7 @@ pub fn copy_invoices(
             Type::TIMESTAMP,
         ],
         |w| {
-            for c in &checked {
+            for c in checked {
                 let i = c.inv;
                 let row: [&(dyn ToSql + Sync); 18] = [
                     &i.id,
@@ -255,22 +268,30 @@ pub fn copy_invoices(
             }
             Ok(())
         },
-    )?;
-    out.invoice_features = copy_table(
+    )
+}
+
+/// The `invoice_features` rows.
+fn copy_invoice_features(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> PgResult<u64> {
+    copy_table(
         tx,
         "invoice_features",
         "feature, invoice_id",
         &[Type::INT4, Type::INT8],
         |w| {
-            for c in &checked {
+            for c in checked {
                 for f in &c.features {
                     w.write(&[f, &c.inv.id])?;
                 }
             }
             Ok(())
         },
-    )?;
-    out.amp_sub_invoices = copy_table(
+    )
+}
+
+/// The `amp_sub_invoices` rows (AMP sets).
+fn copy_amp_sub_invoices(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> PgResult<u64> {
+    copy_table(
         tx,
         "amp_sub_invoices",
         "set_id, state, created_at, settled_at, settle_index, invoice_id",
@@ -283,7 +304,7 @@ pub fn copy_invoices(
             Type::INT8,
         ],
         |w| {
-            for c in &checked {
+            for c in checked {
                 for (s, cs) in c.inv.amp_sets.iter().zip(&c.sets) {
                     w.write(&[
                         &s.set_id,
@@ -297,12 +318,20 @@ pub fn copy_invoices(
             }
             Ok(())
         },
-    )?;
-    out.invoice_htlcs = copy_table(
+    )
+}
+
+/// The `invoice_htlcs` rows, ids from `first_htlc_id` in order.
+fn copy_invoice_htlcs(
+    tx: &mut Transaction<'_>,
+    checked: &[Checked<'_>],
+    first_htlc_id: i64,
+) -> PgResult<u64> {
+    copy_table(
         tx,
         "invoice_htlcs",
         "id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height, accept_time, \
-         expiry_height, state, resolve_time, invoice_id",
+     expiry_height, state, resolve_time, invoice_id",
         &[
             Type::INT8,
             Type::TEXT,
@@ -318,7 +347,7 @@ pub fn copy_invoices(
         ],
         |w| {
             let mut id = first_htlc_id;
-            for c in &checked {
+            for c in checked {
                 for (h, ch) in c.inv.htlcs.iter().zip(&c.htlcs) {
                     w.write(&[
                         &id,
@@ -338,15 +367,23 @@ pub fn copy_invoices(
             }
             Ok(())
         },
-    )?;
-    out.invoice_htlc_custom_records = copy_table(
+    )
+}
+
+/// The custom records of the HTLCs, by the ids `copy_htlcs` gave them.
+fn copy_invoice_htlc_custom_records(
+    tx: &mut Transaction<'_>,
+    checked: &[Checked<'_>],
+    first_htlc_id: i64,
+) -> PgResult<u64> {
+    copy_table(
         tx,
         "invoice_htlc_custom_records",
         "key, value, htlc_id",
         &[Type::INT8, Type::BYTEA, Type::INT8],
         |w| {
             let mut id = first_htlc_id;
-            for c in &checked {
+            for c in checked {
                 for h in &c.inv.htlcs {
                     for (k, v) in &h.custom_records {
                         w.write(&[k, v, &id])?;
@@ -356,8 +393,16 @@ pub fn copy_invoices(
             }
             Ok(())
         },
-    )?;
-    out.amp_sub_invoice_htlcs = copy_table(
+    )
+}
+
+/// The AMP parts of the HTLCs, by the ids `copy_htlcs` gave them.
+fn copy_amp_sub_invoice_htlcs(
+    tx: &mut Transaction<'_>,
+    checked: &[Checked<'_>],
+    first_htlc_id: i64,
+) -> PgResult<u64> {
+    copy_table(
         tx,
         "amp_sub_invoice_htlcs",
         "invoice_id, set_id, htlc_id, root_share, child_index, hash, preimage",
@@ -372,7 +417,7 @@ pub fn copy_invoices(
         ],
         |w| {
             let mut id = first_htlc_id;
-            for c in &checked {
+            for c in checked {
                 for h in &c.inv.htlcs {
                     if let Some(a) = &h.amp {
                         w.write(&[
@@ -390,9 +435,7 @@ pub fn copy_invoices(
             }
             Ok(())
         },
-    )?;
-    out.next_htlc_id = first_htlc_id + out.invoice_htlcs as i64;
-    Ok(out)
+    )
 }
 
 /// The tables whose `id` oneway writes itself, bypassing their sequence.

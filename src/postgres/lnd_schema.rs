@@ -499,7 +499,6 @@ impl Schema {
         keep: impl Fn(&str) -> bool,
     ) -> PgResult<Schema> {
         let unqualify = |def: &str| def.replace(&format!("{namespace}."), "");
-        let act = "reading the schema from pg_catalog";
         let tables: Vec<(u32, String)> = client
             .query(
                 "SELECT c.oid, c.relname::text FROM pg_class c
@@ -507,7 +506,7 @@ impl Schema {
                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY 2",
                 &[&namespace],
             )
-            .map_err(sql(act))?
+            .map_err(sql(READ_ACT))?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .filter(|(_, name): &(u32, String)| keep(name))
@@ -515,94 +514,11 @@ impl Schema {
         let mut out = Schema::default();
         for (oid, name) in tables {
             let mut items = BTreeSet::new();
-            let cols = client
-                .query(
-                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                            pg_get_expr(d.adbin, d.adrelid)
-                     FROM pg_attribute a
-                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                     ORDER BY a.attnum",
-                    &[&oid],
-                )
-                .map_err(sql(act))?;
-            for (i, r) in cols.iter().enumerate() {
-                let default: Option<String> = r.get(3);
-                items.insert(format!(
-                    "column #{} {} {}{}{}",
-                    i + 1,
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                    if r.get(2) { " NOT NULL" } else { "" },
-                    default
-                        .map(|d| format!(" DEFAULT {}", unqualify(&d)))
-                        .unwrap_or_default()
-                ));
-            }
-            let cons = client
-                .query(
-                    "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
-                     WHERE conrelid = $1",
-                    &[&oid],
-                )
-                .map_err(sql(act))?;
-            for r in cons {
-                items.insert(format!(
-                    "constraint {} {}",
-                    r.get::<_, String>(0),
-                    unqualify(&r.get::<_, String>(1))
-                ));
-            }
-            let idx = client
-                .query(
-                    "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
-                     JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1",
-                    &[&oid],
-                )
-                .map_err(sql(act))?;
-            for r in idx {
-                items.insert(format!(
-                    "index {} {}",
-                    r.get::<_, String>(0),
-                    unqualify(&r.get::<_, String>(1))
-                ));
-            }
-            let seqs = client
-                .query(
-                    "SELECT s.relname::text, a.attname::text, format_type(q.seqtypid, NULL),
-                            q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcache, q.seqcycle
-                     FROM pg_depend d
-                     JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-                     JOIN pg_sequence q ON q.seqrelid = s.oid
-                     JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-                     WHERE d.refobjid = $1 AND d.classid = 'pg_class'::regclass
-                       AND d.deptype IN ('a', 'i')",
-                    &[&oid],
-                )
-                .map_err(sql(act))?;
-            for r in seqs {
-                items.insert(format!(
-                    "sequence {} owned by {} as {} start {} increment {} min {} max {} cache {}{}",
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, String>(2),
-                    r.get::<_, i64>(3),
-                    r.get::<_, i64>(4),
-                    r.get::<_, i64>(5),
-                    r.get::<_, i64>(6),
-                    r.get::<_, i64>(7),
-                    if r.get(8) { " cycle" } else { "" },
-                ));
-            }
-            let trig = client
-                .query(
-                    "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal",
-                    &[&oid],
-                )
-                .map_err(sql(act))?;
-            for r in trig {
-                items.insert(format!("trigger {}", r.get::<_, String>(0)));
-            }
+            table_columns(client, oid, &unqualify, &mut items)?;
+            table_constraints(client, oid, &unqualify, &mut items)?;
+            table_indexes(client, oid, &unqualify, &mut items)?;
+            table_sequences(client, oid, &mut items)?;
+            table_triggers(client, oid, &mut items)?;
             out.tables.insert(name, items);
         }
         Ok(out)
@@ -677,11 +593,27 @@ pub fn check_rows(
     stage: Stage,
     settle_index: u64,
 ) -> PgResult<Vec<String>> {
-    let act = "reading lnd's bookkeeping rows";
     let mut out = Vec::new();
+    check_schema_migrations(client, stage, &mut out)?;
+    check_tracker(client, stage, &mut out)?;
+    check_sequences(client, settle_index, &mut out)?;
+    check_event_types(client, &mut out)?;
+    check_empty_tables(client, &mut out)?;
+    Ok(out)
+}
+
+/// What reading lnd's bookkeeping rows was doing, for its errors.
+const ROWS_ACT: &str = "reading lnd's bookkeeping rows";
+
+/// golang-migrate's version row: dirty until `Lock`, clean after.
+fn check_schema_migrations(
+    client: &mut impl GenericClient,
+    stage: Stage,
+    out: &mut Vec<String>,
+) -> PgResult<()> {
     let versions: Vec<(i64, bool)> = client
         .query("SELECT version, dirty FROM \"schema_migrations\"", &[])
-        .map_err(sql(act))?
+        .map_err(sql(ROWS_ACT))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -691,12 +623,21 @@ pub fn check_rows(
             "schema_migrations holds {versions:?} (version, dirty), lnd needs [({SCHEMA_VERSION}, {want_dirty})] at this stage"
         ));
     }
+    Ok(())
+}
+
+/// lnd's `migration_tracker`: rows 1 to 7 once `Locked`, none of the invoice migration's before.
+fn check_tracker(
+    client: &mut impl GenericClient,
+    stage: Stage,
+    out: &mut Vec<String>,
+) -> PgResult<()> {
     let tracker: Vec<i32> = client
         .query(
             "SELECT version FROM migration_tracker ORDER BY version",
             &[],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ROWS_ACT))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -713,12 +654,21 @@ pub fn check_rows(
             }
         ));
     }
+    Ok(())
+}
+
+/// `invoice_sequences`: only `settle_index`, at the KV store's value.
+fn check_sequences(
+    client: &mut impl GenericClient,
+    settle_index: u64,
+    out: &mut Vec<String>,
+) -> PgResult<()> {
     let sequences: Vec<(String, i64)> = client
         .query(
             "SELECT name, current_value FROM invoice_sequences ORDER BY name",
             &[],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ROWS_ACT))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -727,12 +677,17 @@ pub fn check_rows(
             "invoice_sequences holds {sequences:?}, lnd needs only settle_index = {settle_index} (the KV store's settle index)"
         ));
     }
+    Ok(())
+}
+
+/// lnd's seed rows of `invoice_event_types`.
+fn check_event_types(client: &mut impl GenericClient, out: &mut Vec<String>) -> PgResult<()> {
     let types: Vec<(i64, String)> = client
         .query(
             "SELECT id, description FROM invoice_event_types ORDER BY id",
             &[],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ROWS_ACT))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -745,10 +700,15 @@ pub fn check_rows(
             "invoice_event_types holds {types:?}, lnd seeds {want:?}"
         ));
     }
+    Ok(())
+}
+
+/// The tables lnd's migration leaves empty.
+fn check_empty_tables(client: &mut impl GenericClient, out: &mut Vec<String>) -> PgResult<()> {
     for table in EMPTY_TABLES {
         let n: i64 = client
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .map_err(sql(act))?
+            .map_err(sql(ROWS_ACT))?
             .get(0);
         if n != 0 {
             out.push(format!(
@@ -756,7 +716,7 @@ pub fn check_rows(
             ));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Everything lnd needs of the database at `stage` besides the invoices'
@@ -777,6 +737,145 @@ pub fn check(
         Err(e) => return Err(e),
     }
     Ok(out)
+}
+
+/// What reading the catalog was doing, for its errors.
+const READ_ACT: &str = "reading the schema from pg_catalog";
+
+/// The columns, in order, with type, NOT NULL and default.
+fn table_columns(
+    client: &mut impl GenericClient,
+    oid: u32,
+    unqualify: &dyn Fn(&str) -> String,
+    items: &mut BTreeSet<String>,
+) -> PgResult<()> {
+    let cols = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    pg_get_expr(d.adbin, d.adrelid)
+             FROM pg_attribute a
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .map_err(sql(READ_ACT))?;
+    for (i, r) in cols.iter().enumerate() {
+        let default: Option<String> = r.get(3);
+        items.insert(format!(
+            "column #{} {} {}{}{}",
+            i + 1,
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            if r.get(2) { " NOT NULL" } else { "" },
+            default
+                .map(|d| format!(" DEFAULT {}", unqualify(&d)))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// The constraints (primary and foreign keys, unique, checks).
+fn table_constraints(
+    client: &mut impl GenericClient,
+    oid: u32,
+    unqualify: &dyn Fn(&str) -> String,
+    items: &mut BTreeSet<String>,
+) -> PgResult<()> {
+    let cons = client
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = $1",
+            &[&oid],
+        )
+        .map_err(sql(READ_ACT))?;
+    for r in cons {
+        items.insert(format!(
+            "constraint {} {}",
+            r.get::<_, String>(0),
+            unqualify(&r.get::<_, String>(1))
+        ));
+    }
+    Ok(())
+}
+
+/// The indexes, by name and definition.
+fn table_indexes(
+    client: &mut impl GenericClient,
+    oid: u32,
+    unqualify: &dyn Fn(&str) -> String,
+    items: &mut BTreeSet<String>,
+) -> PgResult<()> {
+    let idx = client
+        .query(
+            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1",
+            &[&oid],
+        )
+        .map_err(sql(READ_ACT))?;
+    for r in idx {
+        items.insert(format!(
+            "index {} {}",
+            r.get::<_, String>(0),
+            unqualify(&r.get::<_, String>(1))
+        ));
+    }
+    Ok(())
+}
+
+/// The sequences the table's columns own (`BIGSERIAL`).
+fn table_sequences(
+    client: &mut impl GenericClient,
+    oid: u32,
+    items: &mut BTreeSet<String>,
+) -> PgResult<()> {
+    let seqs = client
+        .query(
+            "SELECT s.relname::text, a.attname::text, format_type(q.seqtypid, NULL),
+                    q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcache, q.seqcycle
+             FROM pg_depend d
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+             JOIN pg_sequence q ON q.seqrelid = s.oid
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             WHERE d.refobjid = $1 AND d.classid = 'pg_class'::regclass
+               AND d.deptype IN ('a', 'i')",
+            &[&oid],
+        )
+        .map_err(sql(READ_ACT))?;
+    for r in seqs {
+        items.insert(format!(
+            "sequence {} owned by {} as {} start {} increment {} min {} max {} cache {}{}",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(6),
+            r.get::<_, i64>(7),
+            if r.get(8) { " cycle" } else { "" },
+        ));
+    }
+    Ok(())
+}
+
+/// The triggers.
+fn table_triggers(
+    client: &mut impl GenericClient,
+    oid: u32,
+    items: &mut BTreeSet<String>,
+) -> PgResult<()> {
+    let trig = client
+        .query(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal",
+            &[&oid],
+        )
+        .map_err(sql(READ_ACT))?;
+    for r in trig {
+        items.insert(format!("trigger {}", r.get::<_, String>(0)));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -43,14 +43,33 @@ fn circuit_key(h: &NativeHtlc) -> (u64, u64) {
     (h.chan_id.parse().unwrap_or(u64::MAX), h.htlc_id as u64)
 }
 
+/// What a read-back was doing, for its errors.
+const ACT: &str = "reading back native invoices";
+
+/// Invoices by id.
+type Invoices = BTreeMap<i64, NativeInvoice>;
+
+/// HTLCs by their row id, with their invoice's id.
+type Htlcs = BTreeMap<i64, (i64, NativeHtlc)>;
+
 /// Every invoice with `from <= id <= to`, in id order, with all its rows.
 pub fn load_range(
     client: &mut impl GenericClient,
     from: i64,
     to: i64,
 ) -> PgResult<Vec<NativeInvoice>> {
-    let act = "reading back native invoices";
-    let mut invoices: BTreeMap<i64, NativeInvoice> = BTreeMap::new();
+    let mut invoices = invoice_rows(client, from, to)?;
+    add_features(client, from, to, &mut invoices)?;
+    add_amp_sets(client, from, to, &mut invoices)?;
+    let mut htlcs = htlc_rows(client, from, to)?;
+    add_custom_records(client, from, to, &mut htlcs)?;
+    add_amp_htlcs(client, from, to, &mut htlcs)?;
+    Ok(attach(invoices, htlcs))
+}
+
+/// The `invoices` rows, without their children.
+fn invoice_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Invoices> {
+    let mut invoices = Invoices::new();
     for r in client
         .query(
             "SELECT id, hash, preimage, settle_index, settled_at, memo, amount_msat, cltv_delta,
@@ -59,7 +78,7 @@ pub fn load_range(
              FROM invoices WHERE id BETWEEN $1 AND $2 ORDER BY id",
             &[&from, &to],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ACT))?
     {
         let id: i64 = r.get(0);
         invoices.insert(
@@ -91,25 +110,45 @@ pub fn load_range(
             },
         );
     }
+    Ok(invoices)
+}
+
+/// Each invoice's features, in order.
+fn add_features(
+    client: &mut impl GenericClient,
+    from: i64,
+    to: i64,
+    invoices: &mut Invoices,
+) -> PgResult<()> {
     for r in client
         .query(
             "SELECT invoice_id, feature FROM invoice_features
              WHERE invoice_id BETWEEN $1 AND $2 ORDER BY invoice_id, feature",
             &[&from, &to],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ACT))?
     {
         if let Some(inv) = invoices.get_mut(&r.get::<_, i64>(0)) {
             inv.features.push(i64::from(r.get::<_, i32>(1)));
         }
     }
+    Ok(())
+}
+
+/// Each invoice's AMP sets, by set id.
+fn add_amp_sets(
+    client: &mut impl GenericClient,
+    from: i64,
+    to: i64,
+    invoices: &mut Invoices,
+) -> PgResult<()> {
     for r in client
         .query(
             "SELECT invoice_id, set_id, state, created_at, settled_at, settle_index
              FROM amp_sub_invoices WHERE invoice_id BETWEEN $1 AND $2 ORDER BY invoice_id, set_id",
             &[&from, &to],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ACT))?
     {
         if let Some(inv) = invoices.get_mut(&r.get::<_, i64>(0)) {
             inv.amp_sets.push(NativeAmpSet {
@@ -123,8 +162,12 @@ pub fn load_range(
             });
         }
     }
-    // HTLCs by their row id, to attach custom records and AMP rows.
-    let mut htlcs: BTreeMap<i64, (i64, NativeHtlc)> = BTreeMap::new();
+    Ok(())
+}
+
+/// The `invoice_htlcs` rows of the range, without their children.
+fn htlc_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Htlcs> {
+    let mut htlcs = Htlcs::new();
     for r in client
         .query(
             "SELECT id, invoice_id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height,
@@ -132,7 +175,7 @@ pub fn load_range(
              FROM invoice_htlcs WHERE invoice_id BETWEEN $1 AND $2",
             &[&from, &to],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ACT))?
     {
         htlcs.insert(
             r.get(0),
@@ -156,6 +199,16 @@ pub fn load_range(
             ),
         );
     }
+    Ok(htlcs)
+}
+
+/// Each HTLC's custom records.
+fn add_custom_records(
+    client: &mut impl GenericClient,
+    from: i64,
+    to: i64,
+    htlcs: &mut Htlcs,
+) -> PgResult<()> {
     for r in client
         .query(
             "SELECT c.htlc_id, c.key, c.value FROM invoice_htlc_custom_records c
@@ -163,12 +216,22 @@ pub fn load_range(
              WHERE h.invoice_id BETWEEN $1 AND $2",
             &[&from, &to],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ACT))?
     {
         if let Some((_, h)) = htlcs.get_mut(&r.get::<_, i64>(0)) {
             h.custom_records.push((r.get(1), r.get(2)));
         }
     }
+    Ok(())
+}
+
+/// Each HTLC's AMP part.
+fn add_amp_htlcs(
+    client: &mut impl GenericClient,
+    from: i64,
+    to: i64,
+    htlcs: &mut Htlcs,
+) -> PgResult<()> {
     for r in client
         .query(
             "SELECT a.htlc_id, a.invoice_id, a.set_id, a.root_share, a.child_index, a.hash,
@@ -177,7 +240,7 @@ pub fn load_range(
              WHERE h.invoice_id BETWEEN $1 AND $2",
             &[&from, &to],
         )
-        .map_err(sql(act))?
+        .map_err(sql(ACT))?
     {
         // An AMP row belongs to the HTLC only when it names the HTLC's own
         // invoice; a row naming another invoice is left out, and the
@@ -194,6 +257,12 @@ pub fn load_range(
             }
         }
     }
+    Ok(())
+}
+
+/// The HTLCs put into their invoices, in circuit-key order, custom records
+/// by key.
+fn attach(mut invoices: Invoices, htlcs: Htlcs) -> Vec<NativeInvoice> {
     for (_, (inv_id, mut h)) in htlcs {
         h.custom_records.sort_by_key(|(k, _)| *k as u64);
         if let Some(inv) = invoices.get_mut(&inv_id) {
@@ -204,5 +273,5 @@ pub fn load_range(
     for inv in &mut out {
         inv.htlcs.sort_by_key(circuit_key);
     }
-    Ok(out)
+    out
 }
