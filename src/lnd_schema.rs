@@ -210,10 +210,10 @@ pub const LND_TABLE_NAMES: [&str; 12] = [
 ];
 
 /// Tables lnd's invoice migration leaves empty.
-const EMPTY_TABLES: [&str; 2] = ["invoice_events", "invoice_payment_hashes"];
+pub(crate) const EMPTY_TABLES: [&str; 2] = ["invoice_events", "invoice_payment_hashes"];
 
 /// lnd's invoice event types (schema file 000003).
-const EVENT_TYPES: [(i64, &str); 6] = [
+pub const EVENT_TYPES: [(i64, &str); 6] = [
     (0, "invoice_created"),
     (1, "invoice_canceled"),
     (2, "invoice_settled"),
@@ -221,6 +221,35 @@ const EVENT_TYPES: [(i64, &str); 6] = [
     (4, "setid_canceled"),
     (5, "setid_settled"),
 ];
+
+/// Every difference between the tables a database has and the tables lnd
+/// wants (each a set of item descriptions), one sentence per object naming
+/// the table and the item; shared by the SQLite and Postgres checks.
+pub(crate) fn table_differences(
+    have: &BTreeMap<String, BTreeSet<String>>,
+    want: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, items) in want {
+        match have.get(table) {
+            None => out.push(format!("table {table} is missing")),
+            Some(found) => {
+                for item in items.difference(found) {
+                    out.push(format!("table {table}: {item} is missing"));
+                }
+                for item in found.difference(items) {
+                    out.push(format!("table {table}: {item} is not part of lnd's schema"));
+                }
+            }
+        }
+    }
+    for table in have.keys().filter(|t| !want.contains_key(*t)) {
+        out.push(format!(
+            "table {table} is not part of lnd's schema at version {SCHEMA_VERSION}"
+        ));
+    }
+    out
+}
 
 /// Builds, after the bulk copy, the unique indexes that stand for lnd's
 /// inline UNIQUE constraints and lnd's named indexes. A constraint the table
@@ -332,26 +361,7 @@ impl Schema {
     /// Every difference between `self` (what the store has) and `want`, as
     /// sentences naming the table and the item.
     pub fn differences(&self, want: &Schema) -> Vec<String> {
-        let mut out = Vec::new();
-        for (table, items) in &want.tables {
-            match self.tables.get(table) {
-                None => out.push(format!("table {table} is missing")),
-                Some(have) => {
-                    for item in items.difference(have) {
-                        out.push(format!("table {table}: {item} is missing"));
-                    }
-                    for item in have.difference(items) {
-                        out.push(format!("table {table}: {item} is not part of lnd's schema"));
-                    }
-                }
-            }
-        }
-        for table in self.tables.keys().filter(|t| !want.tables.contains_key(*t)) {
-            out.push(format!(
-                "table {table} is not part of lnd's schema at version {SCHEMA_VERSION}"
-            ));
-        }
-        out
+        table_differences(&self.tables, &want.tables)
     }
 }
 

@@ -212,15 +212,18 @@ impl Run<'_> {
             "target_digest": report.target_digest,
             "max_settle_index": report.max_settle_index,
         });
-        let settle = report.max_settle_index.max(self.settle_sequence()?);
-        t.transition(
-            State::Migrating,
-            Event::VerificationPassed,
-            details,
-            "verify",
-            Effect::RecordVerification(verification(&report, settle)),
-        )?;
+        let effect = self.verification_effect(&report)?;
+        let event = Event::VerificationPassed;
+        t.transition(State::Migrating, event, details, "verify", effect)?;
         Ok(())
+    }
+
+    /// The effect of a clean verification's transition: its record, with
+    /// lnd's settle sequence at the highest settle index the source or a
+    /// copy carries.
+    pub(super) fn verification_effect<'r>(&self, report: &'r VerifyReport) -> Result<Effect<'r>> {
+        let settle = report.max_settle_index.max(self.settle_sequence()?);
+        Ok(Effect::RecordVerification(verification(report, settle)))
     }
 
     /// The end of a run on a `Locked` migration.

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::guard::{sealed_store_changed, security_event, Request};
-use super::run::{lock_details, verification, Run};
+use super::run::{lock_details, Run};
 use super::Phase;
 use crate::error::{Error, Result};
 use crate::fsm::{self, Event, State};
@@ -173,13 +173,13 @@ impl Run<'_> {
             "source_digest": report.source_digest,
             "target_digest": report.target_digest,
         });
-        let settle = report.max_settle_index.max(self.settle_sequence()?);
+        let effect = self.verification_effect(&report)?;
         t.transition(
             State::Tombstoned,
             Event::Resynced,
             details,
             "resynced",
-            Effect::RecordVerification(verification(&report, settle)),
+            effect,
         )?;
         Ok(())
     }

@@ -10,10 +10,8 @@
 //! that hold at every commit. Everything is read in one snapshot of each
 //! store, so a `migrate` running meanwhile cannot make it see half a batch.
 
-use std::collections::HashSet;
-
 use super::run::Run;
-use super::verify::{add_store_wide, compare, next_batch};
+use super::verify::{add_store_wide, compare, count_invoice, next_batch, stale_copies};
 use super::{Coverage, Phase, VerifyReport};
 use crate::error::Result;
 use crate::fsm::State;
@@ -108,17 +106,13 @@ fn compare_final_copies(
     tally: &mut Tally<'_>,
 ) -> Result<()> {
     let mapped = t.copy_map(after, last)?;
-    let present: HashSet<u32> = batch.iter().map(|p| p.num).collect();
     let report = &mut *tally.report;
     // Copies of invoices deleted from the source since: the migration
     // drops them.
-    report.outdated += mapped.keys().filter(|k| !present.contains(k)).count() as u64;
+    report.outdated += stale_copies(&mapped, batch);
     let mut matched: Vec<&Prepared> = Vec::with_capacity(batch.len());
     for p in batch {
-        report.invoices += 1;
-        report.max_settle_index = report
-            .max_settle_index
-            .max(p.native.max_settle_index() as u64);
+        count_invoice(report, p);
         if is_current(&mapped, p) {
             tally.coverage.compared += 1;
             tally.children.add(p.native.child_rows());

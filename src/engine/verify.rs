@@ -13,7 +13,7 @@ use crate::fsm::{Refusal, State};
 use crate::lnd_schema::Stage;
 use crate::native::{self, ChildRows, NativeInvoice};
 use crate::source::{self, Msg, Prepared, Source, SourceDigest};
-use crate::store::{is_current, BatchKind, NativeStore, Persisted};
+use crate::store::{is_current, BatchKind, CopyMap, NativeStore, Persisted};
 
 /// How many verification passes may repair source changes before giving up.
 const MAX_VERIFY_PASSES: u32 = 5;
@@ -400,16 +400,12 @@ fn compare_batch(
     pass: &mut Pass,
 ) -> Result<BatchFindings> {
     let mapped = t.copy_map(after, last)?;
-    let present: HashSet<u32> = batch.iter().map(|p| p.num).collect();
-    let stale = mapped.keys().filter(|k| !present.contains(k)).count() as u64;
+    let stale = stale_copies(&mapped, batch);
     let report = &mut pass.report;
     let mut outdated = 0u64;
     let mut matched: Vec<&Prepared> = Vec::with_capacity(batch.len());
     for p in batch {
-        report.invoices += 1;
-        report.max_settle_index = report
-            .max_settle_index
-            .max(p.native.max_settle_index() as u64);
+        count_invoice(report, p);
         pass.children.add(p.native.child_rows());
         if is_current(&mapped, p) {
             matched.push(p);
@@ -428,6 +424,20 @@ fn compare_batch(
         outdated: outdated + stale,
         clean: outdated == 0 && stale == 0 && report.mismatch_count == mismatches_before,
     })
+}
+
+/// Copies in the batch's range whose source invoice is gone.
+pub(super) fn stale_copies(mapped: &CopyMap, batch: &[Prepared]) -> u64 {
+    let present: HashSet<u32> = batch.iter().map(|p| p.num).collect();
+    mapped.keys().filter(|k| !present.contains(k)).count() as u64
+}
+
+/// Counts source invoice `p` in `report`, with its settle index.
+pub(super) fn count_invoice(report: &mut VerifyReport, p: &Prepared) {
+    report.invoices += 1;
+    report.max_settle_index = report
+        .max_settle_index
+        .max(p.native.max_settle_index() as u64);
 }
 
 /// Compares source invoice `p` with its copy in `loaded`, adding each

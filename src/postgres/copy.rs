@@ -30,7 +30,7 @@ use postgres::Transaction;
 
 use super::time::PgTimestamp;
 use super::{sql, PgError, PgResult};
-use crate::native::NativeInvoice;
+use crate::native::{NativeHtlc, NativeInvoice};
 
 /// `invoices`' columns in COPY order.
 const INVOICE_COLUMNS: &str = "id, hash, preimage, settle_index, settled_at, memo, amount_msat, \
@@ -370,6 +370,19 @@ fn copy_invoice_htlcs(
     )
 }
 
+/// Every HTLC of `checked`, in order, with the id the copy gives it (ids
+/// from `first`, as `copy_invoice_htlcs` hands them out) and its invoice.
+fn numbered_htlcs<'c>(
+    checked: &'c [Checked<'c>],
+    first: i64,
+) -> impl Iterator<Item = (i64, &'c NativeInvoice, &'c NativeHtlc)> {
+    checked
+        .iter()
+        .flat_map(|c| c.inv.htlcs.iter().map(move |h| (c.inv, h)))
+        .zip(first..)
+        .map(|((inv, h), id)| (id, inv, h))
+}
+
 /// The custom records of the HTLCs, by the ids `copy_htlcs` gave them.
 fn copy_invoice_htlc_custom_records(
     tx: &mut Transaction<'_>,
@@ -382,13 +395,9 @@ fn copy_invoice_htlc_custom_records(
         "key, value, htlc_id",
         &[Type::INT8, Type::BYTEA, Type::INT8],
         |w| {
-            let mut id = first_htlc_id;
-            for c in checked {
-                for h in &c.inv.htlcs {
-                    for (k, v) in &h.custom_records {
-                        w.write(&[k, v, &id])?;
-                    }
-                    id += 1;
+            for (id, _, h) in numbered_htlcs(checked, first_htlc_id) {
+                for (k, v) in &h.custom_records {
+                    w.write(&[k, v, &id])?;
                 }
             }
             Ok(())
@@ -416,21 +425,17 @@ fn copy_amp_sub_invoice_htlcs(
             Type::BYTEA,
         ],
         |w| {
-            let mut id = first_htlc_id;
-            for c in checked {
-                for h in &c.inv.htlcs {
-                    if let Some(a) = &h.amp {
-                        w.write(&[
-                            &c.inv.id,
-                            &a.set_id,
-                            &id,
-                            &a.root_share,
-                            &a.child_index,
-                            &a.hash,
-                            &a.preimage,
-                        ])?;
-                    }
-                    id += 1;
+            for (id, inv, h) in numbered_htlcs(checked, first_htlc_id) {
+                if let Some(a) = &h.amp {
+                    w.write(&[
+                        &inv.id,
+                        &a.set_id,
+                        &id,
+                        &a.root_share,
+                        &a.child_index,
+                        &a.hash,
+                        &a.preimage,
+                    ])?;
                 }
             }
             Ok(())

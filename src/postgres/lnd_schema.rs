@@ -292,17 +292,9 @@ pub const TABLE_NAMES: [&str; 12] = [
 ];
 
 /// lnd's invoice event types (schema file 000003).
-pub const EVENT_TYPES: [(i64, &str); 6] = [
-    (0, "invoice_created"),
-    (1, "invoice_canceled"),
-    (2, "invoice_settled"),
-    (3, "setid_created"),
-    (4, "setid_canceled"),
-    (5, "setid_settled"),
-];
+pub use crate::lnd_schema::EVENT_TYPES;
 
-/// Tables lnd's invoice migration leaves empty.
-const EMPTY_TABLES: [&str; 2] = ["invoice_events", "invoice_payment_hashes"];
+use crate::lnd_schema::EMPTY_TABLES;
 
 /// Creates lnd's native schema at version 6 in the caller's transaction,
 /// the way lnd's start-up does, and records `schema_migrations` = (6,
@@ -551,26 +543,7 @@ impl Schema {
     /// Every difference between `self` (what a database has) and `want`,
     /// one sentence per object, naming the table and the item.
     pub fn differences(&self, want: &Schema) -> Vec<String> {
-        let mut out = Vec::new();
-        for (table, items) in &want.tables {
-            match self.tables.get(table) {
-                None => out.push(format!("table {table} is missing")),
-                Some(have) => {
-                    for item in items.difference(have) {
-                        out.push(format!("table {table}: {item} is missing"));
-                    }
-                    for item in have.difference(items) {
-                        out.push(format!("table {table}: {item} is not part of lnd's schema"));
-                    }
-                }
-            }
-        }
-        for table in self.tables.keys().filter(|t| !want.tables.contains_key(*t)) {
-            out.push(format!(
-                "table {table} is not part of lnd's schema at version {SCHEMA_VERSION}"
-            ));
-        }
-        out
+        crate::lnd_schema::table_differences(&self.tables, &want.tables)
     }
 }
 
