@@ -139,6 +139,10 @@ pub mod __test_support {
     pub mod reader {
         pub use crate::reader::*;
     }
+    /// `source`: the KV store behind its seam, and the decoder thread.
+    pub mod source {
+        pub use crate::source::*;
+    }
     /// `store`: the native store's bookkeeping.
     pub mod store {
         pub use crate::store::*;

@@ -11,6 +11,7 @@ use std::path::Path;
 use common::*;
 use oneway::__test_support::kv::{KvSource, RawInvoice};
 use oneway::__test_support::reader;
+use oneway::__test_support::source;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -118,14 +119,10 @@ fn a_huge_batch_size_still_gives_batches_bounded_by_bytes() {
     assert!(bytes > 2 * reader::MAX_BATCH_BYTES, "{bytes}");
 
     // What the copy and the verification read through.
-    let stream = reader::stream(
-        kv.clone(),
-        "channeldb".into(),
-        1_000_000_000,
-        None,
-        reader::Kind::Copy,
-    )
-    .unwrap();
+    let stream = source::open(&kv, "channeldb")
+        .unwrap()
+        .stream(1_000_000_000, None, reader::Kind::Copy)
+        .unwrap();
     let mut sizes = Vec::new();
     for m in stream {
         if let reader::Msg::Batch(b) = m.unwrap() {

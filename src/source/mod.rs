@@ -14,8 +14,9 @@
 //! seam ([`InvoiceBuckets`], [`SourceDigest`], [`InvoiceDigests`],
 //! [`TombstoneOutcome`], [`SourceIdentity`]) is the same for every backend;
 //! it is defined beside the SQLite reader in `kv.rs` for now and re-exported
-//! here. So is the decoder thread's output ([`Stream`], [`Msg`], [`Kind`],
-//! [`Prepared`]): batches of decoded invoices, not SQLite's.
+//! here. The decoder thread ([`spawn`], [`Stream`]) is backend-neutral: it
+//! reads any [`Snapshot`] and delivers [`Msg`]s of decoded [`Prepared`]
+//! invoices.
 //!
 //! # Adding a backend
 //!
@@ -25,11 +26,8 @@
 //! [`Source::other_holders`] lists the other sessions in `pg_stat_activity`;
 //! a [`Witness`] is a session that can tell whether anything committed to
 //! the KV table since its snapshot (an xid check); [`Snapshot`] is a
-//! `REPEATABLE READ` transaction. One piece stays concrete for now: the
-//! decoder thread ([`Source::stream`]) runs [`crate::reader`]'s SQLite
-//! decoder, so a second backend first makes `reader::stream` generic over a
-//! [`Snapshot`] (its thread opens one, its [`Stream`] ends with a
-//! `Box<dyn Witness>`, as [`Stream::finish`] already returns).
+//! `REPEATABLE READ` transaction; [`Source::stream`] hands such a snapshot to
+//! [`spawn`], the decoder thread every backend shares.
 //!
 //! Invariants every backend keeps (the engine's crash and seal arguments
 //! rest on them, `spec/state-machine.md` §6 and §7):
@@ -48,14 +46,15 @@ use std::fmt;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::reader;
 
 mod sqlite;
+mod stream;
 
 pub use crate::identity::SourceIdentity;
 pub use crate::kv::{InvoiceBuckets, InvoiceDigests, SourceDigest, TombstoneOutcome};
 pub use crate::reader::{Kind, Msg, Prepared};
 pub use sqlite::SqliteSource;
+pub use stream::{spawn, Stream};
 
 /// Opens the source at `path` with lnd's table prefix `prefix`, read-only.
 /// The one place the engine's source is chosen; today SQLite.
@@ -120,7 +119,7 @@ pub trait Source {
     fn identity(&self, buckets: Option<InvoiceBuckets>) -> Result<SourceIdentity>;
 
     /// Refuses a store that is not the one `recorded` was taken from, or
-    /// cannot be shown to be ([`crate::identity`]); `native` names the
+    /// cannot be shown to be (`identity.rs` says how); `native` names the
     /// native store in the error.
     fn check_identity(
         &self,
@@ -137,8 +136,8 @@ pub trait Source {
     fn check_writable(&self) -> Result<()>;
 
     /// A decoder thread streaming the invoices after `after` in batches of
-    /// at most `batch_size` ([`crate::reader::stream`]; concrete for now, see
-    /// the module documentation).
+    /// at most `batch_size`: a [`Snapshot`] of this store handed to
+    /// [`spawn`].
     fn stream(&self, batch_size: usize, after: Option<u32>, kind: Kind) -> Result<Stream>;
 
     /// A reader of its own, for reading several things from one snapshot.
@@ -189,7 +188,7 @@ impl fmt::Display for Version {
 /// [`Snapshot::begin_read`] and [`Snapshot::end_read`] all come from one
 /// snapshot of the store: the catch-up verification's walk and the
 /// invoices it decodes again.
-pub trait Snapshot {
+pub trait Snapshot: Send {
     /// Starts a read transaction.
     fn begin_read(&mut self) -> Result<()>;
 
@@ -204,37 +203,16 @@ pub trait Snapshot {
     /// the current snapshot, without decoding.
     fn invoice_digests(&self, buckets: &InvoiceBuckets) -> Result<InvoiceDigests>;
 
+    /// The source digest of the current snapshot (`spec/formats.md` §4).
+    fn digest(&self) -> Result<SourceDigest>;
+
+    /// How many invoices the source holds (0 without an `invoices`
+    /// bucket).
+    fn count_invoices(&self) -> Result<u64>;
+
     /// The store's commit marker, as of the current read transaction.
     fn version(&self) -> Result<Version>;
 
     /// Keeps this reader as a [`Witness`] of the state it read at `at`.
     fn into_witness(self: Box<Self>, at: Version) -> Box<dyn Witness>;
-}
-
-/// Batches decoded on a background thread ([`Source::stream`]): the
-/// messages of [`crate::reader::Stream`], ending with a [`Witness`] for a
-/// snapshot stream.
-pub struct Stream(reader::Stream);
-
-impl Stream {
-    /// Hands a batch the caller is done with back to the decoder thread, to
-    /// be freed there ([`crate::reader::Stream::recycle`]).
-    pub fn recycle(&self, batch: Vec<Prepared>) {
-        self.0.recycle(batch);
-    }
-
-    /// Ends the stream and, for a [`Kind::Verify`] stream read to its end,
-    /// returns a witness of its snapshot.
-    pub fn finish(self) -> Option<Box<dyn Witness>> {
-        self.0.finish().map(|w| Box::new(w) as Box<dyn Witness>)
-    }
-}
-
-impl Iterator for Stream {
-    type Item = Result<Msg>;
-
-    /// The next message; `None` after the end or an error was delivered.
-    fn next(&mut self) -> Option<Result<Msg>> {
-        self.0.next()
-    }
 }

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::kv::{self, KvSource};
-use crate::reader::{self, Decoder};
+use crate::reader::Decoder;
 
 /// lnd's KV store in a SQLite file: a read-only connection, and the table
 /// prefix it was opened with (each decoder opens a connection of its own).
@@ -135,14 +135,7 @@ impl Source for SqliteSource {
     }
 
     fn stream(&self, batch_size: usize, after: Option<u32>, kind: Kind) -> Result<Stream> {
-        let stream = reader::stream(
-            self.path().to_path_buf(),
-            self.prefix.clone(),
-            batch_size,
-            after,
-            kind,
-        )?;
-        Ok(Stream(stream))
+        super::spawn(self.snapshot()?, batch_size, after, kind)
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>> {
@@ -182,6 +175,14 @@ impl Snapshot for Decoder {
 
     fn invoice_digests(&self, buckets: &InvoiceBuckets) -> Result<InvoiceDigests> {
         self.kv().invoice_digests(buckets)
+    }
+
+    fn digest(&self) -> Result<SourceDigest> {
+        self.kv().digest()
+    }
+
+    fn count_invoices(&self) -> Result<u64> {
+        self.invoice_count()
     }
 
     fn version(&self) -> Result<Version> {

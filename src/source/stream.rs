@@ -1,0 +1,205 @@
+//! The decoder thread: batches of decoded invoices read from a backend's
+//! [`Snapshot`] on a thread of their own, so that decoding overlaps the
+//! native store's writes. Backend-neutral: any [`Snapshot`] feeds it.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
+
+use sha2::{Digest, Sha256};
+
+use super::{Snapshot, Witness};
+use crate::error::{Error, Result};
+use crate::reader::{Kind, Msg, Prepared, IN_FLIGHT};
+
+/// Batches decoded on a background thread.
+pub struct Stream {
+    rx: Option<Receiver<Result<Msg>>>,
+    /// Batches handed back to the decoder thread to be freed there.
+    back: Sender<Vec<Prepared>>,
+    handle: Option<JoinHandle<Option<Box<dyn Witness>>>>,
+}
+
+impl Stream {
+    /// Hands a batch the caller is done with back to the decoder thread,
+    /// which frees it between batches. A batch is a few thousand small
+    /// allocations made on that thread: freeing them there costs the main
+    /// thread nothing and returns the memory to the arena it came from.
+    /// (After the decoder has ended, the batch is simply freed here.)
+    pub fn recycle(&self, batch: Vec<Prepared>) {
+        let _ = self.back.send(batch);
+    }
+
+    /// Ends the stream and, for a [`Kind::Verify`] stream read to its end,
+    /// returns the snapshot reader as a [`Witness`] of the snapshot:
+    /// untouched while nobody else commits to the KV store.
+    pub fn finish(mut self) -> Option<Box<dyn Witness>> {
+        self.rx.take();
+        self.handle.take().and_then(|h| h.join().ok().flatten())
+    }
+}
+
+impl Iterator for Stream {
+    type Item = Result<Msg>;
+
+    /// The next message; `None` after the end or an error was delivered.
+    fn next(&mut self) -> Option<Result<Msg>> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Dropping the receiver first makes a blocked sender fail at once,
+        // so the join cannot hang.
+        self.rx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a decoder thread reading `snapshot` over the invoices after
+/// `after`.
+///
+/// A [`Kind::Verify`] stream holds one read transaction for the whole
+/// stream, first computes the source digest inside it and sends it, and so
+/// every batch comes from the same consistent state of the source as the
+/// digest does. It also reads the snapshot's commit marker
+/// ([`Snapshot::version`]), and when the stream was read to its end,
+/// [`Stream::finish`] returns the witness. The
+/// target digest of the batches' rows is computed here too, off the thread
+/// that compares them.
+pub fn spawn(
+    snapshot: Box<dyn Snapshot>,
+    batch_size: usize,
+    after: Option<u32>,
+    kind: Kind,
+) -> Result<Stream> {
+    let (tx, rx) = sync_channel::<Result<Msg>>(IN_FLIGHT);
+    // Unbounded, but it never holds more than the batches in flight: the
+    // caller returns each batch once, and this thread drains the channel
+    // before decoding the next one.
+    let (back, returned) = channel::<Vec<Prepared>>();
+    let producer = Producer {
+        tx,
+        returned,
+        batch_size,
+        kind,
+    };
+    let handle = std::thread::Builder::new()
+        .name("oneway-decoder".into())
+        .spawn(move || {
+            producer.run(snapshot, after).unwrap_or_else(|e| {
+                let _ = producer.tx.send(Err(e));
+                None
+            })
+        })
+        .map_err(|e| Error::Io {
+            path: PathBuf::from("(decoder thread)"),
+            action: "starting the decoder thread".into(),
+            source: e,
+        })?;
+    Ok(Stream {
+        rx: Some(rx),
+        back,
+        handle: Some(handle),
+    })
+}
+
+/// The decoder thread's end of a [`Stream`].
+struct Producer {
+    tx: SyncSender<Result<Msg>>,
+    /// Batches the caller is done with, to free here.
+    returned: Receiver<Vec<Prepared>>,
+    batch_size: usize,
+    kind: Kind,
+}
+
+impl Producer {
+    /// Sends every message of the stream over the invoices after `after`;
+    /// for a [`Kind::Verify`] stream read to its end, returns the witness.
+    /// Stops early, without error, once the receiver is gone.
+    fn run(
+        &self,
+        mut d: Box<dyn Snapshot>,
+        after: Option<u32>,
+    ) -> Result<Option<Box<dyn Witness>>> {
+        let mut version = None;
+        if self.kind == Kind::Verify {
+            d.begin_read()?;
+            let digest = d.digest()?;
+            // Same read transaction as the digest: this value belongs to
+            // the digested snapshot.
+            version = Some(d.version()?);
+            if !self.send(Msg::Digest(digest)) {
+                return Ok(None);
+            }
+        }
+        if !self.send_batches(&mut *d, after)? {
+            return Ok(None);
+        }
+        match version {
+            Some(v) => {
+                d.end_read()?;
+                Ok(Some(d.into_witness(v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Sends the batches after `after`, up to and including the final,
+    /// empty one, with the messages that go with them; false when the
+    /// receiver went away.
+    fn send_batches(&self, d: &mut dyn Snapshot, after: Option<u32>) -> Result<bool> {
+        let mut cursor = after;
+        let mut rows = Sha256::new();
+        let mut first = true;
+        loop {
+            while let Ok(done) = self.returned.try_recv() {
+                drop(done);
+            }
+            let batch = d.batch(cursor, self.batch_size)?;
+            let last = batch.last().map(|p| p.num);
+            if self.kind == Kind::Verify && !self.digest_rows(&mut rows, &batch) {
+                return Ok(false);
+            }
+            if !self.send(Msg::Batch(batch)) {
+                return Ok(false);
+            }
+            if first && self.kind == Kind::Copy && !self.send_total(d)? {
+                return Ok(false);
+            }
+            first = false;
+            match last {
+                Some(l) => cursor = Some(l),
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// Adds the rows of `batch` to the target digest `rows`, and sends the
+    /// digest before the final, empty batch; false when the receiver went
+    /// away.
+    fn digest_rows(&self, rows: &mut Sha256, batch: &[Prepared]) -> bool {
+        for p in batch {
+            p.native.feed_digest(rows);
+        }
+        if !batch.is_empty() {
+            return true;
+        }
+        let digest = hex::encode(std::mem::take(rows).finalize());
+        self.send(Msg::RowsDigest(digest))
+    }
+
+    /// Counts the invoices of the source and sends the total; false when
+    /// the receiver went away.
+    fn send_total(&self, d: &dyn Snapshot) -> Result<bool> {
+        Ok(self.send(Msg::Total(d.count_invoices()?)))
+    }
+
+    /// Sends `msg`; false when the receiver went away.
+    fn send(&self, msg: Msg) -> bool {
+        self.tx.send(Ok(msg)).is_ok()
+    }
+}
