@@ -575,7 +575,7 @@ impl NativeInvoice {
     /// Puts the child rows read back in the order [`NativeInvoice::from_kv`]
     /// builds them in.
     #[inline]
-    fn sort_children(&mut self) {
+    pub(crate) fn sort_children(&mut self) {
         self.features.sort_unstable();
         self.htlcs.sort_by_key(NativeHtlc::sort_key);
         self.amp_sets.sort_by(|a, b| a.set_id.cmp(&b.set_id));
@@ -1032,7 +1032,7 @@ fn load_range(
 }
 
 /// HTLCs keyed by their row id, with the invoice they belong to.
-type HtlcRows = BTreeMap<i64, (i64, NativeHtlc)>;
+pub(crate) type HtlcRows = BTreeMap<i64, (i64, NativeHtlc)>;
 
 /// The `invoices` rows with `lo <= id <= hi`, without their child rows.
 fn load_invoice_rows(
@@ -1193,7 +1193,7 @@ fn load_amp_htlcs(
 
 /// Moves each HTLC of `htlcs` into the invoice of `out` it belongs to, its
 /// custom records in the source's order.
-fn attach_htlcs(out: &mut BTreeMap<i64, NativeInvoice>, htlcs: HtlcRows) {
+pub(crate) fn attach_htlcs(out: &mut BTreeMap<i64, NativeInvoice>, htlcs: HtlcRows) {
     for (_, (invoice_id, mut h)) in htlcs {
         if let Some(inv) = out.get_mut(&invoice_id) {
             // The source orders records by unsigned type; types of 2^63 and

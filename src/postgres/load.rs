@@ -16,7 +16,7 @@ use postgres::GenericClient;
 
 use super::time::PgTimestamp;
 use super::{sql, PgResult};
-use crate::native::{NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
+use crate::native::{self, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
 
 fn floor(text: &str) -> String {
     PgTimestamp::from_sql_text(text).map_or_else(|| text.to_owned(), PgTimestamp::sql_text)
@@ -39,10 +39,6 @@ pub fn as_stored(inv: &NativeInvoice) -> NativeInvoice {
     out
 }
 
-fn circuit_key(h: &NativeHtlc) -> (u64, u64) {
-    (h.chan_id.parse().unwrap_or(u64::MAX), h.htlc_id as u64)
-}
-
 /// What a read-back was doing, for its errors.
 const ACT: &str = "reading back native invoices";
 
@@ -50,7 +46,7 @@ const ACT: &str = "reading back native invoices";
 type Invoices = BTreeMap<i64, NativeInvoice>;
 
 /// HTLCs by their row id, with their invoice's id.
-type Htlcs = BTreeMap<i64, (i64, NativeHtlc)>;
+type Htlcs = native::HtlcRows;
 
 /// Every invoice with `from <= id <= to`, in id order, with all its rows.
 pub fn load_range(
@@ -260,18 +256,15 @@ fn add_amp_htlcs(
     Ok(())
 }
 
-/// The HTLCs put into their invoices, in circuit-key order, custom records
-/// by key.
+/// The HTLCs put into their invoices and every child row in the order the
+/// SQLite read-back gives them (`native::attach_htlcs`, `sort_children`).
 fn attach(mut invoices: Invoices, htlcs: Htlcs) -> Vec<NativeInvoice> {
-    for (_, (inv_id, mut h)) in htlcs {
-        h.custom_records.sort_by_key(|(k, _)| *k as u64);
-        if let Some(inv) = invoices.get_mut(&inv_id) {
-            inv.htlcs.push(h);
-        }
-    }
-    let mut out: Vec<NativeInvoice> = invoices.into_values().collect();
-    for inv in &mut out {
-        inv.htlcs.sort_by_key(circuit_key);
-    }
-    out
+    native::attach_htlcs(&mut invoices, htlcs);
+    invoices
+        .into_values()
+        .map(|mut inv| {
+            inv.sort_children();
+            inv
+        })
+        .collect()
 }
