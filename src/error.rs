@@ -372,6 +372,17 @@ pub enum Error {
     /// committed before is intact, and the next run continues from there.
     #[error("the migration was cancelled; everything committed before is intact: run it again to continue")]
     Cancelled,
+    /// A PostgreSQL operation failed (lnd on Postgres: both stores live in
+    /// the database its DSN names, shown only redacted).
+    #[cfg(feature = "postgres")]
+    #[error("the {role} in PostgreSQL: {source}")]
+    Postgres {
+        /// Which store.
+        role: Role,
+        /// What failed, and what was being done.
+        #[source]
+        source: crate::postgres::PgError,
+    },
 }
 
 /// A refusal's state as its message prints it.
@@ -440,6 +451,8 @@ impl Error {
             Error::DecoderEnded { .. } => "decoder_ended".into(),
             Error::SourceUnstable { .. } => "source_unstable".into(),
             Error::Cancelled => "cancelled".into(),
+            #[cfg(feature = "postgres")]
+            Error::Postgres { .. } => "postgres".into(),
         }
     }
 
@@ -541,6 +554,35 @@ impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
             action: action.to_string(),
             source,
         })
+    }
+}
+
+/// [`Context`] for PostgreSQL failures: `.pg(role, action)` builds
+/// [`Error::Postgres`].
+#[cfg(feature = "postgres")]
+#[allow(dead_code)] // until the Postgres backends use it
+pub(crate) trait PgContext<T> {
+    /// The result with its error given a store and an action.
+    fn pg(self, role: Role, action: &str) -> Result<T>;
+}
+
+#[cfg(feature = "postgres")]
+impl<T> PgContext<T> for std::result::Result<T, postgres::Error> {
+    fn pg(self, role: Role, action: &str) -> Result<T> {
+        self.map_err(|source| Error::Postgres {
+            role,
+            source: crate::postgres::PgError::Sql {
+                action: action.to_string(),
+                source,
+            },
+        })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<T> PgContext<T> for std::result::Result<T, crate::postgres::PgError> {
+    fn pg(self, role: Role, _action: &str) -> Result<T> {
+        self.map_err(|source| Error::Postgres { role, source })
     }
 }
 

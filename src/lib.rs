@@ -95,6 +95,7 @@ mod kv;
 mod lnd_schema;
 pub mod model;
 mod native;
+mod options;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod reader;
@@ -114,6 +115,10 @@ pub use kv::DEFAULT_PREFIX;
 /// The file name lnd gives its native SQL database (`lnd.sqlite`, beside
 /// `channel.sqlite`).
 pub use lnd_schema::LND_NATIVE_FILE;
+/// lnd on Postgres: the DSN of the database holding both stores
+/// ([`Options::postgres`]) and why a Postgres step failed.
+#[cfg(feature = "postgres")]
+pub use postgres::{Dsn, PgError};
 
 /// Internals for the crate's own tests, benchmark and example; not part of
 /// the API, no stability promise, may change in any release.

@@ -77,6 +77,7 @@ impl Stores {
             }),
             table_prefix: self.table_prefix.clone(),
             batch_size,
+            postgres: None,
         }
     }
 }

@@ -11,8 +11,6 @@
 //! read and write of the native store goes through [`crate::store`], and of
 //! the KV store through [`crate::source`].
 
-use std::path::PathBuf;
-
 use crate::error::{Error, Result, Role};
 use crate::fsm::State;
 use crate::source::{self, Source};
@@ -30,39 +28,12 @@ mod seal;
 mod unfinished;
 mod verify;
 
+pub use crate::options::{Options, DEFAULT_BATCH_SIZE};
 pub use progress::{CancelHandle, NoProgress, Phase, Progress};
 pub use report::{Coverage, GuardOutcome, PhaseTimes, Report, Status, VerifyReport};
 
 use lock::RunLock;
 use run::{Native, Run};
-
-/// Default number of invoices per batch.
-pub const DEFAULT_BATCH_SIZE: usize = 1000;
-
-/// Where the stores are and how to run.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// lnd's KV store (e.g. `channel.sqlite`).
-    pub kv: PathBuf,
-    /// The native SQL store to create or continue.
-    pub sql: PathBuf,
-    /// Table prefix of the KV table (`channeldb` → `channeldb_kv`).
-    pub table_prefix: String,
-    /// Invoices per batch transaction.
-    pub batch_size: usize,
-}
-
-impl Options {
-    /// Options with lnd's prefix and the default batch size.
-    pub fn new(kv: impl Into<PathBuf>, sql: impl Into<PathBuf>) -> Options {
-        Options {
-            kv: kv.into(),
-            sql: sql.into(),
-            table_prefix: crate::DEFAULT_PREFIX.to_string(),
-            batch_size: DEFAULT_BATCH_SIZE,
-        }
-    }
-}
 
 /// The library entry point: a migration between one KV store and one native
 /// store.
