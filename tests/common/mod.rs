@@ -18,6 +18,7 @@
 //!   invoices, an open invoice settled later).
 //! * [`standin`]: a stand-in for a running lnd holding the KV store.
 //! * [`lnd`]: an emulation of lnd's start-up on a native database.
+//! * [`lnd_pg`]: the same for lnd on PostgreSQL (start-up, queries, tombstone).
 //! * [`edge`]: the generator of the hand-made edge-case fixtures.
 #![allow(dead_code, unused_macros)]
 
@@ -49,6 +50,7 @@ macro_rules! snapshot_json {
 pub mod edge;
 pub mod kv;
 pub mod lnd;
+pub mod lnd_pg;
 pub mod native;
 pub mod pg;
 pub mod reference;
