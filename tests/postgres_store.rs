@@ -111,9 +111,15 @@ fn a_whole_migration_through_the_seam_leaves_lnds_schema() {
     assert!(t.load().unwrap().is_none());
     begin(&mut t, &p.kv, settle);
     let rate = copy_all(&mut t, &p.kv, &invoices, 500);
-    println!("write_batch: {rate:.0} invoices/s ({} invoices)", invoices.len());
+    println!(
+        "write_batch: {rate:.0} invoices/s ({} invoices)",
+        invoices.len()
+    );
     let row = t.load().unwrap().unwrap();
-    assert_eq!((row.state, row.copied), (State::Migrating, invoices.len() as u64));
+    assert_eq!(
+        (row.state, row.copied),
+        (State::Migrating, invoices.len() as u64)
+    );
     assert_eq!(row.cursor, invoices.last().map(|p| p.num));
     assert!(t.staged_amp_sets().unwrap() > 0, "the fixture has AMP sets");
     assert!(!t.indexes_built().unwrap());
@@ -226,7 +232,10 @@ fn sequences_past_ids(c: &mut postgres::Client) {
             )
             .unwrap()
             .get(0);
-        assert!(max > 0 && next == max + 1, "{table}: max {max}, next {next}");
+        assert!(
+            max > 0 && next == max + 1,
+            "{table}: max {max}, next {next}"
+        );
     }
 }
 
@@ -246,7 +255,11 @@ fn journal_is_append_only(t: &PgTarget, c: &mut postgres::Client) {
     ] {
         let err = c.batch_execute(sql).unwrap_err();
         let msg = err.as_db_error().map(|d| d.message().to_owned());
-        assert_eq!(msg.as_deref(), Some("oneway_journal is append-only"), "{sql}");
+        assert_eq!(
+            msg.as_deref(),
+            Some("oneway_journal is append-only"),
+            "{sql}"
+        );
     }
     assert_eq!(t.journal_len().unwrap(), 4);
 }
@@ -331,7 +344,10 @@ fn a_database_lnd_migrated_already_is_refused() {
     let err = PgTarget::open(&dsn, &PathBuf::from(dsn.redacted()), false)
         .err()
         .expect("refused");
-    assert!(matches!(err, Error::LndMigrated { version: 7, .. }), "{err}");
+    assert!(
+        matches!(err, Error::LndMigrated { version: 7, .. }),
+        "{err}"
+    );
 }
 
 #[test]

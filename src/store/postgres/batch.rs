@@ -61,12 +61,10 @@ impl PgTarget {
         tx.batch_execute("SET LOCAL synchronous_commit TO off")
             .map_err(pg_err("starting a batch"))?;
         let state = self.state_for_update(&mut tx)?;
-        fsm::transition(state, Event::BatchCopied).map_err(|refusal| {
-            Error::IllegalTransition {
-                state,
-                event: Event::BatchCopied,
-                refusal,
-            }
+        fsm::transition(state, Event::BatchCopied).map_err(|refusal| Error::IllegalTransition {
+            state,
+            event: Event::BatchCopied,
+            refusal,
         })?;
         let out = match body(&mut tx)? {
             Finish::Commit(out) => out,
@@ -249,7 +247,10 @@ pub(super) fn copy_map_range(
 
 /// Deletes the copies `(kv_num, native id)`: lnd's rows (children first,
 /// so it works with or without the foreign keys) and their map rows.
-fn remove(tx: &mut Transaction<'_>, copies: &[(u32, i64)]) -> std::result::Result<(), postgres::Error> {
+fn remove(
+    tx: &mut Transaction<'_>,
+    copies: &[(u32, i64)],
+) -> std::result::Result<(), postgres::Error> {
     if copies.is_empty() {
         return Ok(());
     }
@@ -419,7 +420,10 @@ fn insert_error(tx: &mut Transaction<'_>, err: PgError, kv: &Path, new: &[&Prepa
 fn colliding<'a>(tx: &mut Transaction<'_>, new: &[&'a Prepared]) -> PgResult<Option<&'a Prepared>> {
     let ids: Vec<i64> = new.iter().map(|p| p.native.id).collect();
     let hashes: Vec<&[u8]> = new.iter().map(|p| p.native.hash.as_slice()).collect();
-    let addrs: Vec<Option<&[u8]>> = new.iter().map(|p| p.native.payment_addr.as_deref()).collect();
+    let addrs: Vec<Option<&[u8]>> = new
+        .iter()
+        .map(|p| p.native.payment_addr.as_deref())
+        .collect();
     let hits: HashSet<usize> = tx
         .query(
             "SELECT DISTINCT n.i::bigint FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])

@@ -167,8 +167,9 @@ impl PgTarget {
     fn no_state_row(&self) -> Error {
         Error::NotOnewayStore {
             path: self.path.clone(),
-            why: "has oneway's tables but no state row: it was tampered with; restore it from backup"
-                .into(),
+            why:
+                "has oneway's tables but no state row: it was tampered with; restore it from backup"
+                    .into(),
         }
     }
 }
@@ -366,7 +367,12 @@ impl NativeStore for PgTarget {
     }
 
     fn contract(&self, stage: Stage, settle_index: u64) -> Result<Vec<String>> {
-        schema::contract(&mut *self.conn.borrow_mut(), &self.expected, stage, settle_index)
+        schema::contract(
+            &mut *self.conn.borrow_mut(),
+            &self.expected,
+            stage,
+            settle_index,
+        )
     }
 
     fn indexes_built(&self) -> Result<bool> {

@@ -10,7 +10,9 @@ use super::batch::{bounds, copy_map_range};
 use super::{pg_err, PgTarget};
 use crate::error::{PgContext, Result, Role};
 use crate::native::{ChildRows, NativeAmpSet, NativeInvoice};
-use crate::postgres::lnd_schema::{self as pg_schema, COPY_FOREIGN_KEYS, COPY_INDEXES, COPY_UNIQUES};
+use crate::postgres::lnd_schema::{
+    self as pg_schema, COPY_FOREIGN_KEYS, COPY_INDEXES, COPY_UNIQUES,
+};
 use crate::postgres::load;
 use crate::postgres::time::PgTimestamp;
 use crate::store::{CopyMap, CopyVisitor, NativeStore};

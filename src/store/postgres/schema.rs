@@ -93,7 +93,10 @@ const COPIED_OR_EMPTY: [&str; 8] = [
 const SCHEMA_ACT: &str = "reading the schema";
 
 /// Whether the table `name` exists in the session's current schema.
-pub(super) fn has_table(client: &mut impl GenericClient, name: &str) -> std::result::Result<bool, postgres::Error> {
+pub(super) fn has_table(
+    client: &mut impl GenericClient,
+    name: &str,
+) -> std::result::Result<bool, postgres::Error> {
     Ok(client
         .query_opt(
             "SELECT 1 FROM pg_class WHERE relname = $1 AND relkind IN ('r', 'p')
@@ -165,7 +168,10 @@ fn lnd_before_invoices(client: &mut impl GenericClient, tables: &[String]) -> Pg
             _ => {}
         }
     }
-    for table in tables.iter().filter(|t| COPIED_OR_EMPTY.contains(&t.as_str())) {
+    for table in tables
+        .iter()
+        .filter(|t| COPIED_OR_EMPTY.contains(&t.as_str()))
+    {
         let any = client
             .query_opt(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])
             .map_err(sql(SCHEMA_ACT))?;
@@ -179,7 +185,11 @@ fn lnd_before_invoices(client: &mut impl GenericClient, tables: &[String]) -> Pg
 }
 
 /// Runs `effect` inside the transition's transaction.
-pub(super) fn apply(effect: &Effect<'_>, tx: &mut Transaction<'_>, expected: &Schema) -> Result<()> {
+pub(super) fn apply(
+    effect: &Effect<'_>,
+    tx: &mut Transaction<'_>,
+    expected: &Schema,
+) -> Result<()> {
     match *effect {
         Effect::Nothing => Ok(()),
         Effect::CreateSchema {
