@@ -374,3 +374,83 @@ fn an_lnd_database_before_its_invoice_migration_opens_without_state() {
         .unwrap()
         .is_empty());
 }
+
+/// Peak resident memory of this process since the last reset, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The store's speed at scale, streaming batches from the decoder as the
+/// engine does: `ONEWAY_PG_STORE_SCALE=200000` runs it (skipped otherwise).
+/// Prints the copy, the index build and the read-back in invoices/s and
+/// the process's peak RSS during them.
+#[test]
+fn speed_at_scale() {
+    let Some(n) = std::env::var("ONEWAY_PG_STORE_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        eprintln!("skipped: set ONEWAY_PG_STORE_SCALE to run");
+        return;
+    };
+    let Some(db) = TestDb::fresh() else { return };
+    let p = Pair::empty();
+    make_fixture(&p.kv, n, 21);
+    // Measure from here: the fixture generator's memory is not the store's.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let mut t = create(&db);
+    let started = Instant::now();
+    begin(&mut t, &p.kv, 0);
+    let mut d = Decoder::open(&p.kv, "channeldb").unwrap();
+    d.begin_read().unwrap();
+    let (mut after, mut copied, mut ids) = (None, 0u64, Vec::new());
+    let mut writing = std::time::Duration::ZERO;
+    loop {
+        let batch = d.batch(after, 1000).unwrap();
+        let Some(last) = batch.last().map(|p| p.num) else {
+            break;
+        };
+        ids.push((batch[0].native.id, batch[batch.len() - 1].native.id));
+        let b = Batch {
+            after,
+            last: Some(last),
+            invoices: &batch,
+            kind: BatchKind::Bulk,
+        };
+        let w = Instant::now();
+        copied += t.write_batch(&b, &p.kv).unwrap().written;
+        writing += w.elapsed();
+        after = Some(last);
+    }
+    d.end_read().unwrap();
+    let copy = started.elapsed();
+    let built = Instant::now();
+    assert!(matches!(
+        t.build_indexes(16384, &p.kv).unwrap(),
+        IndexBuild::Built
+    ));
+    let build = built.elapsed();
+    let read = Instant::now();
+    let mut loaded = 0;
+    for (lo, hi) in ids {
+        let want: Vec<i64> = (lo..=hi).collect();
+        loaded += t.load_invoices(&want, false).unwrap().len();
+    }
+    let readback = read.elapsed();
+    assert_eq!((copied, loaded as u64), (n, n));
+    let rate = |d: std::time::Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{n} invoices: write_batch {:.0}/s ({writing:.2?}), decode+copy {:.0}/s ({copy:.2?}), index build {build:.2?}, \
+         copy+build {:.0}/s, read-back {:.0}/s ({readback:.2?}); peak RSS {} KiB",
+        rate(writing),
+        rate(copy),
+        rate(copy + build),
+        rate(readback),
+        peak_rss_kib()
+    );
+}

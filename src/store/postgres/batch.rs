@@ -458,7 +458,17 @@ fn build(tx: &mut Transaction<'_>) -> PgResult<()> {
         "moving the staged AMP sets out of {AMP_STAGING_TABLE}"
     )))?;
     pg_schema::build_copy_indexes(tx)?;
-    pg_schema::build_copy_foreign_keys(tx)
+    pg_schema::build_copy_foreign_keys(tx)?;
+    // Statistics of the copied rows for the planner: lnd's tables were
+    // empty when created, and the read-back's joins (and lnd's queries)
+    // would otherwise be planned for empty tables until autovacuum ran.
+    tx.batch_execute(
+        "ANALYZE invoices, invoice_features, invoice_htlcs, invoice_htlc_custom_records,
+             amp_sub_invoices, amp_sub_invoice_htlcs, oneway_invoice_map",
+    )
+    .map_err(crate::postgres::sql(
+        "collecting statistics of the copied rows",
+    ))
 }
 
 /// A failed index build: the two copies that break a unique constraint as
