@@ -189,6 +189,9 @@ pub struct Copied {
     pub next_htlc_id: i64,
 }
 
+/// oneway's staging table for the AMP sets of a bulk copy.
+pub const AMP_STAGING_TABLE: &str = "oneway_amp_staging";
+
 /// Writes every row of `invoices` into lnd's tables in the caller's
 /// transaction, HTLC ids from `first_htlc_id` (see the
 /// [module docs](self)). Nothing is sent when a value does not fit; a
@@ -199,14 +202,38 @@ pub fn copy_invoices(
     invoices: &[NativeInvoice],
     first_htlc_id: i64,
 ) -> PgResult<Copied> {
-    let checked: Vec<Checked<'_>> = invoices.iter().map(check).collect::<PgResult<_>>()?;
+    let refs: Vec<&NativeInvoice> = invoices.iter().collect();
+    copy_invoices_to(tx, &refs, first_htlc_id, false)
+}
+
+/// [`copy_invoices`] of borrowed invoices; with `stage_amp_sets`, the AMP
+/// sets go to [`AMP_STAGING_TABLE`] (same columns, no constraint) instead
+/// of `amp_sub_invoices`, for a bulk copy whose index build moves them in
+/// set-id order. The AMP HTLC rows still go to `amp_sub_invoice_htlcs`, so
+/// their foreign key to `amp_sub_invoices` must be dropped meanwhile
+/// ([`super::lnd_schema::drop_copy_foreign_keys`]).
+pub fn copy_invoices_to(
+    tx: &mut Transaction<'_>,
+    invoices: &[&NativeInvoice],
+    first_htlc_id: i64,
+    stage_amp_sets: bool,
+) -> PgResult<Copied> {
+    let amp_sets_table = if stage_amp_sets {
+        AMP_STAGING_TABLE
+    } else {
+        "amp_sub_invoices"
+    };
+    let checked: Vec<Checked<'_>> = invoices
+        .iter()
+        .map(|inv| check(inv))
+        .collect::<PgResult<_>>()?;
     let mut out = Copied {
         next_htlc_id: first_htlc_id,
         ..Copied::default()
     };
     out.invoices = copy_invoice_rows(tx, &checked)?;
     out.invoice_features = copy_invoice_features(tx, &checked)?;
-    out.amp_sub_invoices = copy_amp_sub_invoices(tx, &checked)?;
+    out.amp_sub_invoices = copy_amp_sub_invoices(tx, &checked, amp_sets_table)?;
     out.invoice_htlcs = copy_invoice_htlcs(tx, &checked, first_htlc_id)?;
     out.invoice_htlc_custom_records =
         copy_invoice_htlc_custom_records(tx, &checked, first_htlc_id)?;
@@ -289,11 +316,15 @@ fn copy_invoice_features(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> P
     )
 }
 
-/// The `amp_sub_invoices` rows (AMP sets).
-fn copy_amp_sub_invoices(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> PgResult<u64> {
+/// The `amp_sub_invoices` rows (AMP sets), into `table`.
+fn copy_amp_sub_invoices(
+    tx: &mut Transaction<'_>,
+    checked: &[Checked<'_>],
+    table: &str,
+) -> PgResult<u64> {
     copy_table(
         tx,
-        "amp_sub_invoices",
+        table,
         "set_id, state, created_at, settled_at, settle_index, invoice_id",
         &[
             Type::BYTEA,

@@ -439,6 +439,90 @@ pub fn build_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
     Ok(())
 }
 
+/// lnd's foreign keys on the tables a migration copies into, as (the name
+/// Postgres gives them, table, definition). Postgres checks a foreign key
+/// row by row as a trigger; the bulk copy drops them
+/// ([`drop_copy_foreign_keys`]) and [`build_copy_foreign_keys`] adds them
+/// back, each validated once over the copied rows. The bulk copy also
+/// stages AMP sets outside `amp_sub_invoices`, which the AMP HTLC rows'
+/// foreign key would refuse until the index build moves them.
+pub const COPY_FOREIGN_KEYS: [(&str, &str, &str); 7] = [
+    (
+        "invoice_features_invoice_id_fkey",
+        "invoice_features",
+        "FOREIGN KEY (invoice_id) REFERENCES invoices(id) ON DELETE CASCADE",
+    ),
+    (
+        "invoice_htlcs_invoice_id_fkey",
+        "invoice_htlcs",
+        "FOREIGN KEY (invoice_id) REFERENCES invoices(id) ON DELETE CASCADE",
+    ),
+    (
+        "invoice_htlc_custom_records_htlc_id_fkey",
+        "invoice_htlc_custom_records",
+        "FOREIGN KEY (htlc_id) REFERENCES invoice_htlcs(id) ON DELETE CASCADE",
+    ),
+    (
+        "amp_sub_invoices_invoice_id_fkey",
+        "amp_sub_invoices",
+        "FOREIGN KEY (invoice_id) REFERENCES invoices(id) ON DELETE CASCADE",
+    ),
+    (
+        "amp_sub_invoice_htlcs_invoice_id_fkey",
+        "amp_sub_invoice_htlcs",
+        "FOREIGN KEY (invoice_id) REFERENCES invoices(id) ON DELETE CASCADE",
+    ),
+    (
+        "amp_sub_invoice_htlcs_set_id_fkey",
+        "amp_sub_invoice_htlcs",
+        "FOREIGN KEY (set_id) REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE",
+    ),
+    (
+        "amp_sub_invoice_htlcs_htlc_id_fkey",
+        "amp_sub_invoice_htlcs",
+        "FOREIGN KEY (htlc_id) REFERENCES invoice_htlcs(id) ON DELETE CASCADE",
+    ),
+];
+
+/// Drops [`COPY_FOREIGN_KEYS`] before a bulk copy. Idempotent.
+pub fn drop_copy_foreign_keys(client: &mut impl GenericClient) -> PgResult<()> {
+    for (name, table, _) in COPY_FOREIGN_KEYS {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
+            ))
+            .map_err(sql(format!("dropping {name} for the copy")))?;
+    }
+    Ok(())
+}
+
+/// Adds back what [`drop_copy_foreign_keys`] dropped, with lnd's names and
+/// definitions; each is validated over the rows at once. Idempotent. A row
+/// that refers to a missing parent fails here, naming the constraint.
+pub fn build_copy_foreign_keys(client: &mut impl GenericClient) -> PgResult<()> {
+    for (name, table, def) in COPY_FOREIGN_KEYS {
+        if !has_constraint(client, name, table)? {
+            client
+                .batch_execute(&format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}"))
+                .map_err(sql(format!("building {name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `table` in the current schema has the constraint `name`.
+pub fn has_constraint(client: &mut impl GenericClient, name: &str, table: &str) -> PgResult<bool> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+             WHERE c.conname = $1 AND t.relname = $2
+               AND t.relnamespace = current_schema()::regnamespace",
+            &[&name, &table],
+        )
+        .map_err(sql(format!("looking for {name}")))?
+        .is_some())
+}
+
 /// Sets golang-migrate's record to (6, `dirty`) as its pgx driver does: the
 /// table emptied, one row inserted.
 pub fn set_schema_version(client: &mut impl GenericClient, dirty: bool) -> PgResult<()> {
@@ -547,15 +631,9 @@ impl Schema {
     }
 }
 
-/// How far lnd's bookkeeping must be at a given point of the migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Before the seal: `schema_migrations` = (6, dirty), no tracker row
-    /// above 6.
-    Migrating,
-    /// Sealed: `schema_migrations` = (6, clean), tracker rows 1 to 7.
-    Locked,
-}
+/// How far lnd's bookkeeping must be at a given point of the migration
+/// (the same stages as on SQLite).
+pub use crate::lnd_schema::Stage;
 
 /// Checks lnd's bookkeeping rows at `stage`: `schema_migrations`,
 /// `migration_tracker`, the settle-index sequence (`settle_index`, the KV

@@ -31,7 +31,12 @@ use crate::lnd_schema::Stage;
 use crate::native::NativeInvoice;
 use crate::reader::Prepared;
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PgTarget;
 
 pub use sqlite::{Target, NATIVE_CACHE_KIB, NATIVE_PAGE_SIZE, ONEWAY_SCHEMA};
 

@@ -1,0 +1,541 @@
+//! Durable writes between transitions on Postgres: copy batches, repairs,
+//! the sweep of deleted invoices, the index build, and the copy map's
+//! `checked` marks.
+//!
+//! Every one of them goes through [`PgTarget::write`], the one checked
+//! path: one transaction with `synchronous_commit` off, the persisted state
+//! read under a row lock and put to the machine ([`fsm::transition`] with
+//! [`Event::BatchCopied`]), the body, and the commit between the failpoints
+//! `<name>.before_commit` and `<name>.after_commit` when it has a name. As
+//! on SQLite none is journaled, and a crash before a commit loses the whole
+//! write (a batch and the cursor past it go together).
+//!
+//! Rows go in with binary `COPY` ([`crate::postgres::copy`]) and leave with
+//! one `DELETE … = ANY(…)` per table: no statement per invoice.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+use postgres::Transaction;
+
+use super::{pg_err, PgTarget};
+use crate::error::{Error, PgContext, Result, Role};
+use crate::fsm::{self, Event};
+use crate::native::NativeInvoice;
+use crate::postgres::copy::{self, AMP_STAGING_TABLE};
+use crate::postgres::lnd_schema as pg_schema;
+use crate::postgres::{PgError, PgResult};
+use crate::reader::Prepared;
+use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
+
+/// How [`PgTarget::write_or_roll_back`] ends its transaction.
+pub(super) enum Finish<T> {
+    Commit(T),
+    RollBack(T),
+}
+
+impl PgTarget {
+    /// The one checked path for a durable write between transitions (see
+    /// the module documentation).
+    pub(super) fn write<T>(
+        &mut self,
+        failpoint: Option<&str>,
+        commit: &str,
+        body: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.write_or_roll_back(failpoint, commit, |tx| Ok(Finish::Commit(body(tx)?)))
+    }
+
+    /// [`PgTarget::write`] whose body may also ask for a rollback.
+    pub(super) fn write_or_roll_back<T>(
+        &mut self,
+        failpoint: Option<&str>,
+        commit: &str,
+        body: impl FnOnce(&mut Transaction<'_>) -> Result<Finish<T>>,
+    ) -> Result<T> {
+        let mut conn = self.conn.borrow_mut();
+        let mut tx = conn.transaction().map_err(pg_err("starting a batch"))?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO off")
+            .map_err(pg_err("starting a batch"))?;
+        let state = self.state_for_update(&mut tx)?;
+        fsm::transition(state, Event::BatchCopied).map_err(|refusal| Error::IllegalTransition {
+            state,
+            event: Event::BatchCopied,
+            refusal,
+        })?;
+        let out = match body(&mut tx)? {
+            Finish::Commit(out) => out,
+            // Dropping the transaction rolls it back.
+            Finish::RollBack(out) => return Ok(out),
+        };
+        if let Some(name) = failpoint {
+            crate::failpoint::hit(&format!("{name}.before_commit"));
+        }
+        tx.commit().map_err(pg_err(commit))?;
+        if let Some(name) = failpoint {
+            crate::failpoint::hit(&format!("{name}.after_commit"));
+        }
+        Ok(out)
+    }
+
+    /// Writes one batch in one transaction: removes copies of invoices gone
+    /// from the range and outdated copies, copies the rest that is not
+    /// current, and for a [`BatchKind::Bulk`] moves the cursor to `last`.
+    pub(super) fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {
+        let outcome = self.write(Some("batch"), "committing a batch", |tx| {
+            let mapped = copy_map_range(tx, batch.after, batch.last)
+                .map_err(pg_err("reading the copy map"))?;
+            let present: HashSet<u32> = batch.invoices.iter().map(|p| p.num).collect();
+            let gone: Vec<(u32, i64)> = mapped
+                .iter()
+                .filter(|(k, _)| !present.contains(k))
+                .map(|(k, (id, _))| (*k, *id))
+                .collect();
+            let new: Vec<&Prepared> = batch
+                .invoices
+                .iter()
+                .filter(|p| !is_current(&mapped, p))
+                .collect();
+            let outdated: Vec<(u32, i64)> = new
+                .iter()
+                .filter_map(|p| mapped.get(&p.num).map(|(id, _)| (p.num, *id)))
+                .collect();
+            remove(tx, &gone).map_err(pg_err("removing copies of deleted invoices"))?;
+            remove(tx, &outdated).map_err(pg_err("removing outdated copies"))?;
+            let outcome = BatchOutcome {
+                removed: gone.len() as u64,
+                recopied: outdated.len() as u64,
+                written: new.len() as u64,
+            };
+            let max_settle = insert_new(tx, kv, &new, batch.kind)?;
+            move_cursor(tx, batch, &outcome, max_settle)?;
+            Ok(outcome)
+        })?;
+        tracing::debug!(?outcome, cursor = ?batch.last, "batch committed");
+        Ok(outcome)
+    }
+
+    /// Removes the copies of the invoices `gone` (deleted from the source)
+    /// in one transaction; returns how many.
+    pub(super) fn remove_copies(&mut self, gone: &[u32]) -> Result<u64> {
+        let action = "removing copies of deleted invoices";
+        let path = self.path.clone();
+        self.write(Some("batch"), action, |tx| {
+            let nums: Vec<i64> = gone.iter().map(|k| i64::from(*k)).collect();
+            let found: Vec<(u32, i64)> = tx
+                .query(
+                    "SELECT kv_num, invoice_id FROM oneway_invoice_map WHERE kv_num = ANY($1)",
+                    &[&nums],
+                )
+                .map_err(pg_err(action))?
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+                .collect();
+            if found.len() != gone.len() {
+                return Err(Error::NotOnewayStore {
+                    path,
+                    why: format!(
+                        "has copies of only {} of the {} deleted invoices to remove",
+                        found.len(),
+                        gone.len()
+                    ),
+                });
+            }
+            remove(tx, &found).map_err(pg_err(action))?;
+            tx.execute(
+                "UPDATE oneway_state SET copied = copied - $1 WHERE singleton = 1",
+                &[&(gone.len() as i64)],
+            )
+            .map_err(pg_err(action))?;
+            Ok(gone.len() as u64)
+        })
+    }
+
+    /// Moves the staged AMP sets into lnd's table in set-id order, builds
+    /// lnd's unique constraints, indexes and foreign keys, and moves lnd's
+    /// id sequences past the copied ids, in one transaction (idempotent).
+    /// A violated unique constraint rolls it all back and names the copies.
+    /// `cache_kib` is the build's `maintenance_work_mem`.
+    pub(super) fn build_indexes(&mut self, cache_kib: i64, kv: &Path) -> Result<IndexBuild> {
+        let kv = kv.to_path_buf();
+        self.write_or_roll_back(Some("indexes"), "committing lnd's indexes", |tx| {
+            tx.batch_execute(&format!(
+                "SET LOCAL maintenance_work_mem TO '{}kB'",
+                cache_kib.max(1024)
+            ))
+            .map_err(pg_err("setting maintenance_work_mem"))?;
+            let mut attempt = tx
+                .transaction()
+                .map_err(pg_err("starting lnd's index build"))?;
+            match build(&mut attempt) {
+                Ok(()) => {
+                    attempt
+                        .commit()
+                        .map_err(pg_err("releasing lnd's index build"))?;
+                    copy::reset_sequences(tx).pg(Role::Native, "")?;
+                    Ok(Finish::Commit(IndexBuild::Built))
+                }
+                Err(err) if is_unique_violation(&err) => {
+                    attempt
+                        .rollback()
+                        .map_err(pg_err("rolling back lnd's index build"))?;
+                    duplicate(tx, &kv, err).map(Finish::RollBack)
+                }
+                Err(err) => Err(err).pg(Role::Native, ""),
+            }
+        })
+    }
+
+    /// Marks the copies in `(after, last]` checked. Its own transaction.
+    pub(super) fn mark_checked(&mut self, after: Option<u32>, last: Option<u32>) -> Result<()> {
+        let (lo, _) = bounds(after, None);
+        let hi = last.map_or(-1, i64::from);
+        self.write(None, "marking verified copies", |tx| {
+            tx.execute(
+                "UPDATE oneway_invoice_map SET checked = true
+                 WHERE kv_num > $1 AND kv_num <= $2 AND NOT checked",
+                &[&lo, &hi],
+            )
+            .map_err(pg_err("marking verified copies"))?;
+            Ok(())
+        })
+    }
+
+    /// Marks each of `equal` checked if its map row still has that digest,
+    /// in one statement.
+    pub(super) fn mark_equal(&mut self, equal: &[&Prepared]) -> Result<()> {
+        let nums: Vec<i64> = equal.iter().map(|p| i64::from(p.num)).collect();
+        let digests: Vec<&[u8]> = equal.iter().map(|p| p.digest.as_slice()).collect();
+        self.write(None, "marking verified copies", |tx| {
+            tx.execute(
+                "UPDATE oneway_invoice_map m SET checked = true
+                 FROM unnest($1::bigint[], $2::bytea[]) AS e(kv_num, digest)
+                 WHERE m.kv_num = e.kv_num AND m.digest = e.digest",
+                &[&nums, &digests],
+            )
+            .map_err(pg_err("marking verified copies"))?;
+            Ok(())
+        })
+    }
+}
+
+/// `lo < kv_num <= hi` as SQL bounds (`None`: unbounded).
+pub(super) fn bounds(lo: Option<u32>, hi: Option<u32>) -> (i64, i64) {
+    (lo.map_or(-1, i64::from), hi.map_or(i64::MAX, i64::from))
+}
+
+/// The copy-map rows with `lo < kv_num <= hi`.
+pub(super) fn copy_map_range(
+    client: &mut impl postgres::GenericClient,
+    lo: Option<u32>,
+    hi: Option<u32>,
+) -> std::result::Result<CopyMap, postgres::Error> {
+    let (lo, hi) = bounds(lo, hi);
+    Ok(client
+        .query(
+            "SELECT kv_num, invoice_id, digest FROM oneway_invoice_map
+             WHERE kv_num > $1 AND kv_num <= $2",
+            &[&lo, &hi],
+        )?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u32, (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Deletes the copies `(kv_num, native id)`: lnd's rows (children first,
+/// so it works with or without the foreign keys) and their map rows.
+fn remove(
+    tx: &mut Transaction<'_>,
+    copies: &[(u32, i64)],
+) -> std::result::Result<(), postgres::Error> {
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = copies.iter().map(|(_, id)| *id).collect();
+    let nums: Vec<i64> = copies.iter().map(|(k, _)| i64::from(*k)).collect();
+    for sql in [
+        "DELETE FROM amp_sub_invoice_htlcs WHERE invoice_id = ANY($1)",
+        "DELETE FROM invoice_htlc_custom_records WHERE htlc_id IN
+             (SELECT id FROM invoice_htlcs WHERE invoice_id = ANY($1))",
+        "DELETE FROM invoice_htlcs WHERE invoice_id = ANY($1)",
+        "DELETE FROM amp_sub_invoices WHERE invoice_id = ANY($1)",
+        "DELETE FROM oneway_amp_staging WHERE invoice_id = ANY($1)",
+        "DELETE FROM invoice_features WHERE invoice_id = ANY($1)",
+        "DELETE FROM invoices WHERE id = ANY($1)",
+    ] {
+        tx.execute(sql, &[&ids])?;
+    }
+    tx.execute(
+        "DELETE FROM oneway_invoice_map WHERE kv_num = ANY($1)",
+        &[&nums],
+    )?;
+    Ok(())
+}
+
+/// Copies the rows of `new` and their map rows (unchecked); a bulk batch
+/// stages its AMP sets. Returns the highest settle index written.
+fn insert_new(
+    tx: &mut Transaction<'_>,
+    kv: &Path,
+    new: &[&Prepared],
+    kind: BatchKind,
+) -> Result<i64> {
+    if new.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<&NativeInvoice> = new.iter().map(|p| &p.native).collect();
+    let first = copy::next_htlc_id(tx).pg(Role::Native, "")?;
+    let mut attempt = tx.transaction().map_err(pg_err("starting the copy"))?;
+    let copied = copy::copy_invoices_to(&mut attempt, &rows, first, kind == BatchKind::Bulk)
+        .and_then(|_| copy_map_rows(&mut attempt, new));
+    match copied {
+        Ok(()) => attempt.commit().map_err(pg_err("copying invoices"))?,
+        Err(err) => {
+            attempt
+                .rollback()
+                .map_err(pg_err("rolling back a refused copy"))?;
+            return Err(insert_error(tx, err, kv, new));
+        }
+    }
+    Ok(new
+        .iter()
+        .map(|p| p.native.max_settle_index())
+        .max()
+        .unwrap_or(0))
+}
+
+/// The map rows of `new`, with binary `COPY`.
+fn copy_map_rows(tx: &mut Transaction<'_>, new: &[&Prepared]) -> PgResult<()> {
+    let act = "copying rows into oneway_invoice_map";
+    let sink = tx
+        .copy_in(
+            "COPY oneway_invoice_map (kv_num, invoice_id, digest, features, htlcs,
+                 custom_records, amp_sets, amp_htlcs) FROM STDIN (FORMAT binary)",
+        )
+        .map_err(crate::postgres::sql(act))?;
+    let types = [
+        Type::INT8,
+        Type::INT8,
+        Type::BYTEA,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+    ];
+    let mut w = BinaryCopyInWriter::new(sink, &types);
+    for p in new {
+        let c = p.native.child_rows();
+        let counts = [
+            c.invoice_features as i64,
+            c.invoice_htlcs as i64,
+            c.invoice_htlc_custom_records as i64,
+            c.amp_sub_invoices as i64,
+            c.amp_sub_invoice_htlcs as i64,
+        ];
+        let num = i64::from(p.num);
+        let row: [&(dyn ToSql + Sync); 8] = [
+            &num,
+            &p.native.id,
+            &p.digest.as_slice(),
+            &counts[0],
+            &counts[1],
+            &counts[2],
+            &counts[3],
+            &counts[4],
+        ];
+        w.write(&row).map_err(crate::postgres::sql(act))?;
+    }
+    w.finish().map_err(crate::postgres::sql(act))?;
+    Ok(())
+}
+
+/// The batch's bookkeeping: the cursor (bulk batches), the number of
+/// copies, and lnd's settle-index sequence.
+fn move_cursor(
+    tx: &mut Transaction<'_>,
+    batch: &Batch<'_>,
+    outcome: &BatchOutcome,
+    max_settle: i64,
+) -> Result<()> {
+    let bulk = batch.kind == BatchKind::Bulk;
+    let delta = outcome.written as i64 - outcome.recopied as i64 - outcome.removed as i64;
+    if bulk || delta != 0 {
+        tx.execute(
+            "UPDATE oneway_state SET cursor = CASE WHEN $1 THEN coalesce($2, cursor) ELSE cursor END,
+                 copied = copied + $3 WHERE singleton = 1",
+            &[&bulk, &batch.last.map(i64::from), &delta],
+        )
+        .map_err(pg_err("moving the cursor"))?;
+    }
+    if max_settle > 0 {
+        tx.execute(
+            "UPDATE invoice_sequences SET current_value = greatest(current_value, $1)
+             WHERE name = 'settle_index'",
+            &[&max_settle],
+        )
+        .map_err(pg_err("updating the settle index sequence"))?;
+    }
+    Ok(())
+}
+
+/// A refused copy: a violated unique constraint names the first invoice of
+/// the batch that collides with a row already there, or the batch's range;
+/// a value lnd's schema cannot hold names its invoice; anything else is a
+/// Postgres error.
+fn insert_error(tx: &mut Transaction<'_>, err: PgError, kv: &Path, new: &[&Prepared]) -> Error {
+    let PgError::Unrepresentable { id, why } = &err else {
+        if !is_unique_violation(&err) {
+            return Error::Postgres {
+                role: Role::Native,
+                source: err,
+            };
+        }
+        let culprit = colliding(tx, new).ok().flatten().unwrap_or(new[0]);
+        return Error::BadInvoice {
+            invoice_key: format!("{:08x}", culprit.num),
+            path: kv.to_path_buf(),
+            reason: format!(
+                "the native store refuses it ({}): another invoice has the same add index ({}), payment \
+                 hash ({}), payment address or HTLC circuit key",
+                err,
+                culprit.native.id,
+                hex::encode(&culprit.native.hash)
+            ),
+        };
+    };
+    let num = new.iter().find(|p| p.native.id == *id).map_or(0, |p| p.num);
+    Error::BadInvoice {
+        invoice_key: format!("{num:08x}"),
+        path: kv.to_path_buf(),
+        reason: why.clone(),
+    }
+}
+
+/// The first of `new` whose add index, payment hash or payment address an
+/// invoice already in the store has (the copy was rolled back).
+fn colliding<'a>(tx: &mut Transaction<'_>, new: &[&'a Prepared]) -> PgResult<Option<&'a Prepared>> {
+    let ids: Vec<i64> = new.iter().map(|p| p.native.id).collect();
+    let hashes: Vec<&[u8]> = new.iter().map(|p| p.native.hash.as_slice()).collect();
+    let addrs: Vec<Option<&[u8]>> = new
+        .iter()
+        .map(|p| p.native.payment_addr.as_deref())
+        .collect();
+    let hits: HashSet<usize> = tx
+        .query(
+            "SELECT DISTINCT n.i::bigint FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])
+                 WITH ORDINALITY AS n(id, hash, addr, i)
+             JOIN invoices v ON v.id = n.id OR v.hash = n.hash OR v.payment_addr = n.addr",
+            &[&ids, &hashes, &addrs],
+        )
+        .map_err(crate::postgres::sql("looking for the colliding invoice"))?
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as usize - 1)
+        .collect();
+    Ok((0..new.len()).find(|i| hits.contains(i)).map(|i| new[i]))
+}
+
+/// Whether `err` is a violated unique constraint (or primary key).
+fn is_unique_violation(err: &PgError) -> bool {
+    match err {
+        PgError::Sql { source, .. } => source.code() == Some(&SqlState::UNIQUE_VIOLATION),
+        _ => false,
+    }
+}
+
+/// Builds what the bulk copy left out, after moving the staged AMP sets.
+fn build(tx: &mut Transaction<'_>) -> PgResult<()> {
+    tx.batch_execute(
+        "INSERT INTO amp_sub_invoices (set_id, state, created_at, settled_at, settle_index, invoice_id)
+             SELECT set_id, state, created_at, settled_at, settle_index, invoice_id
+             FROM oneway_amp_staging ORDER BY set_id;
+         DELETE FROM oneway_amp_staging;",
+    )
+    .map_err(crate::postgres::sql(format!(
+        "moving the staged AMP sets out of {AMP_STAGING_TABLE}"
+    )))?;
+    pg_schema::build_copy_indexes(tx)?;
+    pg_schema::build_copy_foreign_keys(tx)?;
+    // Statistics of the copied rows for the planner: lnd's tables were
+    // empty when created, and the read-back's joins (and lnd's queries)
+    // would otherwise be planned for empty tables until autovacuum ran.
+    tx.batch_execute(
+        "ANALYZE invoices, invoice_features, invoice_htlcs, invoice_htlc_custom_records,
+             amp_sub_invoices, amp_sub_invoice_htlcs, oneway_invoice_map",
+    )
+    .map_err(crate::postgres::sql(
+        "collecting statistics of the copied rows",
+    ))
+}
+
+/// A failed index build: the two copies that break a unique constraint as
+/// [`IndexBuild::Duplicate`] (the caller rolls back), else the error.
+fn duplicate(tx: &mut Transaction<'_>, kv: &Path, err: PgError) -> Result<IndexBuild> {
+    let dup = find_duplicate(tx).pg(Role::Native, "")?;
+    match dup {
+        Some((num, other, reason)) => Ok(IndexBuild::Duplicate {
+            invoices: other.into_iter().chain([num]).collect(),
+            error: Error::BadInvoice {
+                invoice_key: format!("{num:08x}"),
+                path: kv.to_path_buf(),
+                reason,
+            },
+        }),
+        None => Err(Error::Postgres {
+            role: Role::Native,
+            source: err,
+        }),
+    }
+}
+
+/// Two invoices that break one of lnd's unique constraints, as (KV number
+/// of the later one, KV number of the other when it is in the copy map,
+/// sentence naming the other and the shared value); as SQLite's
+/// `native::find_duplicate` finds them.
+fn find_duplicate(tx: &mut Transaction<'_>) -> PgResult<Option<(u32, Option<u32>, String)>> {
+    let checks: [(&str, &str); 5] = [
+        ("payment hash", "SELECT i.id, encode(i.hash, 'hex') FROM invoices i WHERE i.hash IN (SELECT hash FROM invoices GROUP BY hash HAVING count(*) > 1) ORDER BY i.hash, i.id LIMIT 2"),
+        ("payment address", "SELECT i.id, encode(i.payment_addr, 'hex') FROM invoices i WHERE i.payment_addr IN (SELECT payment_addr FROM invoices WHERE payment_addr IS NOT NULL GROUP BY payment_addr HAVING count(*) > 1) ORDER BY i.payment_addr, i.id LIMIT 2"),
+        ("payment request", "SELECT i.id, encode(i.payment_request_hash, 'hex') FROM invoices i WHERE i.payment_request_hash IN (SELECT payment_request_hash FROM invoices WHERE payment_request_hash IS NOT NULL GROUP BY payment_request_hash HAVING count(*) > 1) ORDER BY i.payment_request_hash, i.id LIMIT 2"),
+        ("HTLC circuit key (channel id, HTLC id)", "SELECT h.invoice_id, h.chan_id || ':' || h.htlc_id FROM invoice_htlcs h WHERE (h.chan_id, h.htlc_id) IN (SELECT chan_id, htlc_id FROM invoice_htlcs GROUP BY chan_id, htlc_id HAVING count(*) > 1) ORDER BY h.chan_id, h.htlc_id, h.invoice_id LIMIT 2"),
+        ("AMP set id", "WITH s(set_id, invoice_id) AS (SELECT set_id, invoice_id FROM amp_sub_invoices UNION ALL SELECT set_id, invoice_id FROM oneway_amp_staging) SELECT invoice_id, encode(set_id, 'hex') FROM s WHERE set_id IN (SELECT set_id FROM s GROUP BY set_id HAVING count(*) > 1) ORDER BY set_id, invoice_id LIMIT 2"),
+    ];
+    let act = || crate::postgres::sql("looking for duplicates");
+    for (what, query) in checks {
+        let rows: Vec<(i64, String)> = tx
+            .query(query, &[])
+            .map_err(act())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let [(first, value), (second, _)] = rows.as_slice() else {
+            continue;
+        };
+        let mut num = |id: i64| -> PgResult<Option<i64>> {
+            Ok(tx
+                .query_opt(
+                    "SELECT kv_num FROM oneway_invoice_map WHERE invoice_id = $1",
+                    &[&id],
+                )
+                .map_err(act())?
+                .map(|r| r.get(0)))
+        };
+        let (a, b) = (num(*first)?, num(*second)?);
+        let b = b.unwrap_or(*second) as u32;
+        let a_text = a.map_or_else(
+            || format!("add index {first}"),
+            |a| format!("invoice {:08x}", a as u32),
+        );
+        return Ok(Some((
+            b,
+            a.map(|a| a as u32),
+            format!(
+                "it shares its {what} {value} with {a_text}; lnd's native schema requires it to be unique"
+            ),
+        )));
+    }
+    Ok(None)
+}

@@ -1,0 +1,419 @@
+//! The PostgreSQL native store ([`PgTarget`]): lnd's invoice tables and
+//! oneway's bookkeeping in the database lnd's `db.postgres.dsn` names, the
+//! same one that holds lnd's KV table (`public.channeldb_kv`).
+//!
+//! oneway's four tables carry the names and meaning they have on SQLite
+//! (`super::sqlite`): `oneway_state` (one row), `oneway_journal`
+//! (append-only: a trigger refuses UPDATE, DELETE and TRUNCATE),
+//! `oneway_invoice_map` (the copy map and its invariants, [`super::CopyMap`])
+//! and `oneway_amp_staging` (AMP sets of bulk batches, moved into lnd's
+//! table by the index build). They are created by the `Begin` transition
+//! with lnd's schema ([`crate::postgres::lnd_schema::create`], golang-migrate's
+//! version dirty), in one transaction; Postgres grants nothing on a new table
+//! to other roles, and the trigger function's default `EXECUTE` grant to
+//! `PUBLIC` is revoked.
+//!
+//! For the bulk copy lnd's secondary indexes, unique constraints and the
+//! foreign keys of the copied tables are dropped at `Begin` and built once
+//! by [`NativeStore::build_indexes`] over the copied rows; until then the
+//! structural check ([`NativeStore::contract`]) names each missing object.
+//!
+//! One connection serves the store. Transitions commit with
+//! `synchronous_commit` on (the server's default): a transition is durable
+//! when it returns. Batches and marks commit with `synchronous_commit` off:
+//! a server crash can lose only the last of them, together with the cursor
+//! that points past them (one transaction), so a rerun copies them again;
+//! Postgres never applies a later commit without an earlier one.
+
+mod batch;
+mod reads;
+mod schema;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use postgres::{Client, GenericClient};
+
+use crate::error::{Error, PgContext, Result, Role};
+use crate::fsm::{self, Event, State};
+use crate::lnd_schema::{Existing, Stage};
+use crate::native::NativeInvoice;
+use crate::postgres::lnd_schema::Schema;
+use crate::postgres::{Dsn, PgError};
+use crate::reader::Prepared;
+use crate::store::{
+    now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
+    NativeStore, Persisted, SourceIdentity, FORMAT_VERSION,
+};
+
+/// The native store in PostgreSQL, opened for oneway's work.
+pub struct PgTarget {
+    /// The one session (reads take `&self`, so it sits in a cell; no
+    /// borrow is held across a call back into the store).
+    conn: RefCell<Client>,
+    /// The redacted DSN, for messages.
+    path: PathBuf,
+    /// lnd's schema as [`crate::postgres::lnd_schema::create`] gives it on
+    /// this server, read once at open (its scratch transaction cannot run
+    /// inside a transition or a read snapshot).
+    expected: Schema,
+}
+
+/// Wraps a driver error with what was being done, on the native store.
+fn pg_err(action: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
+    move |source| Error::Postgres {
+        role: Role::Native,
+        source: PgError::Sql {
+            action: action.to_owned(),
+            source,
+        },
+    }
+}
+
+impl PgTarget {
+    /// Opens the native store in the database `dsn` names; `shown` (the
+    /// redacted DSN) is what [`NativeStore::path`] returns. `None` when the
+    /// database holds neither oneway's tables nor lnd's native tables and
+    /// `create` is false. An lnd database whose invoice migration never ran
+    /// opens with no state ([`NativeStore::load`] is `None`), to continue
+    /// into; anything else that is not oneway's is refused.
+    pub fn open(dsn: &Dsn, shown: &Path, create: bool) -> Result<Option<PgTarget>> {
+        let mut client = dsn.connect().pg(Role::Native, "connecting")?;
+        let existing = schema::existing(&mut client).pg(Role::Native, "")?;
+        match existing {
+            None => {}
+            Some(Existing::Empty) if !create => return Ok(None),
+            Some(e) => refuse(shown, e)?,
+        }
+        let expected = Schema::expected(&mut client).pg(Role::Native, "")?;
+        Ok(Some(PgTarget {
+            conn: RefCell::new(client),
+            path: shown.to_path_buf(),
+            expected,
+        }))
+    }
+
+    /// Creates the native store in the database `dsn` names (see
+    /// [`PgTarget::open`]).
+    pub fn create(dsn: &Dsn, shown: &Path) -> Result<PgTarget> {
+        PgTarget::open(dsn, shown, true)?.ok_or_else(|| Error::Missing {
+            role: Role::Native,
+            path: shown.to_path_buf(),
+        })
+    }
+
+    /// Every journal row, oldest first.
+    pub fn journal(&self) -> Result<Vec<JournalEntry>> {
+        if !self.has_table("oneway_journal")? {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .conn
+            .borrow_mut()
+            .query(
+                "SELECT seq, at, kind, from_state, to_state, event, details
+                 FROM oneway_journal ORDER BY seq",
+                &[],
+            )
+            .map_err(pg_err("reading the journal"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let details: String = r.get(6);
+                JournalEntry {
+                    seq: r.get(0),
+                    at: r.get(1),
+                    kind: r.get(2),
+                    from_state: r.get(3),
+                    to_state: r.get(4),
+                    event: r.get(5),
+                    details: serde_json::from_str(&details)
+                        .unwrap_or(serde_json::Value::String(details)),
+                }
+            })
+            .collect())
+    }
+
+    /// Whether the table `name` exists in the session's schema.
+    fn has_table(&self, name: &str) -> Result<bool> {
+        schema::has_table(&mut *self.conn.borrow_mut(), name).map_err(pg_err("reading the schema"))
+    }
+
+    /// A state row's name as a [`State`]; an unknown name is an error,
+    /// never taken for a known state.
+    fn state_named(&self, name: &str) -> Result<State> {
+        State::from_name(name).ok_or_else(|| Error::NotOnewayStore {
+            path: self.path.clone(),
+            why: format!("records an unknown state {name:?}"),
+        })
+    }
+
+    /// The persisted state read inside `tx`, locking the state row until the
+    /// transaction ends.
+    fn state_for_update(&self, tx: &mut impl GenericClient) -> Result<State> {
+        let row = tx
+            .query_opt(
+                "SELECT state FROM oneway_state WHERE singleton = 1 FOR UPDATE",
+                &[],
+            )
+            .map_err(pg_err("reading the state row"))?;
+        let Some(row) = row else {
+            return Err(self.no_state_row());
+        };
+        self.state_named(row.get(0))
+    }
+
+    fn no_state_row(&self) -> Error {
+        Error::NotOnewayStore {
+            path: self.path.clone(),
+            why:
+                "has oneway's tables but no state row: it was tampered with; restore it from backup"
+                    .into(),
+        }
+    }
+}
+
+/// Refuses a database with no oneway state that oneway may not continue
+/// into (see [`Existing`]).
+fn refuse(shown: &Path, existing: Existing) -> Result<()> {
+    match existing {
+        Existing::Empty | Existing::LndBeforeInvoices => Ok(()),
+        Existing::LndMigrated { version } => Err(Error::LndMigrated {
+            path: shown.to_path_buf(),
+            version,
+        }),
+        Existing::Foreign(why) => Err(Error::NotOnewayStore {
+            path: shown.to_path_buf(),
+            why: format!(
+                "{why}: refusing to migrate into a database oneway did not prepare (give another database)"
+            ),
+        }),
+    }
+}
+
+impl NativeStore for PgTarget {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state row; `None` before `Begin`. A database with tables but no
+    /// oneway state is refused unless oneway may continue into it.
+    fn load(&self) -> Result<Option<Persisted>> {
+        if !self.has_table("oneway_state")? {
+            let existing = schema::existing(&mut *self.conn.borrow_mut()).pg(Role::Native, "")?;
+            if let Some(e) = existing {
+                refuse(&self.path, e)?;
+            }
+            return Ok(None);
+        }
+        let row = self
+            .conn
+            .borrow_mut()
+            .query_opt(
+                "SELECT state, format_version, source_identity, batch_size, cursor, copied, pass,
+                        verified_count, source_digest, target_digest, updated_at
+                 FROM oneway_state WHERE singleton = 1",
+                &[],
+            )
+            .map_err(pg_err("reading the state row"))?;
+        let Some(r) = row else {
+            return Err(self.no_state_row());
+        };
+        let state = self.state_named(r.get(0))?;
+        let version: i32 = r.get(1);
+        if i64::from(version) != FORMAT_VERSION {
+            return Err(Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: format!(
+                    "uses oneway format version {version}, this oneway knows {FORMAT_VERSION}"
+                ),
+            });
+        }
+        let identity: SourceIdentity =
+            serde_json::from_str(r.get(2)).map_err(|e| Error::NotOnewayStore {
+                path: self.path.clone(),
+                why: format!("has an unreadable source identity: {e}"),
+            })?;
+        Ok(Some(Persisted {
+            state,
+            identity,
+            batch_size: r.get::<_, i64>(3) as u64,
+            cursor: r.get::<_, Option<i64>>(4).map(|c| c as u32),
+            copied: r.get::<_, i64>(5) as u64,
+            generation: r.get::<_, i64>(6) as u64,
+            verified_count: r.get::<_, Option<i64>>(7).map(|c| c as u64),
+            source_digest: r.get(8),
+            target_digest: r.get(9),
+            updated_at: r.get(10),
+        }))
+    }
+
+    /// One transition as one transaction: the machine's answer, the
+    /// persisted state checked under a row lock, the effect, the state row
+    /// and the journal row, committed with `synchronous_commit` on between
+    /// `<failpoint>.before_commit` and `.after_commit`.
+    fn transition(
+        &mut self,
+        from: State,
+        event: Event,
+        details: serde_json::Value,
+        failpoint: &str,
+        effect: Effect<'_>,
+    ) -> Result<State> {
+        let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
+            state: from,
+            event,
+            refusal,
+        })?;
+        let mut conn = self.conn.borrow_mut();
+        let mut tx = conn
+            .transaction()
+            .map_err(pg_err("starting a transition"))?;
+        if from != State::Fresh {
+            let current = self.state_for_update(&mut tx)?;
+            if current != from {
+                return Err(Error::NotOnewayStore {
+                    path: self.path.clone(),
+                    why: format!("changed state under us: expected {from}, found {current}"),
+                });
+            }
+        }
+        schema::apply(&effect, &mut tx, &self.expected)?;
+        finish_transition(tx, from, to, event, &details, failpoint)?;
+        tracing::info!(from = %from, to = %to, event = %event, "state transition");
+        Ok(to)
+    }
+
+    fn security_event(
+        &self,
+        state: Option<State>,
+        name: &str,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        if !self.has_table("oneway_journal")? {
+            return Ok(());
+        }
+        let state = state.map(State::name);
+        self.conn
+            .borrow_mut()
+            .execute(
+                "INSERT INTO oneway_journal (at, kind, from_state, to_state, event, details)
+                 VALUES ($1, 'security', $2, $2, $3, $4)",
+                &[&now_text(), &state, &name, &details.to_string()],
+            )
+            .map_err(pg_err("appending a security event to the journal"))?;
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {
+        PgTarget::write_batch(self, batch, kv)
+    }
+
+    fn remove_copies(&mut self, gone: &[u32]) -> Result<u64> {
+        PgTarget::remove_copies(self, gone)
+    }
+
+    fn build_indexes(&mut self, cache_kib: i64, kv: &Path) -> Result<IndexBuild> {
+        PgTarget::build_indexes(self, cache_kib, kv)
+    }
+
+    fn mark_checked(&mut self, after: Option<u32>, last: Option<u32>) -> Result<()> {
+        PgTarget::mark_checked(self, after, last)
+    }
+
+    fn mark_equal(&mut self, equal: &[&Prepared]) -> Result<()> {
+        PgTarget::mark_equal(self, equal)
+    }
+
+    fn copy_map(&self, lo: Option<u32>, hi: Option<u32>) -> Result<CopyMap> {
+        PgTarget::copy_map(self, lo, hi)
+    }
+
+    fn copied_after(&self, after: Option<u32>, limit: usize) -> Result<Vec<u32>> {
+        PgTarget::copied_after(self, after, limit)
+    }
+
+    fn any_copy_checked(&self) -> Result<bool> {
+        PgTarget::any_copy_checked(self)
+    }
+
+    fn for_each_copy(&self, f: &mut CopyVisitor<'_>) -> Result<bool> {
+        PgTarget::for_each_copy(self, f)
+    }
+
+    fn owned_child_rows(&self) -> Result<[(&'static str, u64); 5]> {
+        PgTarget::owned_child_rows(self)
+    }
+
+    fn count(&self, table: &str) -> Result<u64> {
+        PgTarget::count(self, table)
+    }
+
+    fn staged_amp_sets(&self) -> Result<u64> {
+        PgTarget::staged_amp_sets(self)
+    }
+
+    fn highest_settle_index(&self) -> Result<u64> {
+        PgTarget::highest_settle_index(self)
+    }
+
+    fn highest_add_index(&self) -> Result<u64> {
+        PgTarget::highest_add_index(self)
+    }
+
+    fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>> {
+        PgTarget::load_invoices(self, ids, staged)
+    }
+
+    fn contract(&self, stage: Stage, settle_index: u64) -> Result<Vec<String>> {
+        schema::contract(
+            &mut *self.conn.borrow_mut(),
+            &self.expected,
+            stage,
+            settle_index,
+        )
+    }
+
+    fn indexes_built(&self) -> Result<bool> {
+        PgTarget::indexes_built(self)
+    }
+
+    fn in_snapshot(&self, read: &mut dyn FnMut(&dyn NativeStore) -> Result<()>) -> Result<()> {
+        PgTarget::in_snapshot(self, read)
+    }
+}
+
+/// The state row and the journal row of a transition, and its commit
+/// between the failpoints.
+fn finish_transition(
+    mut tx: postgres::Transaction<'_>,
+    from: State,
+    to: State,
+    event: Event,
+    details: &serde_json::Value,
+    failpoint: &str,
+) -> Result<()> {
+    let now = now_text();
+    tx.execute(
+        "UPDATE oneway_state SET state = $1, updated_at = $2 WHERE singleton = 1",
+        &[&to.name(), &now],
+    )
+    .map_err(pg_err("updating the state row"))?;
+    tx.execute(
+        "INSERT INTO oneway_journal (at, kind, from_state, to_state, event, details)
+         VALUES ($1, 'transition', $2, $3, $4, $5)",
+        &[
+            &now,
+            &from.name(),
+            &to.name(),
+            &event.name(),
+            &details.to_string(),
+        ],
+    )
+    .map_err(pg_err("appending to the journal"))?;
+    crate::failpoint::hit(&format!("{failpoint}.before_commit"));
+    tx.commit().map_err(pg_err("committing the transition"))?;
+    crate::failpoint::hit(&format!("{failpoint}.after_commit"));
+    Ok(())
+}
