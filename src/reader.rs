@@ -265,13 +265,16 @@ pub enum Kind {
     Plain,
 }
 
+/// An invoice's AMP HTLC sets, decoded: (set id, HTLCs) in key order.
+pub(crate) type AmpSets = Vec<([u8; 32], Vec<Htlc>)>;
+
 /// Decodes `raw` (an invoice of the KV store shown as `path`) and its AMP
 /// HTLC sets: the first half of preparing it, for every backend; the
 /// payment hash is resolved by the caller, then [`finish_prepare`].
 pub(crate) fn decode_raw(
     raw: &RawInvoice,
     path: &Path,
-) -> Result<(crate::model::Invoice, Vec<([u8; 32], Vec<Htlc>)>)> {
+) -> Result<(crate::model::Invoice, AmpSets)> {
     let inv = codec::decode_invoice(&raw.value)
         .map_err(|source| codec_error(raw.key_hex(), source, path))?;
     let mut sets = Vec::with_capacity(raw.amp_sets.len());

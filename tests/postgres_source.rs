@@ -439,6 +439,15 @@ fn streaming_speed() {
             n as f64 / s
         );
     }
+    let dir = tempfile::tempdir().unwrap();
+    let lite = sqlite_store(dir.path(), n, 12);
+    let t = Instant::now();
+    let (all, _) = drain(&lite, Kind::Copy, oneway::DEFAULT_BATCH_SIZE);
+    let s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "(SQLite Copy stream of the same store: {} invoices/s)",
+        all.len() as f64 / s
+    );
     let b = pg.invoice_buckets().unwrap().unwrap();
     let t = Instant::now();
     let mut snap = pg.snapshot().unwrap();

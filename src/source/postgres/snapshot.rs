@@ -86,6 +86,14 @@ impl PgSnapshot {
     /// Opens a session of its own on `dsn` and finds the invoice buckets.
     pub(crate) fn open(dsn: &Dsn, table: &str, shown: PathBuf) -> Result<PgSnapshot> {
         let mut client = dsn.connect().pg(Role::Kv, "")?;
+        // Pages of a bucket in key order must come from lnd's (parent_id,
+        // key) index, not from a sort of the whole bucket, which a table
+        // without statistics (never analyzed: a restored or fresh
+        // database) would get: 40 ms a page instead of 1 for 50,000
+        // invoices. Only this session's own plans are affected.
+        client
+            .batch_execute("SET enable_sort = off; SET enable_bitmapscan = off")
+            .pg(Role::Kv, "setting the planner for key-order reads")?;
         let buckets = reads::invoice_buckets(&mut client, table)?;
         let page = reads::prepare_page(&mut client, table)?;
         let db = DbId::read(&mut client, table)?;
