@@ -103,9 +103,41 @@ impl SourceIdentity {
     }
 }
 
+/// The raw reads the identity needs, whatever the backend of the KV store.
+pub trait KvReads {
+    /// The id of bucket `name` under `parent` (top level when `None`).
+    fn bucket(&self, parent: Option<i64>, name: &[u8]) -> Result<Option<i64>>;
+    /// The value of `key` in bucket `bucket` (`None`: absent, or a sub-bucket).
+    fn value(&self, bucket: i64, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Up to `max` invoices after `after`, in key order, with their AMP sets.
+    fn read_invoices(
+        &self,
+        buckets: &InvoiceBuckets,
+        after: Option<u32>,
+        max: usize,
+    ) -> Result<Vec<RawInvoice>>;
+}
+
+impl KvReads for KvSource {
+    fn bucket(&self, parent: Option<i64>, name: &[u8]) -> Result<Option<i64>> {
+        KvSource::bucket(self, parent, name)
+    }
+    fn value(&self, bucket: i64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        KvSource::value(self, bucket, key)
+    }
+    fn read_invoices(
+        &self,
+        buckets: &InvoiceBuckets,
+        after: Option<u32>,
+        max: usize,
+    ) -> Result<Vec<RawInvoice>> {
+        KvSource::read_invoices(self, buckets, after, max)
+    }
+}
+
 /// lnd's own node public key as stored in the KV store (hex), or `None`
 /// when the store has no `graph-node`/`source` entry of 33 bytes.
-pub fn node_pubkey(kv: &KvSource) -> Result<Option<String>> {
+pub fn node_pubkey(kv: &impl KvReads) -> Result<Option<String>> {
     let Some(graph) = kv.bucket(None, GRAPH_NODE_BUCKET)? else {
         return Ok(None);
     };
@@ -132,7 +164,7 @@ pub fn fingerprint(raw: &RawInvoice, kv_path: &Path) -> Result<String> {
 
 /// The identity of the KV store as it is now (recorded at `Begin`).
 pub fn current(
-    kv: &KvSource,
+    kv: &impl KvReads,
     buckets: Option<InvoiceBuckets>,
     kv_path: &Path,
     table_prefix: &str,
@@ -193,7 +225,7 @@ fn is_settled(raw: &RawInvoice, kv_path: &Path) -> Result<bool> {
 /// messages); `table_prefix` the prefix given.
 pub fn check(
     recorded: &SourceIdentity,
-    kv: &KvSource,
+    kv: &impl KvReads,
     buckets: Option<InvoiceBuckets>,
     table_prefix: &str,
     kv_path: &Path,
@@ -270,7 +302,7 @@ fn compare_node(was: Option<&str>, now: &Option<String>) -> (bool, Option<String
 /// are, and the numbers of those whose fingerprint differs.
 fn compare_anchors(
     anchors: &[(u32, String)],
-    kv: &KvSource,
+    kv: &impl KvReads,
     buckets: Option<InvoiceBuckets>,
     kv_path: &Path,
 ) -> Result<(usize, Vec<u32>)> {

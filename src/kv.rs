@@ -1112,7 +1112,7 @@ pub enum TombstoneOutcome {
 /// Every key of invoice `n` (4 bytes, or 36 starting with them) sorts below
 /// the 4-byte key of `n + 1`, so ">= n+1" starts exactly after the last AMP
 /// set of `n`.
-fn invoice_start_key(after: Option<u32>) -> Option<Vec<u8>> {
+pub(crate) fn invoice_start_key(after: Option<u32>) -> Option<Vec<u8>> {
     match after {
         Some(n) => n.checked_add(1).map(|next| next.to_be_bytes().to_vec()),
         None => Some(Vec::new()),
@@ -1121,7 +1121,7 @@ fn invoice_start_key(after: Option<u32>) -> Option<Vec<u8>> {
 
 /// The state of [`KvSource::invoice_digests`] along its walk.
 #[derive(Default)]
-struct DigestWalk {
+pub(crate) struct DigestWalk {
     out: InvoiceDigests,
     /// The invoice being read, its digest so far, and its hash if known.
     current: Option<(u32, Sha256, Option<[u8; 32]>)>,
@@ -1135,7 +1135,7 @@ struct DigestWalk {
 impl DigestWalk {
     /// Takes in one row of the tree.
     #[inline]
-    fn visit(&mut self, buckets: &InvoiceBuckets, row: &TreeRow<'_>) {
+    pub(crate) fn visit(&mut self, buckets: &InvoiceBuckets, row: &TreeRow<'_>) {
         if row.depth == 0 && row.bucket == buckets.invoices {
             self.invoices_row(row);
         } else if Some(row.bucket) == buckets.payment_hashes {
@@ -1229,7 +1229,7 @@ impl DigestWalk {
 
     /// Completes the pending digests whose invoice exactly one 32-byte
     /// `paymenthashes` entry points to, and returns what was found.
-    fn finish(mut self, source: SourceDigest) -> InvoiceDigests {
+    pub(crate) fn finish(mut self, source: SourceDigest) -> InvoiceDigests {
         self.finish_current();
         for (num, (at, mut h)) in self.pending {
             if let Some([one]) = self.found.get(&num).map(Vec::as_slice) {
@@ -1286,48 +1286,97 @@ fn source_digest(conn: &Connection, table: &str) -> rusqlite::Result<SourceDiges
     walk_invoice_tree(conn, table, |_| {})
 }
 
-/// One row of the `invoices` bucket tree, as [`walk_invoice_tree`] visits
+/// One row of the `invoices` bucket tree, as [`walk_tree`] visits
 /// it (the tombstone excepted).
-struct TreeRow<'a> {
+pub(crate) struct TreeRow<'a> {
     /// 0 for rows of the `invoices` bucket itself, 1 for its sub-buckets' rows.
-    depth: u8,
+    pub(crate) depth: u8,
     /// The id of the bucket the row is in.
-    bucket: i64,
+    pub(crate) bucket: i64,
     /// The key, and whether it is stored as a BLOB.
-    key: &'a [u8],
+    pub(crate) key: &'a [u8],
     /// True when the key is a BLOB (lnd's keys always are).
-    key_is_blob: bool,
+    pub(crate) key_is_blob: bool,
     /// The value; `None` for a sub-bucket.
-    value: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
 }
 
-/// Walks the `invoices` bucket tree in the source digest's order (each
-/// bucket's rows in key order, the bucket's own rows before its
-/// sub-buckets'), computing the [`SourceDigest`] and showing every row to
-/// `visit`.
+/// One row of a bucket as a backend reads it for [`walk_tree`]: the row's
+/// key, value (`None`: a sub-bucket), id and sequence.
+pub(crate) struct WalkRow<'a> {
+    /// The key as stored.
+    pub(crate) key: &'a [u8],
+    /// True when the key is a BLOB (always, on Postgres: `BYTEA`).
+    pub(crate) key_is_blob: bool,
+    /// The value; `None` for a sub-bucket.
+    pub(crate) value: Option<&'a [u8]>,
+    /// The row id (read for sub-buckets only).
+    pub(crate) id: i64,
+    /// The bucket sequence (read for sub-buckets only).
+    pub(crate) sequence: Option<i64>,
+}
+
+/// Walks the `invoices` bucket tree over SQLite in the source digest's
+/// order ([`walk_tree`]).
 fn walk_invoice_tree(
     conn: &Connection,
     table: &str,
-    mut visit: impl FnMut(&TreeRow<'_>),
+    visit: impl FnMut(&TreeRow<'_>),
 ) -> rusqlite::Result<SourceDigest> {
+    let root = bucket_id(conn, table, None, INVOICES_BUCKET)?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT key, value, id, sequence FROM {table} WHERE parent_id = ?1 ORDER BY key"
+    ))?;
+    let rows_of = |bucket: i64, each: &mut dyn FnMut(WalkRow<'_>)| -> rusqlite::Result<()> {
+        let mut rows = stmt.query([bucket])?;
+        while let Some(row) = rows.next()? {
+            let key = row.get_ref(0)?;
+            let value = row.get_ref(1)?;
+            let is_bucket = matches!(value, rusqlite::types::ValueRef::Null);
+            each(WalkRow {
+                key: stored_bytes(key),
+                key_is_blob: matches!(key, rusqlite::types::ValueRef::Blob(_)),
+                value: (!is_bucket).then(|| stored_bytes(value)),
+                id: if is_bucket { row.get(2)? } else { 0 },
+                sequence: if is_bucket { row.get(3)? } else { None },
+            });
+        }
+        Ok(())
+    };
+    walk_tree(root, rows_of, visit)
+}
+
+/// Walks the `invoices` bucket tree (its root `root`; `None` when there is
+/// no such bucket) in the source digest's order (each bucket's rows in key
+/// order, the bucket's own rows before its sub-buckets'), computing the
+/// [`SourceDigest`] and showing every row to `visit`. `rows_of(bucket,
+/// each)` is the backend's part: it shows `each` every row of `bucket`, in
+/// key order (byte order of the keys).
+pub(crate) fn walk_tree<E>(
+    root: Option<i64>,
+    mut rows_of: impl FnMut(i64, &mut dyn FnMut(WalkRow<'_>)) -> std::result::Result<(), E>,
+    mut visit: impl FnMut(&TreeRow<'_>),
+) -> std::result::Result<SourceDigest, E> {
     let mut tree = TreeDigest {
         hasher: Sha256::new(),
         invoices: 0,
     };
-    let Some(root) = bucket_id(conn, table, None, INVOICES_BUCKET)? else {
+    let Some(root) = root else {
         // A missing bucket digests like an empty one: the tombstone write
         // creates the bucket on an empty node, and the bucket holding only
         // the (skipped) tombstone must still compare equal.
         tree.hasher.update([0xfe, 0]);
         return Ok(tree.finish());
     };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT key, value, id, sequence FROM {table} WHERE parent_id = ?1 ORDER BY key"
-    ))?;
     // (bucket id, depth); a stack keeps the walk iterative.
     let mut stack = vec![(root, 0u8)];
     while let Some((bucket, depth)) = stack.pop() {
-        let mut children = tree.bucket(&mut stmt, bucket, depth, &mut visit)?;
+        let mut children = Vec::new();
+        rows_of(bucket, &mut |row| {
+            if let Some(child) = tree.row(bucket, depth, &row, &mut visit) {
+                children.push(child);
+            }
+        })?;
         // Mark the end of this bucket so sibling/child boundaries are unambiguous.
         tree.hasher.update([0xfe, depth]);
         children.reverse();
@@ -1336,7 +1385,7 @@ fn walk_invoice_tree(
     Ok(tree.finish())
 }
 
-/// The [`SourceDigest`] being computed by [`walk_invoice_tree`].
+/// The [`SourceDigest`] being computed by [`walk_tree`].
 struct TreeDigest {
     hasher: Sha256,
     /// Invoices seen (4-byte BLOB keys with a value in the `invoices` bucket).
@@ -1344,58 +1393,41 @@ struct TreeDigest {
 }
 
 impl TreeDigest {
-    /// Digests the rows of `bucket` (at `depth`) in key order, skipping the
-    /// tombstone, and shows each to `visit`; returns its sub-buckets, in key
-    /// order, with their depth.
-    fn bucket(
+    /// Digests `row` of `bucket` (at `depth`), unless it is the tombstone,
+    /// and shows it to `visit`; returns the sub-bucket it is, with its depth.
+    #[inline]
+    fn row(
         &mut self,
-        stmt: &mut rusqlite::CachedStatement<'_>,
         bucket: i64,
         depth: u8,
+        row: &WalkRow<'_>,
         visit: &mut impl FnMut(&TreeRow<'_>),
-    ) -> rusqlite::Result<Vec<(i64, u8)>> {
-        let mut children = Vec::new();
-        let mut rows = stmt.query([bucket])?;
-        while let Some(row) = rows.next()? {
-            let key = row.get_ref(0)?;
-            let key_bytes = stored_bytes(key);
-            if depth == 0 && key_bytes == TOMBSTONE_KEY {
-                continue;
+    ) -> Option<(i64, u8)> {
+        if depth == 0 && row.key == TOMBSTONE_KEY {
+            return None;
+        }
+        let tree_row = TreeRow {
+            depth,
+            bucket,
+            key: row.key,
+            key_is_blob: row.key_is_blob,
+            value: row.value,
+        };
+        self.hasher.update([depth]);
+        self.hasher.update((row.key.len() as u64).to_be_bytes());
+        self.hasher.update(row.key);
+        visit(&tree_row);
+        match row.value {
+            None => {
+                self.hasher.update([0xff]);
+                self.hasher.update(row.sequence.unwrap_or(0).to_be_bytes());
+                Some((row.id, depth.saturating_add(1)))
             }
-            let mut tree_row = TreeRow {
-                depth,
-                bucket,
-                key: key_bytes,
-                key_is_blob: matches!(key, rusqlite::types::ValueRef::Blob(_)),
-                value: None,
-            };
-            self.hasher.update([depth]);
-            self.hasher.update((key_bytes.len() as u64).to_be_bytes());
-            self.hasher.update(key_bytes);
-            match row.get_ref(1)? {
-                rusqlite::types::ValueRef::Null => {
-                    visit(&tree_row);
-                    children.push(self.sub_bucket(row, depth)?);
-                }
-                v => {
-                    let value = stored_bytes(v);
-                    tree_row.value = Some(value);
-                    visit(&tree_row);
-                    self.value(&tree_row, value);
-                }
+            Some(value) => {
+                self.value(&tree_row, value);
+                None
             }
         }
-        Ok(children)
-    }
-
-    /// Digests the sub-bucket marker and sequence of `row` (a bucket at
-    /// `depth`); returns the sub-bucket's id and depth.
-    #[inline]
-    fn sub_bucket(&mut self, row: &rusqlite::Row<'_>, depth: u8) -> rusqlite::Result<(i64, u8)> {
-        self.hasher.update([0xff]);
-        let seq: Option<i64> = row.get(3)?;
-        self.hasher.update(seq.unwrap_or(0).to_be_bytes());
-        Ok((row.get(2)?, depth.saturating_add(1)))
     }
 
     /// Digests `value`, the value of `row`, counting invoices.

@@ -160,6 +160,12 @@ pub mod __test_support {
     pub mod native {
         pub use crate::native::{NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
     }
+    /// `pg_source`: the Postgres source, its snapshot and witness, and the
+    /// tombstone inside a caller's transaction.
+    #[cfg(feature = "postgres")]
+    pub mod pg_source {
+        pub use crate::source::postgres::{seal_in, PgSnapshot, PgSource, PgWitness};
+    }
     /// `postgres`: lnd on Postgres (DSN, schema, KV table, COPY, read-back).
     #[cfg(feature = "postgres")]
     pub mod postgres {

@@ -9,6 +9,8 @@
 //! [`IN_FLIGHT`] batches wait in the channel, so memory stays bounded by the
 //! batch size, not the store.
 
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
 
 use crate::codec;
@@ -195,80 +197,15 @@ impl Decoder {
 
     /// Decodes one raw invoice into its native rows and source digest.
     pub fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
-        let inv = codec::decode_invoice(&raw.value)
-            .map_err(|source| self.codec_error(raw.key_hex(), source))?;
-        let sets = self.decode_amp_sets(raw)?;
+        let (inv, sets) = decode_raw(raw, self.kv.path())?;
         let hash: [u8; 32] = match inv.preimage {
             Some(p) => Sha256::digest(p).into(),
-            None => self.payment_hash(raw)?,
-        };
-        let native = NativeInvoice::from_kv(&inv, hash, &sets)
-            .map_err(|reason| self.bad_invoice(raw, reason))?;
-        Ok(Prepared {
-            num: raw.num,
-            native,
-            digest: copy_digest(raw, &hash),
-        })
-    }
-
-    /// Decodes the AMP HTLC sets stored with `raw`.
-    #[inline]
-    fn decode_amp_sets(&self, raw: &RawInvoice) -> Result<Vec<([u8; 32], Vec<Htlc>)>> {
-        let mut sets = Vec::with_capacity(raw.amp_sets.len());
-        for (set_id, bytes) in &raw.amp_sets {
-            let htlcs = codec::decode_htlc_set(bytes).map_err(|source| {
-                let key = format!("{} (AMP set {})", raw.key_hex(), hex::encode(set_id));
-                self.codec_error(key, source)
-            })?;
-            sets.push((*set_id, htlcs));
-        }
-        Ok(sets)
-    }
-
-    /// The payment hash of `raw`, whose preimage is unknown: the one
-    /// `invoices/paymenthashes` entry pointing to it.
-    fn payment_hash(&mut self, raw: &RawInvoice) -> Result<[u8; 32]> {
-        let found = self.hashes_for(raw.num)?;
-        let reason = match found.as_slice() {
-            [one] if one.len() == 32 => {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(one);
-                return Ok(h);
+            None => {
+                let found = self.hashes_for(raw.num)?;
+                hash_from_found(raw, &found, self.kv.path())?
             }
-            [] => "its preimage is unknown and no entry of invoices/paymenthashes \
-                   points to it, so its payment hash cannot be found (lnd would skip \
-                   it silently; oneway stops instead)"
-                .into(),
-            [one] => format!(
-                "its preimage is unknown and the invoices/paymenthashes key pointing to it is {} bytes long, not 32",
-                one.len()
-            ),
-            many => format!(
-                "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
-                many.len()
-            ),
         };
-        Err(self.bad_invoice(raw, reason))
-    }
-
-    /// The error for a record under `invoice_key` that does not decode.
-    #[cold]
-    fn codec_error(&self, invoice_key: String, source: codec::CodecError) -> Error {
-        Error::Codec {
-            invoice_key,
-            path: self.kv.path().to_path_buf(),
-            source,
-        }
-    }
-
-    /// The error for `raw`, which decodes but cannot be migrated.
-    #[cold]
-    fn bad_invoice(&self, raw: &RawInvoice, reason: String) -> Error {
-        Error::BadInvoice {
-            invoice_key: raw.key_hex(),
-            path: self.kv.path().to_path_buf(),
-            reason,
-        }
+        finish_prepare(raw, &inv, hash, &sets, self.kv.path())
     }
 
     /// Reads and prepares up to `max` invoices after `after`, fewer when
@@ -326,6 +263,98 @@ pub enum Kind {
     Verify,
     /// Batches only (re-reading single invoices).
     Plain,
+}
+
+/// An invoice's AMP HTLC sets, decoded: (set id, HTLCs) in key order.
+pub(crate) type AmpSets = Vec<([u8; 32], Vec<Htlc>)>;
+
+/// Decodes `raw` (an invoice of the KV store shown as `path`) and its AMP
+/// HTLC sets: the first half of preparing it, for every backend; the
+/// payment hash is resolved by the caller, then [`finish_prepare`].
+pub(crate) fn decode_raw(
+    raw: &RawInvoice,
+    path: &Path,
+) -> Result<(crate::model::Invoice, AmpSets)> {
+    let inv = codec::decode_invoice(&raw.value)
+        .map_err(|source| codec_error(raw.key_hex(), source, path))?;
+    let mut sets = Vec::with_capacity(raw.amp_sets.len());
+    for (set_id, bytes) in &raw.amp_sets {
+        let htlcs = codec::decode_htlc_set(bytes).map_err(|source| {
+            let key = format!("{} (AMP set {})", raw.key_hex(), hex::encode(set_id));
+            codec_error(key, source, path)
+        })?;
+        sets.push((*set_id, htlcs));
+    }
+    Ok((inv, sets))
+}
+
+/// The [`Prepared`] invoice of `raw`, decoded by [`decode_raw`] into `inv`
+/// and `sets`, with payment hash `hash`.
+#[inline]
+pub(crate) fn finish_prepare(
+    raw: &RawInvoice,
+    inv: &crate::model::Invoice,
+    hash: [u8; 32],
+    sets: &[([u8; 32], Vec<Htlc>)],
+    path: &Path,
+) -> Result<Prepared> {
+    let native =
+        NativeInvoice::from_kv(inv, hash, sets).map_err(|reason| bad_invoice(raw, reason, path))?;
+    Ok(Prepared {
+        num: raw.num,
+        native,
+        digest: copy_digest(raw, &hash),
+    })
+}
+
+/// The payment hash of `raw`, whose preimage is unknown, from `found`: the
+/// keys of `invoices/paymenthashes` pointing to it (exactly one, of 32
+/// bytes, or the invoice cannot be migrated).
+pub(crate) fn hash_from_found(
+    raw: &RawInvoice,
+    found: &[Vec<u8>],
+    path: &Path,
+) -> Result<[u8; 32]> {
+    let reason = match found {
+        [one] if one.len() == 32 => {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(one);
+            return Ok(h);
+        }
+        [] => "its preimage is unknown and no entry of invoices/paymenthashes \
+               points to it, so its payment hash cannot be found (lnd would skip \
+               it silently; oneway stops instead)"
+            .into(),
+        [one] => format!(
+            "its preimage is unknown and the invoices/paymenthashes key pointing to it is {} bytes long, not 32",
+            one.len()
+        ),
+        many => format!(
+            "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
+            many.len()
+        ),
+    };
+    Err(bad_invoice(raw, reason, path))
+}
+
+/// The error for a record under `invoice_key` that does not decode.
+#[cold]
+fn codec_error(invoice_key: String, source: codec::CodecError, path: &Path) -> Error {
+    Error::Codec {
+        invoice_key,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The error for `raw`, which decodes but cannot be migrated.
+#[cold]
+fn bad_invoice(raw: &RawInvoice, reason: String, path: &Path) -> Error {
+    Error::BadInvoice {
+        invoice_key: raw.key_hex(),
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 /// The copy digest of `raw` (`spec/formats.md`): its number, value and AMP

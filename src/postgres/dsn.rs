@@ -69,15 +69,36 @@ impl Dsn {
     }
 
     /// Opens a session (without TLS: lnd's documented DSNs say
-    /// `sslmode=disable`, and a loopback or socket connection needs none).
+    /// `sslmode=disable`, and a loopback or socket connection needs none),
+    /// named by this process's [`session_marker`] as its `application_name`
+    /// (replacing one the DSN gives), so that the other-holders check can
+    /// tell this process's sessions from everybody else's.
     pub fn connect(&self) -> PgResult<Client> {
-        self.config
-            .connect(NoTls)
-            .map_err(|source| PgError::Connect {
-                dsn: self.redacted.clone(),
-                source,
-            })
+        let mut config = self.config.clone();
+        config.application_name(session_marker());
+        config.connect(NoTls).map_err(|source| PgError::Connect {
+            dsn: self.redacted.clone(),
+            source,
+        })
     }
+}
+
+/// The `application_name` of every session this process opens through
+/// [`Dsn::connect`]: `oneway/<pid>/<nonce>`, the nonce drawn once per
+/// process (from the clock), so that another oneway process, even one that
+/// reused this pid, has another marker.
+pub fn session_marker() -> &'static str {
+    static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "oneway/{}/{:x}",
+            std::process::id(),
+            nanos & 0xffff_ffff_ffff
+        )
+    })
 }
 
 impl fmt::Display for Dsn {

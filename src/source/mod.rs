@@ -47,12 +47,16 @@ use std::path::Path;
 
 use crate::error::Result;
 
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 mod sqlite;
 mod stream;
 
 pub use crate::identity::SourceIdentity;
 pub use crate::kv::{InvoiceBuckets, InvoiceDigests, SourceDigest, TombstoneOutcome};
 pub use crate::reader::{Kind, Msg, Prepared};
+#[cfg(feature = "postgres")]
+pub use postgres::PgSource;
 pub use sqlite::SqliteSource;
 pub use stream::{spawn, Stream};
 
@@ -177,6 +181,14 @@ pub trait Witness: fmt::Debug + Send {
 /// keep a transaction id here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version(i64);
+
+impl Version {
+    /// The marker `v`, for a backend's [`Snapshot::version`].
+    #[allow(dead_code)] // without the `postgres` feature, only SQLite's
+    pub(crate) fn new(v: i64) -> Version {
+        Version(v)
+    }
+}
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

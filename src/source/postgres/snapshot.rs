@@ -1,0 +1,340 @@
+//! The Postgres [`Snapshot`]: a session of its own whose reads between
+//! `begin_read` and `end_read` are one `REPEATABLE READ READ ONLY`
+//! transaction, decoding invoices exactly as the SQLite `Decoder` does
+//! (`reader::decode_raw`, `hash_from_found`, `finish_prepare`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Statement};
+use sha2::{Digest, Sha256};
+
+use super::reads;
+use super::witness::{self, DbId, Mark, PgWitness};
+use crate::error::{PgContext, Result, Role};
+use crate::kv::{DigestWalk, InvoiceBuckets, RawInvoice, NEXT_INVOICE_KEY, PAYMENT_HASHES_BUCKET};
+use crate::postgres::Dsn;
+use crate::reader::{decode_raw, finish_prepare, hash_from_found, MAX_BATCH_BYTES};
+use crate::source::{InvoiceDigests, Prepared, Snapshot, SourceDigest, Version, Witness};
+
+/// How a read transaction starts.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Marks kept for [`Snapshot::into_witness`] (the last versions read).
+const MARKS_KEPT: usize = 4;
+
+/// A reader on a session of its own (see the module docs).
+///
+/// Payment hashes of invoices without a preimage come from an in-memory
+/// reverse index of `invoices/paymenthashes`, kept by the rule of the
+/// SQLite `Decoder` (`reader.rs`): exactly one 32-byte hash is taken as
+/// found; any other answer is final only from an index fully built in the
+/// current read transaction; otherwise the entries with ids above the last
+/// high-water mark are added and, failing that, the index is rebuilt in
+/// the current transaction.
+pub struct PgSnapshot {
+    client: RefCell<Client>,
+    dsn: Dsn,
+    table: String,
+    shown: PathBuf,
+    db: DbId,
+    buckets: Option<InvoiceBuckets>,
+    page: Statement,
+    index: Option<HashIndex>,
+    reads: u64,
+    reading: Option<u64>,
+    /// The marks of the last versions read, for a witness.
+    marks: RefCell<Vec<(Version, Mark)>>,
+}
+
+/// The reverse index of `invoices/paymenthashes`: invoice number → hashes.
+struct HashIndex {
+    /// Numbers with exactly one 32-byte hash (the usual case, kept small).
+    one: HashMap<u32, [u8; 32]>,
+    /// Numbers with any other set of keys.
+    other: HashMap<u32, Vec<Vec<u8>>>,
+    /// The highest row id of the table when it was last read.
+    mark: i64,
+    /// The read transaction of its last full build.
+    built_in: Option<u64>,
+}
+
+impl HashIndex {
+    fn add(&mut self, num: u32, key: &[u8]) {
+        if let Some(keys) = self.other.get_mut(&num) {
+            keys.push(key.to_vec());
+        } else if let Some(first) = self.one.remove(&num) {
+            self.other.insert(num, vec![first.to_vec(), key.to_vec()]);
+        } else if let Ok(hash) = <[u8; 32]>::try_from(key) {
+            self.one.insert(num, hash);
+        } else {
+            self.other.insert(num, vec![key.to_vec()]);
+        }
+    }
+
+    fn get(&self, num: u32) -> Vec<Vec<u8>> {
+        match self.one.get(&num) {
+            Some(h) => vec![h.to_vec()],
+            None => self.other.get(&num).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+impl PgSnapshot {
+    /// Opens a session of its own on `dsn` and finds the invoice buckets.
+    pub(crate) fn open(dsn: &Dsn, table: &str, shown: PathBuf) -> Result<PgSnapshot> {
+        let mut client = dsn.connect().pg(Role::Kv, "")?;
+        // Pages of a bucket in key order must come from lnd's (parent_id,
+        // key) index, not from a sort of the whole bucket, which a table
+        // without statistics (never analyzed: a restored or fresh
+        // database) would get: 40 ms a page instead of 1 for 50,000
+        // invoices. Only this session's own plans are affected.
+        client
+            .batch_execute("SET enable_sort = off; SET enable_bitmapscan = off")
+            .pg(Role::Kv, "setting the planner for key-order reads")?;
+        let buckets = reads::invoice_buckets(&mut client, table)?;
+        let page = reads::prepare_page(&mut client, table)?;
+        let db = DbId::read(&mut client, table)?;
+        Ok(PgSnapshot {
+            client: RefCell::new(client),
+            dsn: dsn.clone(),
+            table: table.to_owned(),
+            shown,
+            db,
+            buckets,
+            page,
+            index: None,
+            reads: 0,
+            reading: None,
+            marks: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` inside the current read transaction, or one of its own.
+    fn with_read<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut c = self.client.borrow_mut();
+        if self.reading.is_some() {
+            return f(&mut c);
+        }
+        c.batch_execute(BEGIN)
+            .pg(Role::Kv, "starting a read transaction")?;
+        let result = f(&mut c);
+        let ended = c
+            .batch_execute("COMMIT")
+            .pg(Role::Kv, "ending a read transaction");
+        let out = result?;
+        ended?;
+        Ok(out)
+    }
+
+    /// Builds the index from scratch, in the current read transaction.
+    fn rebuild_hash_index(&mut self) -> Result<()> {
+        let c = self.client.get_mut();
+        if let Some(b) = self.buckets.as_mut() {
+            if b.payment_hashes.is_none() {
+                b.payment_hashes = crate::postgres::kv::bucket(
+                    c,
+                    &self.table,
+                    Some(b.invoices),
+                    PAYMENT_HASHES_BUCKET,
+                )
+                .pg(Role::Kv, "")?;
+            }
+        }
+        let mut index = HashIndex {
+            one: HashMap::new(),
+            other: HashMap::new(),
+            mark: 0,
+            built_in: self.reading,
+        };
+        index.mark = extend(c, &self.table, self.buckets, &mut index, None)?;
+        self.index = Some(index);
+        Ok(())
+    }
+
+    /// The payment hashes `paymenthashes` maps to invoice `num`, by the rule
+    /// in the type's documentation.
+    fn hashes_for(&mut self, num: u32) -> Result<Vec<Vec<u8>>> {
+        let usable = |found: &[Vec<u8>]| matches!(found, [one] if one.len() == 32);
+        if self.index.is_none() {
+            self.rebuild_hash_index()?;
+        }
+        let index = self.index.as_mut().expect("built above");
+        let found = index.get(num);
+        let final_here = self.reading.is_some() && index.built_in == self.reading;
+        if usable(&found) || final_here {
+            return Ok(found);
+        }
+        if found.is_empty() {
+            let since = index.mark;
+            index.mark = extend(
+                self.client.get_mut(),
+                &self.table,
+                self.buckets,
+                index,
+                Some(since),
+            )?;
+            let found = index.get(num);
+            if usable(&found) {
+                return Ok(found);
+            }
+        }
+        tracing::debug!(
+            invoice = format_args!("{num:08x}"),
+            "payment hash not in the index: rebuilding it"
+        );
+        self.rebuild_hash_index()?;
+        Ok(self.index.as_ref().expect("rebuilt").get(num))
+    }
+
+    /// Decodes one raw invoice into its native rows and copy digest.
+    fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
+        let (inv, sets) = decode_raw(raw, &self.shown)?;
+        let hash: [u8; 32] = match inv.preimage {
+            Some(p) => Sha256::digest(p).into(),
+            None => {
+                let found = self.hashes_for(raw.num)?;
+                hash_from_found(raw, &found, &self.shown)?
+            }
+        };
+        finish_prepare(raw, &inv, hash, &sets, &self.shown)
+    }
+}
+
+/// Adds to `index` the entries of `paymenthashes` (other than `nik`) with
+/// row ids above `since` (all when `None`) and at most the table's highest
+/// id now, which it returns as the new high-water mark.
+fn extend(
+    c: &mut Client,
+    table: &str,
+    buckets: Option<InvoiceBuckets>,
+    index: &mut HashIndex,
+    since: Option<i64>,
+) -> Result<i64> {
+    let action = "reading the payment-hash index";
+    let mark: i64 = c
+        .query_one(&format!("SELECT coalesce(max(id), 0) FROM {table}"), &[])
+        .pg(Role::Kv, action)?
+        .get(0);
+    let Some(bucket) = buckets.and_then(|b| b.payment_hashes) else {
+        return Ok(mark);
+    };
+    let q = format!(
+        "SELECT key, value FROM {table} WHERE parent_id = $1 AND value IS NOT NULL \
+         AND key <> $2 AND id > $3 AND id <= $4"
+    );
+    let from = since.unwrap_or(i64::MIN);
+    let params: [&(dyn postgres::types::ToSql + Sync); 4] =
+        [&bucket, &NEXT_INVOICE_KEY, &from, &mark];
+    let mut rows = c.query_raw(&q, params).pg(Role::Kv, action)?;
+    while let Some(row) = rows.next().pg(Role::Kv, action)? {
+        let key: &[u8] = row.get(0);
+        let value: &[u8] = row.get(1);
+        if let Ok(num) = <[u8; 4]>::try_from(value) {
+            index.add(u32::from_be_bytes(num), key);
+        }
+    }
+    Ok(mark)
+}
+
+impl Snapshot for PgSnapshot {
+    fn begin_read(&mut self) -> Result<()> {
+        self.client
+            .get_mut()
+            .batch_execute(BEGIN)
+            .pg(Role::Kv, "starting a read transaction")?;
+        self.reads += 1;
+        self.reading = Some(self.reads);
+        Ok(())
+    }
+
+    fn end_read(&mut self) -> Result<()> {
+        self.reading = None;
+        self.client
+            .get_mut()
+            .batch_execute("COMMIT")
+            .pg(Role::Kv, "ending a read transaction")
+    }
+
+    /// Up to `max` invoices after `after`, fewer once their values reach
+    /// [`MAX_BATCH_BYTES`], read and resolved in one read transaction.
+    fn batch(&mut self, after: Option<u32>, max: usize) -> Result<Vec<Prepared>> {
+        let Some(b) = self.buckets else {
+            return Ok(Vec::new());
+        };
+        let own = self.reading.is_none();
+        if own {
+            self.begin_read()?;
+        }
+        let result = reads::read_invoices(
+            self.client.get_mut(),
+            &self.page,
+            &b,
+            after,
+            max,
+            MAX_BATCH_BYTES,
+            &self.shown,
+        )
+        .and_then(|raws| raws.iter().map(|r| self.prepare(r)).collect());
+        if own {
+            let ended = self.end_read();
+            if result.is_ok() {
+                ended?;
+            }
+        }
+        result
+    }
+
+    fn invoice_digests(&self, buckets: &InvoiceBuckets) -> Result<InvoiceDigests> {
+        self.with_read(|c| {
+            let mut walk = DigestWalk::default();
+            let source = reads::walk(c, &self.table, |row| walk.visit(buckets, row))?;
+            Ok(walk.finish(source))
+        })
+    }
+
+    fn digest(&self) -> Result<SourceDigest> {
+        self.with_read(|c| reads::walk(c, &self.table, |_| {}))
+    }
+
+    fn count_invoices(&self) -> Result<u64> {
+        match self.buckets {
+            Some(b) => self.with_read(|c| reads::count_invoices(c, &self.table, &b)),
+            None => Ok(0),
+        }
+    }
+
+    /// A hash of the snapshot (see `witness.rs`); the snapshot's mark of
+    /// the KV table is kept with it for [`Snapshot::into_witness`].
+    fn version(&self) -> Result<Version> {
+        let (version, mark) =
+            self.with_read(|c| Ok((witness::version(c)?, witness::take_mark(c, &self.table)?)))?;
+        let mut marks = self.marks.borrow_mut();
+        marks.retain(|(v, _)| *v != version);
+        if marks.len() == MARKS_KEPT {
+            marks.remove(0);
+        }
+        marks.push((version, mark));
+        Ok(version)
+    }
+
+    /// A witness of the state read at `at`; one that always says "touched"
+    /// when `at` was not read by this snapshot.
+    fn into_witness(self: Box<Self>, at: Version) -> Box<dyn Witness> {
+        let mark = self
+            .marks
+            .borrow()
+            .iter()
+            .find(|(v, _)| *v == at)
+            .map(|(_, m)| m.clone());
+        Box::new(PgWitness::new(
+            self.client.into_inner(),
+            self.dsn,
+            self.table,
+            self.db,
+            mark,
+        ))
+    }
+}
