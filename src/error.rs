@@ -560,7 +560,6 @@ impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
 /// [`Context`] for PostgreSQL failures: `.pg(role, action)` builds
 /// [`Error::Postgres`].
 #[cfg(feature = "postgres")]
-#[allow(dead_code)] // until the Postgres backends use it
 pub(crate) trait PgContext<T> {
     /// The result with its error given a store and an action.
     fn pg(self, role: Role, action: &str) -> Result<T>;

@@ -53,33 +53,63 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Stores {
     /// lnd's KV store (kvdb on SQLite, e.g. channel.sqlite).
-    #[arg(long, value_name = "PATH")]
-    kv: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "postgres",
+        conflicts_with = "postgres"
+    )]
+    kv: Option<PathBuf>,
     /// lnd's native SQL database to read (only `migrate` creates or
     /// continues it) [default: lnd.sqlite beside the KV store, where lnd
     /// keeps it].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "postgres")]
     sql: Option<PathBuf>,
+    /// lnd on PostgreSQL: the database of both stores (lnd's
+    /// db.postgres.dsn), key=value or postgres:// URL. Prefer
+    /// ONEWAY_POSTGRES_DSN for a DSN with a password (the command line is
+    /// visible to other users); the password is never printed.
+    #[arg(
+        long,
+        value_name = "DSN",
+        env = "ONEWAY_POSTGRES_DSN",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
     /// Prefix of the KV table (`<prefix>_kv`).
     #[arg(long, default_value = oneway::DEFAULT_PREFIX, value_name = "PREFIX")]
     table_prefix: String,
 }
 
 impl Stores {
-    fn options(&self, batch_size: usize) -> Options {
-        Options {
-            kv: self.kv.clone(),
-            sql: self.sql.clone().unwrap_or_else(|| {
-                self.kv
-                    .parent()
-                    .unwrap_or(std::path::Path::new(""))
-                    .join(oneway::LND_NATIVE_FILE)
-            }),
-            table_prefix: self.table_prefix.clone(),
-            batch_size,
-            postgres: None,
-        }
+    /// The library's options; a DSN that does not parse is bad usage.
+    fn options(&self, batch_size: usize) -> Result<Options, oneway::PgError> {
+        let opts = match (&self.postgres, &self.kv) {
+            (Some(dsn), _) => Options::postgres(oneway::Dsn::parse(dsn)?),
+            (None, Some(kv)) => Options::new(
+                kv,
+                self.sql.clone().unwrap_or_else(|| {
+                    kv.parent()
+                        .unwrap_or(std::path::Path::new(""))
+                        .join(oneway::LND_NATIVE_FILE)
+                }),
+            ),
+            (None, None) => unreachable!("clap requires --kv without --postgres"),
+        };
+        let mut opts = opts.with_table_prefix(&self.table_prefix);
+        opts.batch_size = batch_size;
+        Ok(opts)
     }
+}
+
+/// `stores.options(..)`, or the failure's exit code (printed).
+macro_rules! options {
+    ($stores:expr, $batch:expr, $json:expr) => {
+        match $stores.options($batch) {
+            Ok(o) => o,
+            Err(e) => return fail(&e, $json),
+        }
+    };
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,6 +206,11 @@ enum Cmd {
         /// Print the rows as JSON instead of a markdown table.
         #[arg(long)]
         json: bool,
+        /// Benchmark lnd on PostgreSQL on this server instead (a DSN whose
+        /// role may create databases: each size gets `oneway_bench_<n>`
+        /// and a clone per run, dropped afterwards).
+        #[arg(long, value_name = "DSN", conflicts_with = "dir")]
+        postgres: Option<String>,
     },
     /// Build a sample lnd store in a temporary folder, migrate it with
     /// progress, and show the final state and the guard's answers.
@@ -377,7 +412,8 @@ fn main() -> ExitCode {
             batch_size,
             runs,
             json,
-        } => bench(&sizes, dir, batch_size, runs as usize, json),
+            postgres,
+        } => bench(&sizes, dir, postgres, batch_size, runs as usize, json),
     }
 }
 
@@ -389,8 +425,8 @@ fn migrate(stores: &Stores, batch_size: usize, json: bool, progress_json: bool) 
     } else {
         Mode::for_stderr(Mode::Hidden)
     }));
-    let m =
-        Migrator::new(stores.options(batch_size)).with_progress(Box::new(Shared(progress.clone())));
+    let opts = options!(stores, batch_size, json);
+    let m = Migrator::new(opts).with_progress(Box::new(Shared(progress.clone())));
     match m.run() {
         Ok(r) => {
             if progress_json {
@@ -449,7 +485,7 @@ fn print_report(r: &oneway::Report, json: bool) {
 
 /// `oneway status`.
 fn status(stores: &Stores, json: bool) -> ExitCode {
-    match Migrator::new(stores.options(1)).status() {
+    match Migrator::new(options!(stores, 1, json)).status() {
         Ok(s) => {
             if json {
                 print_json(&s);
@@ -475,7 +511,8 @@ fn print_status(s: &oneway::Status) {
 
 /// `oneway verify`: exit code 1 when the comparison found differences.
 fn verify(stores: &Stores, json: bool) -> ExitCode {
-    match Migrator::new(stores.options(oneway::DEFAULT_BATCH_SIZE)).verify() {
+    let opts = options!(stores, oneway::DEFAULT_BATCH_SIZE, json);
+    match Migrator::new(opts).verify() {
         Ok(r) => {
             if json {
                 print_json(&r);
@@ -499,7 +536,7 @@ fn guard(stores: &Stores, backend: BackendArg, json: bool) -> ExitCode {
         BackendArg::Kv => Backend::Kv,
         BackendArg::Sql => Backend::Sql,
     };
-    match Migrator::new(stores.options(1)).guard(backend) {
+    match Migrator::new(options!(stores, 1, json)).guard(backend) {
         Ok(g) => {
             if json {
                 print_json(&serde_json::json!({
@@ -550,6 +587,7 @@ fn write_fixture(
 fn bench(
     sizes: &[u64],
     dir: Option<PathBuf>,
+    postgres: Option<String>,
     batch_size: usize,
     runs: usize,
     json: bool,
@@ -564,11 +602,16 @@ fn bench(
     if !json {
         out!("{}", oneway::bench::MARKDOWN_HEADER);
     }
-    match oneway::bench::run(&exe, dir, sizes, batch_size, runs, |row| {
+    let each = |row: &oneway::bench::BenchRow| {
         if !json {
             out!("{}", oneway::bench::markdown_row(row));
         }
-    }) {
+    };
+    let rows = match postgres {
+        Some(dsn) => oneway::bench::pg::run(&exe, &dsn, sizes, batch_size, runs, each),
+        None => oneway::bench::run(&exe, dir, sizes, batch_size, runs, each),
+    };
+    match rows {
         Ok(rows) => {
             if json {
                 print_json(&rows);

@@ -6,7 +6,7 @@
 
 use oneway::bench::BenchError;
 use oneway::fixture::FixtureError;
-use oneway::{Error, State};
+use oneway::{Error, PgError, State};
 
 /// A failed command, as the CLI reports it.
 pub struct Failure<'a> {
@@ -109,6 +109,20 @@ impl<'a> From<&'a BenchError> for Failure<'a> {
             BenchError::Floor(inner) => Failure::from(inner),
             BenchError::Io { .. } => Failure::other(e, "io"),
             BenchError::NotMigrated { .. } => Failure::other(e, "not_a_oneway_store"),
+            BenchError::Postgres(_) => Failure::other(e, "postgres"),
+        }
+    }
+}
+
+/// A connection string that does not parse: exit code 2 (bad usage),
+/// reason `bad_dsn`. The message names the option, never a value.
+impl<'a> From<&'a PgError> for Failure<'a> {
+    fn from(e: &'a PgError) -> Failure<'a> {
+        Failure {
+            error: e,
+            exit_code: 2,
+            reason: "bad_dsn".into(),
+            refusal: None,
         }
     }
 }

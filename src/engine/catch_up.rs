@@ -181,7 +181,7 @@ impl Run<'_> {
         let loaded = t.load_invoices(&ids, false)?;
         let equal: Vec<&Prepared> = prepared
             .iter()
-            .filter(|p| compare(report, p, &loaded))
+            .filter(|p| compare(&*t, report, p, &loaded))
             .collect();
         t.mark_equal(&equal)
     }

@@ -38,12 +38,7 @@ impl Run<'_> {
     pub(super) fn begin(&mut self, t: Option<Box<dyn NativeStore>>) -> Result<Native> {
         let mut t = match t {
             Some(t) => t,
-            None => {
-                // Created private (0600) before SQLite opens it; SQLite
-                // gives its -wal and -shm the same mode.
-                crate::files::create_native(&self.opts().sql)?;
-                store::create(&self.opts().sql)?
-            }
+            None => store::create_with(self.opts())?,
         };
         let identity = self.identity()?;
         let batch_size = self.opts().batch_size as u64;
@@ -59,7 +54,7 @@ impl Run<'_> {
             settle_index: self.settle_sequence()?,
         };
         t.transition(State::Fresh, Event::Begin, details, "begin", effect)?;
-        crate::files::narrow(&self.opts().sql)?;
+        store::narrow(self.opts())?;
         let row = load_begun(&*t)?;
         debug_assert_eq!(
             (row.state, row.cursor, row.copied),

@@ -17,7 +17,7 @@ impl Migrator {
     pub fn guard(&self, backend: Backend) -> Result<GuardOutcome> {
         let kv = self.open_source()?;
         let tombstone_present = kv.tombstone_present()?;
-        let target = store::open(&self.opts.sql, false)?;
+        let target = store::open_with(&self.opts)?;
         let persisted = match &target {
             Some(t) => t.load()?,
             None => None,

@@ -11,16 +11,15 @@
 //! read and write of the native store goes through [`crate::store`], and of
 //! the KV store through [`crate::source`].
 
-use crate::error::{Error, Result, Role};
+use crate::error::{Error, Result};
 use crate::fsm::State;
 use crate::source::{self, Source};
-use crate::store;
+use crate::store::{self, RunLock};
 
 mod catch_up;
 mod copy;
 mod guard;
 mod identity;
-mod lock;
 mod progress;
 mod report;
 mod run;
@@ -32,7 +31,6 @@ pub use crate::options::{Options, DEFAULT_BATCH_SIZE};
 pub use progress::{CancelHandle, NoProgress, Phase, Progress};
 pub use report::{Coverage, GuardOutcome, PhaseTimes, Report, Status, VerifyReport};
 
-use lock::RunLock;
 use run::{Native, Run};
 
 /// The library entry point: a migration between one KV store and one native
@@ -90,7 +88,10 @@ impl Migrator {
     }
 
     fn open_source(&self) -> Result<Box<dyn Source>> {
-        let kv = source::open(&self.opts.kv, &self.opts.table_prefix)?;
+        let kv = source::open_with(&self.opts)?;
+        if !self.opts.on_files() {
+            return Ok(kv);
+        }
         if let (Ok(a), Ok(b)) = (self.opts.kv.canonicalize(), self.opts.sql.canonicalize()) {
             if a == b {
                 return Err(Error::NotOnewayStore {
@@ -114,21 +115,9 @@ impl Migrator {
             return Err(Error::ZeroBatchSize);
         }
         let kv = self.open_source()?;
-        // Check the native path before the run lock creates `<sql>.lock`
-        // next to it: a wrong path must leave nothing behind.
-        if let Some(parent) = self.opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(Error::MissingFolder {
-                    role: Role::Native,
-                    path: parent.to_path_buf(),
-                });
-            }
-        }
-        if std::fs::metadata(&self.opts.sql).is_ok_and(|m| m.is_dir() || m.len() > 0) {
-            store::check_file(&self.opts.sql)?;
-            // Also refuses a foreign store before any lock file exists.
-            store::open(&self.opts.sql, false)?;
-        }
+        // Check the native store before the run lock exists (`<sql>.lock`
+        // next to a SQLite store): a wrong path must leave nothing behind.
+        store::preflight(&self.opts)?;
         let mut run = Run::new(self, kv, State::Fresh)?;
         // Everything that can refuse this run is checked before the run
         // lock exists, so a refused run leaves no `.lock` file behind; the
@@ -137,9 +126,9 @@ impl Migrator {
         let state0 = native.state();
         drop(native);
         run.check_environment(state0, tombstone)?;
-        let _lock = RunLock::acquire(&self.opts.sql, state0, tombstone)?;
+        let _lock = RunLock::acquire(&self.opts, state0, tombstone)?;
         // A store left by an earlier version may be world-readable.
-        crate::files::narrow(&self.opts.sql)?;
+        store::narrow(&self.opts)?;
         run.drive()
     }
 

@@ -39,7 +39,7 @@ pub(super) enum Native {
 impl Native {
     /// Opens the native store, if there is one, and loads its state.
     pub(super) fn open(opts: &Options) -> Result<Native> {
-        let Some(t) = store::open(&opts.sql, false)? else {
+        let Some(t) = store::open_with(opts)? else {
             return Ok(Native::NotBegun(None));
         };
         Ok(match t.load()? {
@@ -136,7 +136,8 @@ impl Run<'_> {
         if !tombstone && (copying || state == Some(State::Verified)) {
             self.source.check_writable()?;
         }
-        if copying {
+        // Room is checked for files; a database server's disk is its own.
+        if copying && self.opts().on_files() {
             let on_disk = self.source.size_bound();
             crate::files::check_room(&self.opts().sql, on_disk, || match &self.buckets {
                 Some(b) => self.source.invoice_bytes(b),

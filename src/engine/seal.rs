@@ -244,6 +244,18 @@ impl Run<'_> {
             }
         }
         self.m.progress.start(Phase::Tombstone, 0);
+        // Both stores in one database: the tombstone and its record commit
+        // together, and there is no crash window between them.
+        let joint = t.seal_with_source(
+            &self.opts().table_prefix,
+            &verified,
+            since.as_deref(),
+            &|outcome| tombstone_details(outcome, &verified),
+        )?;
+        if let Some(outcome) = joint {
+            self.m.progress.finish();
+            return self.after_joint_seal(t, &verified, outcome);
+        }
         let (outcome, seal) = self
             .source
             .write_tombstone_if_unchanged(&verified, since.as_deref())?;
@@ -251,12 +263,7 @@ impl Run<'_> {
         self.m.progress.finish();
         match outcome {
             TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true } => {
-                let details = serde_json::json!({
-                    "written_now": outcome == TombstoneOutcome::Written,
-                    "source_digest": verified.sha256,
-                    "invoices": verified.invoices,
-                });
-                record_tombstone(t, details)?;
+                record_tombstone(t, tombstone_details(&outcome, &verified))?;
                 tracing::info!(kv = %self.opts().kv.display(), "KV invoices bucket tombstoned");
             }
             TombstoneOutcome::AlreadyPresent { unchanged: false } => {
@@ -267,12 +274,7 @@ impl Run<'_> {
                 // step re-syncs the difference under the seal. lnd has never
                 // served from the native store before `Locked`, so nothing
                 // is lost (spec/protocol.md, rule R6).
-                let details = serde_json::json!({
-                    "written_now": false,
-                    "changed_since_verified": true,
-                    "source_digest": verified.sha256,
-                });
-                record_tombstone(t, details)?;
+                record_tombstone(t, tombstone_details(&outcome, &verified))?;
                 tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after an earlier run tombstoned it; re-syncing under the seal");
             }
             TombstoneOutcome::SourceChanged(now) => {
@@ -337,6 +339,48 @@ impl Run<'_> {
         )?;
         self.m.progress.finish();
         Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// After a seal the native store took in one transaction with the
+    /// tombstone ([`NativeStore::seal_with_source`]): recorded already,
+    /// unless the source changed since it was verified.
+    fn after_joint_seal(
+        &mut self,
+        t: &mut dyn NativeStore,
+        verified: &SourceDigest,
+        outcome: TombstoneOutcome,
+    ) -> Result<()> {
+        match outcome {
+            TombstoneOutcome::SourceChanged(now) => {
+                self.source_changed_since_verified(t, verified, &now)
+            }
+            TombstoneOutcome::AlreadyPresent { unchanged: false } => {
+                tracing::warn!(kv = %self.opts().kv.display(), "the KV store changed after an earlier run tombstoned it; re-syncing under the seal");
+                Ok(())
+            }
+            _ => {
+                tracing::info!(kv = %self.opts().kv.display(), "KV invoices bucket tombstoned");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The `Tombstoned` journal row's details for `outcome`.
+fn tombstone_details(outcome: &TombstoneOutcome, verified: &SourceDigest) -> serde_json::Value {
+    match outcome {
+        TombstoneOutcome::AlreadyPresent { unchanged: false } => serde_json::json!({
+            "written_now": false,
+            "changed_since_verified": true,
+            "source_digest": verified.sha256,
+        }),
+        _ => serde_json::json!({
+            "written_now": *outcome == TombstoneOutcome::Written,
+            "source_digest": verified.sha256,
+            "invoices": verified.invoices,
+        }),
     }
 }
 

@@ -126,7 +126,7 @@ fn compare_final_copies(
     let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
     let loaded = t.load_invoices(&ids, true)?;
     for p in matched {
-        compare(report, p, &loaded);
+        compare(t, report, p, &loaded);
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ impl Migrator {
             // Not a migration yet to run: the store that was made is lost.
             return Ok(refused(Refusal::NativeStoreMissing, None, true));
         }
-        let why = if opened {
+        let why = if opened || !self.opts.on_files() {
             "has no migration yet: run `oneway migrate` first"
         } else if self.opts.sql.exists() {
             "is empty: run `oneway migrate` first"
@@ -417,7 +417,7 @@ fn compare_batch(
     let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
     let loaded = t.load_invoices(&ids, false)?;
     for p in matched {
-        compare(report, p, &loaded);
+        compare(t, report, p, &loaded);
     }
     report.outdated += outdated + stale;
     Ok(BatchFindings {
@@ -443,12 +443,13 @@ pub(super) fn count_invoice(report: &mut VerifyReport, p: &Prepared) {
 /// Compares source invoice `p` with its copy in `loaded`, adding each
 /// difference to `report`; returns whether they are equal.
 pub(super) fn compare(
+    t: &dyn NativeStore,
     report: &mut VerifyReport,
     p: &Prepared,
     loaded: &BTreeMap<i64, NativeInvoice>,
 ) -> bool {
     let diffs = match loaded.get(&p.native.id) {
-        Some(got) => native::diff(&p.native, got),
+        Some(got) => native::diff(&t.as_stored(&p.native), got),
         None => vec![format!(
             "invoices row {} is missing from the native store",
             p.native.id

@@ -29,33 +29,90 @@ use crate::error::{Error, Result};
 use crate::fsm::{Event, State};
 use crate::lnd_schema::Stage;
 use crate::native::NativeInvoice;
+use crate::options::Options;
 use crate::reader::Prepared;
+use crate::source::{SourceDigest, TombstoneOutcome, Witness};
 
+mod lock;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+pub use lock::RunLock;
 #[cfg(feature = "postgres")]
 pub use postgres::PgTarget;
-
 pub use sqlite::{Target, NATIVE_CACHE_KIB, NATIVE_PAGE_SIZE, ONEWAY_SCHEMA};
 
 /// Opens the native store at `path`: `None` when there is none (no file,
-/// or an empty one) and `create` is false. The one place the engine's
-/// native store is chosen; today SQLite.
+/// or an empty one) and `create` is false. SQLite only; the engine opens
+/// through [`open_with`].
 pub fn open(path: &Path, create: bool) -> Result<Option<Box<dyn NativeStore>>> {
     Ok(Target::open(path, create)?.map(|t| Box::new(t) as Box<dyn NativeStore>))
-}
-
-/// Creates the native store at `path` (see [`open`]).
-pub fn create(path: &Path) -> Result<Box<dyn NativeStore>> {
-    Ok(Box::new(Target::create(path)?))
 }
 
 /// Refuses a file at `path` that is not a native store of this backend at
 /// all (SQLite: no SQLite header), before anything is opened or locked.
 pub fn check_file(path: &Path) -> Result<()> {
     crate::kv::check_sqlite_file(crate::error::Role::Native, path)
+}
+
+/// Opens the native store `opts` names: `None` when there is none yet. The
+/// one place the engine's native store is chosen (SQLite file, or the
+/// Postgres database of both stores).
+pub fn open_with(opts: &Options) -> Result<Option<Box<dyn NativeStore>>> {
+    #[cfg(feature = "postgres")]
+    if let Some(dsn) = opts.dsn() {
+        let t = PgTarget::open(dsn, &opts.sql, false)?;
+        return Ok(t.map(|t| Box::new(t) as Box<dyn NativeStore>));
+    }
+    open(&opts.sql, false)
+}
+
+/// Creates the native store `opts` names, readable by its owner only (for
+/// SQLite, a file created 0600 before SQLite opens it; SQLite gives its
+/// `-wal` and `-shm` the same mode).
+pub fn create_with(opts: &Options) -> Result<Box<dyn NativeStore>> {
+    #[cfg(feature = "postgres")]
+    if let Some(dsn) = opts.dsn() {
+        return Ok(Box::new(PgTarget::create(dsn, &opts.sql)?));
+    }
+    crate::files::create_native(&opts.sql)?;
+    Ok(Box::new(Target::create(&opts.sql)?))
+}
+
+/// Checks, before any lock is taken or anything created, that the native
+/// store `opts` names can be opened as one: for SQLite, its folder exists,
+/// and a non-empty file there is a oneway or lnd store (a wrong path must
+/// leave nothing behind); for Postgres, the database is reachable and holds
+/// no foreign `oneway_state`.
+pub fn preflight(opts: &Options) -> Result<()> {
+    if !opts.on_files() {
+        open_with(opts)?;
+        return Ok(());
+    }
+    if let Some(parent) = opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::MissingFolder {
+                role: crate::error::Role::Native,
+                path: parent.to_path_buf(),
+            });
+        }
+    }
+    if std::fs::metadata(&opts.sql).is_ok_and(|m| m.is_dir() || m.len() > 0) {
+        check_file(&opts.sql)?;
+        // Also refuses a foreign store before any lock file exists.
+        open(&opts.sql, false)?;
+    }
+    Ok(())
+}
+
+/// Narrows a native store left world-readable by an earlier version to its
+/// owner (files only: a database's rights are the server's).
+pub fn narrow(opts: &Options) -> Result<()> {
+    if opts.on_files() {
+        crate::files::narrow(&opts.sql)?;
+    }
+    Ok(())
 }
 
 /// Version of oneway's own tables; bumped on incompatible change.
@@ -268,6 +325,26 @@ pub trait NativeStore: Send {
         effect: Effect<'_>,
     ) -> Result<State>;
 
+    /// For a store in the same database as its source (Postgres), the
+    /// seal in ONE transaction: checks that the KV table `<prefix>_kv` is
+    /// still what was verified (`since` untouched, or the digest equal to
+    /// `verified`), writes lnd's tombstone, and records `Verified
+    /// --TombstoneWritten--> Tombstoned` with `details(outcome)` and the
+    /// failpoint `tombstoned`; on `SourceChanged` it writes nothing.
+    /// `Ok(None)` from a store that does not share its source's database
+    /// (the default): the engine then writes the tombstone and records it
+    /// in two transactions (spec/state-machine.md §6).
+    fn seal_with_source(
+        &mut self,
+        prefix: &str,
+        verified: &SourceDigest,
+        since: Option<&dyn Witness>,
+        details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
+    ) -> Result<Option<TombstoneOutcome>> {
+        let _ = (prefix, verified, since, details);
+        Ok(None)
+    }
+
     /// Appends a security event to the journal (its own write).
     fn security_event(
         &self,
@@ -347,6 +424,14 @@ pub trait NativeStore: Send {
     /// Reads back the invoices `ids`; with `staged`, with their staged AMP
     /// sets.
     fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>>;
+
+    /// What this store holds of `inv` once written, for comparing a source
+    /// invoice with its copy read back: `inv` itself where every field is
+    /// kept exactly (SQLite), its times floored to the microsecond on
+    /// Postgres (all a `TIMESTAMP` keeps, as lnd's own writes there).
+    fn as_stored<'i>(&self, inv: &'i NativeInvoice) -> std::borrow::Cow<'i, NativeInvoice> {
+        std::borrow::Cow::Borrowed(inv)
+    }
 
     /// The differences from lnd's contract at `stage`, one sentence each.
     fn contract(&self, stage: Stage, settle_index: u64) -> Result<Vec<String>>;

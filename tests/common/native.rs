@@ -18,7 +18,7 @@ use super::stores::{open_ro, open_rw, rows};
 
 /// The canonical queries: lnd's invoice tables with HTLC surrogate ids
 /// replaced by (chan_id, htlc_id). LEFT JOINs keep orphans visible.
-const NATIVE_TABLES: &[(&str, &str)] = &[
+pub const NATIVE_TABLES: &[(&str, &str)] = &[
     (
         "invoices",
         "SELECT id, hash, preimage, settle_index, settled_at, memo, amount_msat, cltv_delta, expiry,

@@ -138,3 +138,105 @@ pub fn pg_ctl(args: &[&str]) -> bool {
     cmd.args(["-D", &data]).args(args);
     cmd.status().is_ok_and(|s| s.success())
 }
+
+/// The argument list `cmd --postgres DSN extra…` (the DSN on the command
+/// line: the test server trusts its clients and has no password).
+pub fn pg_args(cmd: &str, dsn: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![cmd.to_string(), "--postgres".into(), dsn.to_string()];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `oneway fixture --postgres DSN --invoices N --seed S`.
+pub fn pg_fixture(dsn: &str, invoices: u64, seed: u64) {
+    let n = invoices.to_string();
+    let s = seed.to_string();
+    super::run(
+        &pg_args("fixture", dsn, &["--invoices", &n, "--seed", &s]),
+        &[],
+    )
+    .assert_ok("oneway fixture --postgres");
+}
+
+/// `oneway migrate --postgres DSN --batch-size B --json` with `env`.
+pub fn pg_migrate(dsn: &str, batch: usize, env: &[(&str, &str)]) -> super::Out {
+    let b = batch.to_string();
+    super::run(
+        &pg_args("migrate", dsn, &["--batch-size", &b, "--json"]),
+        env,
+    )
+}
+
+/// A canonical picture of a migrated Postgres database, equal for two
+/// databases holding the same stores however many crashes and reruns made
+/// them: lnd's native tables as `tests/common/native.rs` reads them (HTLC
+/// surrogate ids replaced by their natural key), the KV table without its
+/// row ids (the tombstone's id comes from a sequence a rolled-back attempt
+/// may have advanced), golang-migrate's version and the machine's state.
+pub fn pg_dump(c: &mut Client) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut queries: Vec<(String, String)> = super::native::NATIVE_TABLES
+        .iter()
+        .map(|(t, q)| (t.to_string(), q.to_string()))
+        .collect();
+    queries.push((
+        "channeldb_kv".into(),
+        "SELECT parent_id, key, value, sequence FROM channeldb_kv".into(),
+    ));
+    queries.push((
+        "schema_migrations".into(),
+        "SELECT version, dirty FROM schema_migrations".into(),
+    ));
+    queries.push((
+        "oneway_state".into(),
+        "SELECT state FROM oneway_state".into(),
+    ));
+    for (table, q) in queries {
+        let mut rows: Vec<String> = c
+            .query(&format!("SELECT t::text FROM ({q}) t"), &[])
+            .unwrap_or_else(|e| panic!("dumping {table}: {e}"))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        rows.sort();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// Asserts two dumps are equal, naming the first table that differs.
+#[track_caller]
+pub fn assert_pg_dump_eq(
+    got: &std::collections::BTreeMap<String, Vec<String>>,
+    want: &std::collections::BTreeMap<String, Vec<String>>,
+    what: &str,
+) {
+    for (table, rows) in want {
+        let other = got.get(table).cloned().unwrap_or_default();
+        if &other != rows {
+            let missing: Vec<_> = rows.iter().filter(|r| !other.contains(r)).take(3).collect();
+            let extra: Vec<_> = other.iter().filter(|r| !rows.contains(r)).take(3).collect();
+            panic!(
+                "{what}: table {table} differs ({} rows vs {} expected); missing {missing:?}; \
+                 extra {extra:?}",
+                other.len(),
+                rows.len()
+            );
+        }
+    }
+    assert_eq!(got.len(), want.len(), "{what}: table sets differ");
+}
+
+/// Ends every session on database `name` but the caller's (a dropped
+/// connection, as a server restart or a network cut leaves it); returns how
+/// many were ended.
+pub fn terminate_sessions(admin: &str, name: &str) -> u64 {
+    let mut c = connect(admin);
+    c.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+        &[&name],
+    )
+    .expect("pg_terminate_backend")
+    .len() as u64
+}

@@ -24,6 +24,7 @@ pub const FAULT_ENV: &[&str] = &[
     "ONEWAY_FAILPOINT_PAUSE",
     "ONEWAY_MAX_PAGE_COUNT",
     "RUST_LOG",
+    "ONEWAY_POSTGRES_DSN",
 ];
 
 /// What a child `oneway` did.
@@ -311,10 +312,15 @@ pub struct Paused {
 
 impl Paused {
     pub fn start(kv: &Path, sql: &Path, spec: &str) -> Paused {
+        Paused::start_with(&migrate_args(kv, sql, 50), spec)
+    }
+
+    /// `oneway args…` paused at the failpoint `spec`.
+    pub fn start_with<S: AsRef<OsStr>>(args: &[S], spec: &str) -> Paused {
         let dir = tempfile::tempdir().unwrap();
         let pause = dir.path().to_str().unwrap().to_string();
         let child = command(
-            &migrate_args(kv, sql, 50),
+            args,
             &[
                 ("ONEWAY_FAILPOINT", spec),
                 ("ONEWAY_FAILPOINT_PAUSE", &pause),

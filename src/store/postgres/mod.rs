@@ -42,6 +42,7 @@ use crate::native::NativeInvoice;
 use crate::postgres::lnd_schema::Schema;
 use crate::postgres::{Dsn, PgError};
 use crate::reader::Prepared;
+use crate::source::{SourceDigest, TombstoneOutcome, Witness};
 use crate::store::{
     now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
     NativeStore, Persisted, SourceIdentity, FORMAT_VERSION,
@@ -192,7 +193,57 @@ fn refuse(shown: &Path, existing: Existing) -> Result<()> {
     }
 }
 
+impl PgTarget {
+    /// The seal in one transaction (see
+    /// [`NativeStore::seal_with_source`]): the state row locked and checked,
+    /// the KV table locked against writers and checked against the
+    /// verification, the tombstone, the state and the journal row; nothing
+    /// committed when the source changed.
+    fn seal_jointly(
+        &self,
+        prefix: &str,
+        verified: &SourceDigest,
+        since: Option<&dyn Witness>,
+        details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
+    ) -> Result<TombstoneOutcome> {
+        let event = Event::TombstoneWritten;
+        let table = crate::postgres::kv::table_name(prefix).pg(Role::Kv, "")?;
+        let mut conn = self.conn.borrow_mut();
+        let mut tx = conn.transaction().map_err(pg_err("starting the seal"))?;
+        let from = self.state_for_update(&mut tx)?;
+        let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
+            state: from,
+            event,
+            refusal,
+        })?;
+        let outcome = crate::source::postgres::seal_in(&mut tx, &table, verified, since)?;
+        if matches!(outcome, TombstoneOutcome::SourceChanged(_)) {
+            // Dropped: rolled back, nothing written.
+            return Ok(outcome);
+        }
+        finish_transition(tx, from, to, event, &details(&outcome), "tombstoned")?;
+        tracing::info!(from = %from, to = %to, event = %event, "state transition");
+        debug_assert_eq!(to, State::Tombstoned);
+        Ok(outcome)
+    }
+}
+
 impl NativeStore for PgTarget {
+    fn seal_with_source(
+        &mut self,
+        prefix: &str,
+        verified: &SourceDigest,
+        since: Option<&dyn Witness>,
+        details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
+    ) -> Result<Option<TombstoneOutcome>> {
+        self.seal_jointly(prefix, verified, since, details)
+            .map(Some)
+    }
+
+    fn as_stored<'i>(&self, inv: &'i NativeInvoice) -> std::borrow::Cow<'i, NativeInvoice> {
+        std::borrow::Cow::Owned(crate::postgres::load::as_stored(inv))
+    }
+
     fn path(&self) -> &Path {
         &self.path
     }
@@ -395,6 +446,9 @@ fn finish_transition(
     failpoint: &str,
 ) -> Result<()> {
     let now = now_text();
+    // Durable when it returns, whatever the server's default says.
+    tx.batch_execute("SET LOCAL synchronous_commit TO on")
+        .map_err(pg_err("asking for a durable commit"))?;
     tx.execute(
         "UPDATE oneway_state SET state = $1, updated_at = $2 WHERE singleton = 1",
         &[&to.name(), &now],

@@ -18,6 +18,9 @@ use serde::Serialize;
 use crate::error::{Context, Error, Result, Role};
 use crate::fixture::{write_fixture, FixtureError, FixtureSpec};
 
+#[cfg(feature = "postgres")]
+pub mod pg;
+
 /// Why the benchmark stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -39,6 +42,11 @@ pub enum BenchError {
         #[source]
         source: io::Error,
     },
+    /// A PostgreSQL step of `bench --postgres` failed (the DSN is only
+    /// ever shown redacted).
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Postgres(crate::postgres::PgError),
     /// The child `oneway migrate` failed or did not lock the migration.
     #[error(
         "the native store {} was not migrated by the benchmark run: {output}",
@@ -167,10 +175,20 @@ fn migrate_once(
         .output()
         .ctx(exe, "running oneway migrate")?;
     let total_s = started.elapsed().as_secs_f64();
+    measurement(&out, total_s, sql.to_path_buf())
+}
+
+/// What a child `oneway migrate --json` reported, or why it did not lock
+/// the migration of `sql`.
+fn measurement(
+    out: &std::process::Output,
+    total_s: f64,
+    sql: PathBuf,
+) -> Result<Measurement, BenchError> {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     if !out.status.success() || report["state"] != "Locked" {
         return Err(BenchError::NotMigrated {
-            sql: sql.to_path_buf(),
+            sql,
             output: format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
