@@ -252,7 +252,8 @@ impl Run<'_> {
             since.as_deref(),
             &|outcome| tombstone_details(outcome, &verified),
         )?;
-        if let Some(outcome) = joint {
+        if let Some((outcome, seal)) = joint {
+            self.seal = seal;
             self.m.progress.finish();
             return self.after_joint_seal(t, &verified, outcome);
         }

@@ -58,8 +58,11 @@ pub fn load_range(
     add_features(client, from, to, &mut invoices)?;
     add_amp_sets(client, from, to, &mut invoices)?;
     let mut htlcs = htlc_rows(client, from, to)?;
-    add_custom_records(client, from, to, &mut htlcs)?;
-    add_amp_htlcs(client, from, to, &mut htlcs)?;
+    // The children of the range's HTLCs, by the HTLCs' own ids: an index
+    // lookup each, where a join on the range would scan the whole table.
+    let ids: Vec<i64> = htlcs.keys().copied().collect();
+    add_custom_records(client, &ids, &mut htlcs)?;
+    add_amp_htlcs(client, &ids, &mut htlcs)?;
     Ok(attach(invoices, htlcs))
 }
 
@@ -201,16 +204,14 @@ fn htlc_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Ht
 /// Each HTLC's custom records.
 fn add_custom_records(
     client: &mut impl GenericClient,
-    from: i64,
-    to: i64,
+    ids: &[i64],
     htlcs: &mut Htlcs,
 ) -> PgResult<()> {
     for r in client
         .query(
-            "SELECT c.htlc_id, c.key, c.value FROM invoice_htlc_custom_records c
-             JOIN invoice_htlcs h ON h.id = c.htlc_id
-             WHERE h.invoice_id BETWEEN $1 AND $2",
-            &[&from, &to],
+            "SELECT htlc_id, key, value FROM invoice_htlc_custom_records
+             WHERE htlc_id = ANY($1)",
+            &[&ids],
         )
         .map_err(sql(ACT))?
     {
@@ -222,19 +223,12 @@ fn add_custom_records(
 }
 
 /// Each HTLC's AMP part.
-fn add_amp_htlcs(
-    client: &mut impl GenericClient,
-    from: i64,
-    to: i64,
-    htlcs: &mut Htlcs,
-) -> PgResult<()> {
+fn add_amp_htlcs(client: &mut impl GenericClient, ids: &[i64], htlcs: &mut Htlcs) -> PgResult<()> {
     for r in client
         .query(
-            "SELECT a.htlc_id, a.invoice_id, a.set_id, a.root_share, a.child_index, a.hash,
-                    a.preimage
-             FROM amp_sub_invoice_htlcs a JOIN invoice_htlcs h ON h.id = a.htlc_id
-             WHERE h.invoice_id BETWEEN $1 AND $2",
-            &[&from, &to],
+            "SELECT htlc_id, invoice_id, set_id, root_share, child_index, hash, preimage
+             FROM amp_sub_invoice_htlcs WHERE htlc_id = ANY($1)",
+            &[&ids],
         )
         .map_err(sql(ACT))?
     {

@@ -222,6 +222,10 @@ pub enum Effect<'a> {
     },
 }
 
+/// What [`NativeStore::seal_with_source`] did: the tombstone's outcome and,
+/// when the store is sealed, a witness of the sealed state.
+pub type Sealed = (TombstoneOutcome, Option<Box<dyn Witness>>);
+
 /// What a batch is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchKind {
@@ -331,6 +335,8 @@ pub trait NativeStore: Send {
     /// `verified`), writes lnd's tombstone, and records `Verified
     /// --TombstoneWritten--> Tombstoned` with `details(outcome)` and the
     /// failpoint `tombstoned`; on `SourceChanged` it writes nothing.
+    /// With a sealed outcome comes a witness of the sealed state, when the
+    /// backend can give one (it spares `Lock` a digest of the source).
     /// `Ok(None)` from a store that does not share its source's database
     /// (the default): the engine then writes the tombstone and records it
     /// in two transactions (spec/state-machine.md §6).
@@ -340,7 +346,7 @@ pub trait NativeStore: Send {
         verified: &SourceDigest,
         since: Option<&dyn Witness>,
         details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
-    ) -> Result<Option<TombstoneOutcome>> {
+    ) -> Result<Option<Sealed>> {
         let _ = (prefix, verified, since, details);
         Ok(None)
     }

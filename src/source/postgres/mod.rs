@@ -357,6 +357,33 @@ pub fn seal_in(
     witness::seal(tx, table, Some(verified), since)
 }
 
+/// [`seal_in`], and, when the store is sealed (the tombstone written, or
+/// there already over the verified invoices), a witness of the sealed
+/// state: marked inside `tx` under its lock, on a session of its own opened
+/// from `dsn` before the lock. It speaks for the sealed state once the
+/// caller commits `tx`; a caller that rolls back drops it.
+pub fn seal_in_witnessed(
+    tx: &mut postgres::Transaction<'_>,
+    dsn: &Dsn,
+    table: &str,
+    verified: &SourceDigest,
+    since: Option<&dyn Witness>,
+) -> Result<(TombstoneOutcome, Option<PgWitness>)> {
+    let mut own = dsn.connect().pg(Role::Kv, "")?;
+    let db = DbId::read(&mut own, table)?;
+    let outcome = seal_in(tx, table, verified, since)?;
+    let sealed = matches!(
+        outcome,
+        TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true }
+    );
+    if !sealed {
+        return Ok((outcome, None));
+    }
+    let mark = witness::take_mark(tx, table)?;
+    let w = PgWitness::new(own, dsn.clone(), table.to_owned(), db, Some(mark));
+    Ok((outcome, Some(w)))
+}
+
 /// One other session of the database.
 #[derive(Debug)]
 struct Session {

@@ -37,6 +37,12 @@ pub(super) enum Finish<T> {
     RollBack(T),
 }
 
+/// The server memory each index of the build may sort in (the server's,
+/// not oneway's; for this one transaction): twice Postgres's default of
+/// 64 MiB, which keeps the sort of a million invoices' hashes in memory
+/// instead of in temporary files (BENCHMARKS.md).
+pub const INDEX_BUILD_MEMORY_KIB: i64 = 131_072;
+
 impl PgTarget {
     /// The one checked path for a durable write between transitions (see
     /// the module documentation).
@@ -158,13 +164,14 @@ impl PgTarget {
     /// lnd's unique constraints, indexes and foreign keys, and moves lnd's
     /// id sequences past the copied ids, in one transaction (idempotent).
     /// A violated unique constraint rolls it all back and names the copies.
-    /// `cache_kib` is the build's `maintenance_work_mem`.
+    /// `cache_kib` is the build's `maintenance_work_mem`, at least
+    /// [`INDEX_BUILD_MEMORY_KIB`].
     pub(super) fn build_indexes(&mut self, cache_kib: i64, kv: &Path) -> Result<IndexBuild> {
         let kv = kv.to_path_buf();
         self.write_or_roll_back(Some("indexes"), "committing lnd's indexes", |tx| {
             tx.batch_execute(&format!(
                 "SET LOCAL maintenance_work_mem TO '{}kB'",
-                cache_kib.max(1024)
+                cache_kib.max(INDEX_BUILD_MEMORY_KIB)
             ))
             .map_err(pg_err("setting maintenance_work_mem"))?;
             let mut attempt = tx

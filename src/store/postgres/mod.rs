@@ -45,7 +45,7 @@ use crate::reader::Prepared;
 use crate::source::{SourceDigest, TombstoneOutcome, Witness};
 use crate::store::{
     now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
-    NativeStore, Persisted, SourceIdentity, FORMAT_VERSION,
+    NativeStore, Persisted, Sealed, SourceIdentity, FORMAT_VERSION,
 };
 
 /// The native store in PostgreSQL, opened for oneway's work.
@@ -53,6 +53,8 @@ pub struct PgTarget {
     /// The one session (reads take `&self`, so it sits in a cell; no
     /// borrow is held across a call back into the store).
     conn: RefCell<Client>,
+    /// The database, for the sessions of a seal's witness.
+    dsn: Dsn,
     /// The redacted DSN, for messages.
     path: PathBuf,
     /// lnd's schema as [`crate::postgres::lnd_schema::create`] gives it on
@@ -90,6 +92,7 @@ impl PgTarget {
         let expected = Schema::expected(&mut client).pg(Role::Native, "")?;
         Ok(Some(PgTarget {
             conn: RefCell::new(client),
+            dsn: dsn.clone(),
             path: shown.to_path_buf(),
             expected,
         }))
@@ -205,7 +208,7 @@ impl PgTarget {
         verified: &SourceDigest,
         since: Option<&dyn Witness>,
         details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
-    ) -> Result<TombstoneOutcome> {
+    ) -> Result<Sealed> {
         let event = Event::TombstoneWritten;
         let table = crate::postgres::kv::table_name(prefix).pg(Role::Kv, "")?;
         let mut conn = self.conn.borrow_mut();
@@ -216,15 +219,17 @@ impl PgTarget {
             event,
             refusal,
         })?;
-        let outcome = crate::source::postgres::seal_in(&mut tx, &table, verified, since)?;
+        let (outcome, witness) = crate::source::postgres::seal_in_witnessed(
+            &mut tx, &self.dsn, &table, verified, since,
+        )?;
         if matches!(outcome, TombstoneOutcome::SourceChanged(_)) {
             // Dropped: rolled back, nothing written.
-            return Ok(outcome);
+            return Ok((outcome, None));
         }
         finish_transition(tx, from, to, event, &details(&outcome), "tombstoned")?;
         tracing::info!(from = %from, to = %to, event = %event, "state transition");
         debug_assert_eq!(to, State::Tombstoned);
-        Ok(outcome)
+        Ok((outcome, witness.map(|w| Box::new(w) as Box<dyn Witness>)))
     }
 }
 
@@ -235,7 +240,7 @@ impl NativeStore for PgTarget {
         verified: &SourceDigest,
         since: Option<&dyn Witness>,
         details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
-    ) -> Result<Option<TombstoneOutcome>> {
+    ) -> Result<Option<Sealed>> {
         self.seal_jointly(prefix, verified, since, details)
             .map(Some)
     }
