@@ -133,7 +133,8 @@ pub(crate) fn version(c: &mut impl GenericClient) -> Result<Version> {
     )))
 }
 
-/// A session of its own and the [`Mark`] of the state it witnesses.
+/// A session of its own and the mark of the state it witnesses (the
+/// module documentation says what a mark holds).
 pub struct PgWitness {
     client: Mutex<Client>,
     dsn: Dsn,
