@@ -53,6 +53,7 @@ pub mod lnd;
 pub mod lnd_pg;
 pub mod native;
 pub mod pg;
+pub mod pg_source;
 pub mod reference;
 pub mod run;
 /// Editing a KV store as lnd would ([`Source`]); also included by
