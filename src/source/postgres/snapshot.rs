@@ -7,7 +7,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Statement};
 use sha2::{Digest, Sha256};
 
@@ -19,21 +18,31 @@ use crate::postgres::Dsn;
 use crate::reader::{decode_raw, finish_prepare, hash_from_found, MAX_BATCH_BYTES};
 use crate::source::{InvoiceDigests, Prepared, Snapshot, SourceDigest, Version, Witness};
 
-/// How a read transaction starts.
-const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+/// How a read transaction starts. Not `READ ONLY`: the payment-hash index
+/// is a temporary table of this session, filled inside the transaction so
+/// that it reads the same snapshot; nothing else is ever written.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+
+/// The session's payment-hash index (`TEMP`: private to the session,
+/// dropped with it, never in lnd's database).
+const HASH_INDEX: &str = "oneway_hash_index";
 
 /// Marks kept for [`Snapshot::into_witness`] (the last versions read).
 const MARKS_KEPT: usize = 4;
 
 /// A reader on a session of its own (see the module docs).
 ///
-/// Payment hashes of invoices without a preimage come from an in-memory
-/// reverse index of `invoices/paymenthashes`, kept by the rule of the
-/// SQLite `Decoder` (`reader.rs`): exactly one 32-byte hash is taken as
-/// found; any other answer is final only from an index fully built in the
-/// current read transaction; otherwise the entries with ids above the last
-/// high-water mark are added and, failing that, the index is rebuilt in
-/// the current transaction.
+/// Payment hashes of invoices without a preimage come from a reverse index
+/// of `invoices/paymenthashes` in a temporary table of the session (on the
+/// server, as the SQLite `Decoder` keeps its own in SQLite's TEMP
+/// database: a million entries held in the process would cost more memory
+/// than the whole migration may use), looked up once per batch for all its
+/// invoices without a preimage, by the rule of the SQLite `Decoder`
+/// (`reader.rs`): exactly one 32-byte hash is taken as found; any other
+/// answer is final only from an index fully built in the current read
+/// transaction; otherwise the entries with ids above the last high-water
+/// mark are added and, failing that, the index is rebuilt in the current
+/// transaction.
 pub struct PgSnapshot {
     client: RefCell<Client>,
     dsn: Dsn,
@@ -49,38 +58,16 @@ pub struct PgSnapshot {
     marks: RefCell<Vec<(Version, Mark)>>,
 }
 
-/// The reverse index of `invoices/paymenthashes`: invoice number → hashes.
+/// The state of the session's payment-hash index ([`HASH_INDEX`]).
 struct HashIndex {
-    /// Numbers with exactly one 32-byte hash (the usual case, kept small).
-    one: HashMap<u32, [u8; 32]>,
-    /// Numbers with any other set of keys.
-    other: HashMap<u32, Vec<Vec<u8>>>,
     /// The highest row id of the table when it was last read.
     mark: i64,
     /// The read transaction of its last full build.
     built_in: Option<u64>,
 }
 
-impl HashIndex {
-    fn add(&mut self, num: u32, key: &[u8]) {
-        if let Some(keys) = self.other.get_mut(&num) {
-            keys.push(key.to_vec());
-        } else if let Some(first) = self.one.remove(&num) {
-            self.other.insert(num, vec![first.to_vec(), key.to_vec()]);
-        } else if let Ok(hash) = <[u8; 32]>::try_from(key) {
-            self.one.insert(num, hash);
-        } else {
-            self.other.insert(num, vec![key.to_vec()]);
-        }
-    }
-
-    fn get(&self, num: u32) -> Vec<Vec<u8>> {
-        match self.one.get(&num) {
-            Some(h) => vec![h.to_vec()],
-            None => self.other.get(&num).cloned().unwrap_or_default(),
-        }
-    }
-}
+/// Payment hashes by invoice number, as the index answered.
+type Found = HashMap<u32, Vec<Vec<u8>>>;
 
 impl PgSnapshot {
     /// Opens a session of its own on `dsn` and finds the invoice buckets.
@@ -94,6 +81,12 @@ impl PgSnapshot {
         client
             .batch_execute("SET enable_sort = off; SET enable_bitmapscan = off")
             .pg(Role::Kv, "setting the planner for key-order reads")?;
+        client
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE {HASH_INDEX} (num BYTEA NOT NULL, hash BYTEA NOT NULL); \
+                 CREATE INDEX ON {HASH_INDEX} (num)"
+            ))
+            .pg(Role::Kv, "creating the session's payment-hash index")?;
         let buckets = reads::invoice_buckets(&mut client, table)?;
         let page = reads::prepare_page(&mut client, table)?;
         let db = DbId::read(&mut client, table)?;
@@ -143,40 +136,69 @@ impl PgSnapshot {
                 .pg(Role::Kv, "")?;
             }
         }
-        let mut index = HashIndex {
-            one: HashMap::new(),
-            other: HashMap::new(),
-            mark: 0,
+        c.batch_execute(&format!("TRUNCATE {HASH_INDEX}"))
+            .pg(Role::Kv, "emptying the payment-hash index")?;
+        let mark = extend(c, &self.table, self.buckets, None)?;
+        // Statistics, or the planner takes the new table for empty and
+        // scans all of it for every batch's lookup.
+        c.batch_execute(&format!("ANALYZE {HASH_INDEX}"))
+            .pg(Role::Kv, "analyzing the payment-hash index")?;
+        self.index = Some(HashIndex {
+            mark,
             built_in: self.reading,
-        };
-        index.mark = extend(c, &self.table, self.buckets, &mut index, None)?;
-        self.index = Some(index);
+        });
         Ok(())
     }
 
-    /// The payment hashes `paymenthashes` maps to invoice `num`, by the rule
-    /// in the type's documentation.
-    fn hashes_for(&mut self, num: u32) -> Result<Vec<Vec<u8>>> {
-        let usable = |found: &[Vec<u8>]| matches!(found, [one] if one.len() == 32);
+    /// The payment hashes `paymenthashes` maps to each of `nums` (one query;
+    /// the index is built first when there is none).
+    fn lookup(&mut self, nums: &[u32]) -> Result<Found> {
         if self.index.is_none() {
             self.rebuild_hash_index()?;
         }
-        let index = self.index.as_mut().expect("built above");
-        let found = index.get(num);
+        let keys: Vec<Vec<u8>> = nums.iter().map(|n| n.to_be_bytes().to_vec()).collect();
+        let rows = self
+            .client
+            .get_mut()
+            .query(
+                &format!("SELECT num, hash FROM {HASH_INDEX} WHERE num = ANY($1)"),
+                &[&keys],
+            )
+            .pg(Role::Kv, "reading the payment-hash index")?;
+        let mut found = Found::new();
+        for row in rows {
+            let num: &[u8] = row.get(0);
+            if let Ok(num) = <[u8; 4]>::try_from(num) {
+                found
+                    .entry(u32::from_be_bytes(num))
+                    .or_default()
+                    .push(row.get(1));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The payment hashes of invoice `num`, given what the batch's lookup
+    /// found, by the rule in the type's documentation.
+    fn hashes_for(&mut self, num: u32, found: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+        let usable = |found: &[Vec<u8>]| matches!(found, [one] if one.len() == 32);
+        let index = self.index.as_ref().expect("built by the lookup");
         let final_here = self.reading.is_some() && index.built_in == self.reading;
         if usable(&found) || final_here {
             return Ok(found);
         }
         if found.is_empty() {
             let since = index.mark;
-            index.mark = extend(
+            let mark = extend(
                 self.client.get_mut(),
                 &self.table,
                 self.buckets,
-                index,
                 Some(since),
             )?;
-            let found = index.get(num);
+            if let Some(index) = self.index.as_mut() {
+                index.mark = mark;
+            }
+            let found = self.lookup(&[num])?.remove(&num).unwrap_or_default();
             if usable(&found) {
                 return Ok(found);
             }
@@ -186,31 +208,51 @@ impl PgSnapshot {
             "payment hash not in the index: rebuilding it"
         );
         self.rebuild_hash_index()?;
-        Ok(self.index.as_ref().expect("rebuilt").get(num))
+        Ok(self.lookup(&[num])?.remove(&num).unwrap_or_default())
     }
 
-    /// Decodes one raw invoice into its native rows and copy digest.
-    fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
-        let (inv, sets) = decode_raw(raw, &self.shown)?;
-        let hash: [u8; 32] = match inv.preimage {
-            Some(p) => Sha256::digest(p).into(),
-            None => {
-                let found = self.hashes_for(raw.num)?;
-                hash_from_found(raw, &found, &self.shown)?
-            }
+    /// Decodes a page of raw invoices into their native rows and copy
+    /// digests, looking up the payment hashes of those without a preimage
+    /// in one query.
+    fn prepare_all(&mut self, raws: &[RawInvoice]) -> Result<Vec<Prepared>> {
+        let decoded = raws
+            .iter()
+            .map(|raw| decode_raw(raw, &self.shown))
+            .collect::<Result<Vec<_>>>()?;
+        let missing: Vec<u32> = raws
+            .iter()
+            .zip(&decoded)
+            .filter(|(_, (inv, _))| inv.preimage.is_none())
+            .map(|(raw, _)| raw.num)
+            .collect();
+        let mut found = if missing.is_empty() {
+            Found::new()
+        } else {
+            self.lookup(&missing)?
         };
-        finish_prepare(raw, &inv, hash, &sets, &self.shown)
+        let mut out = Vec::with_capacity(raws.len());
+        for (raw, (inv, sets)) in raws.iter().zip(decoded) {
+            let hash: [u8; 32] = match inv.preimage {
+                Some(p) => Sha256::digest(p).into(),
+                None => {
+                    let here = found.remove(&raw.num).unwrap_or_default();
+                    let hashes = self.hashes_for(raw.num, here)?;
+                    hash_from_found(raw, &hashes, &self.shown)?
+                }
+            };
+            out.push(finish_prepare(raw, &inv, hash, &sets, &self.shown)?);
+        }
+        Ok(out)
     }
 }
 
-/// Adds to `index` the entries of `paymenthashes` (other than `nik`) with
-/// row ids above `since` (all when `None`) and at most the table's highest
-/// id now, which it returns as the new high-water mark.
+/// Adds to the session's index the entries of `paymenthashes` (other than
+/// `nik`) with row ids above `since` (all when `None`) and at most the
+/// table's highest id now, which it returns as the new high-water mark.
 fn extend(
     c: &mut Client,
     table: &str,
     buckets: Option<InvoiceBuckets>,
-    index: &mut HashIndex,
     since: Option<i64>,
 ) -> Result<i64> {
     let action = "reading the payment-hash index";
@@ -221,21 +263,16 @@ fn extend(
     let Some(bucket) = buckets.and_then(|b| b.payment_hashes) else {
         return Ok(mark);
     };
-    let q = format!(
-        "SELECT key, value FROM {table} WHERE parent_id = $1 AND value IS NOT NULL \
-         AND key <> $2 AND id > $3 AND id <= $4"
-    );
     let from = since.unwrap_or(i64::MIN);
-    let params: [&(dyn postgres::types::ToSql + Sync); 4] =
-        [&bucket, &NEXT_INVOICE_KEY, &from, &mark];
-    let mut rows = c.query_raw(&q, params).pg(Role::Kv, action)?;
-    while let Some(row) = rows.next().pg(Role::Kv, action)? {
-        let key: &[u8] = row.get(0);
-        let value: &[u8] = row.get(1);
-        if let Ok(num) = <[u8; 4]>::try_from(value) {
-            index.add(u32::from_be_bytes(num), key);
-        }
-    }
+    c.execute(
+        &format!(
+            "INSERT INTO {HASH_INDEX} (num, hash) SELECT value, key FROM {table} \
+             WHERE parent_id = $1 AND value IS NOT NULL AND length(value) = 4 \
+             AND key <> $2 AND id > $3 AND id <= $4"
+        ),
+        &[&bucket, &NEXT_INVOICE_KEY, &from, &mark],
+    )
+    .pg(Role::Kv, action)?;
     Ok(mark)
 }
 
@@ -277,7 +314,7 @@ impl Snapshot for PgSnapshot {
             MAX_BATCH_BYTES,
             &self.shown,
         )
-        .and_then(|raws| raws.iter().map(|r| self.prepare(r)).collect());
+        .and_then(|raws| self.prepare_all(&raws));
         if own {
             let ended = self.end_read();
             if result.is_ok() {
