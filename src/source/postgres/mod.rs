@@ -7,7 +7,8 @@
 //! from the same walk ([`crate::kv::walk_tree`]), invoices are decoded by
 //! the reader's functions, the identity by [`crate::identity`] over
 //! [`reads::Reads`]. What differs is what a database is: a [`PgSnapshot`]
-//! is a `REPEATABLE READ READ ONLY` transaction on a session of its own, a
+//! is a `REPEATABLE READ` transaction on a session of its own (writing only
+//! its session's temporary payment-hash index), a
 //! [`PgWitness`] an xid check on the table (`witness.rs` argues it), the
 //! other holders are the other sessions of the database
 //! (`pg_stat_activity`), and the tombstone transaction locks the table

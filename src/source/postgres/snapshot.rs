@@ -1,6 +1,7 @@
 //! The Postgres [`Snapshot`]: a session of its own whose reads between
-//! `begin_read` and `end_read` are one `REPEATABLE READ READ ONLY`
-//! transaction, decoding invoices exactly as the SQLite `Decoder` does
+//! `begin_read` and `end_read` are one `REPEATABLE READ` transaction
+//! (which writes nothing but the session's temporary payment-hash index),
+//! decoding invoices exactly as the SQLite `Decoder` does
 //! (`reader::decode_raw`, `hash_from_found`, `finish_prepare`).
 
 use std::cell::RefCell;
