@@ -161,20 +161,39 @@ fn random_kills_of_oneway_rerun_to_the_uncrashed_stores() {
     }
     let (invoices, batch) = (10_000, 200);
     let want = reference(invoices, 5, batch);
-    let db = store(invoices, 5).unwrap();
     // How long an uncrashed run takes here, to spread the kills over it.
-    let span = {
+    let mut span = {
         let probe = store(invoices, 5).unwrap();
         let started = Instant::now();
         pg_migrate(&probe.dsn, batch, &[]).assert_ok("timing run");
         started.elapsed()
     };
     let mut rng = SmallRng::seed_from_u64(0x5eed);
+    // A busy machine can make the timing run slower than the killed ones,
+    // so that a child finishes before three kills landed: then the kills
+    // come sooner, on a fresh database.
+    for attempt in 0..4 {
+        let db = store(invoices, 5).unwrap();
+        let kills = kill_at_random(&db, batch, span, &mut rng);
+        if kills < 3 {
+            eprintln!("attempt {attempt}: only {kills} kills landed; sooner");
+            span = span.mul_f64(0.5);
+            continue;
+        }
+        pg_migrate(&db.dsn, batch, &[]).assert_ok("final rerun");
+        assert_pg_dump_eq(&pg_dump(&mut db.client()), &want, "after random kills");
+        return;
+    }
+    panic!("fewer than three kills landed in four attempts: the test proved little");
+}
+
+/// Up to 12 runs of `migrate` on `db`, each killed at a random instant in
+/// the first 70% of `span` unless it finished first (then no more runs);
+/// returns how many kills landed.
+fn kill_at_random(db: &TestDb, batch: usize, span: Duration, rng: &mut SmallRng) -> u32 {
     let b = batch.to_string();
     let args = pg_args("migrate", &db.dsn, &["--batch-size", &b, "--json"]);
     let mut kills = 0;
-    // Every rerun verifies the whole store again, so a kill within the
-    // first 70% of an uncrashed run's time usually lands.
     for round in 0..12 {
         let mut child = command(&args, &[]).spawn().expect("spawn migrate");
         std::thread::sleep(span.mul_f64(rng.random_range(0.02..0.7)));
@@ -184,7 +203,6 @@ fn random_kills_of_oneway_rerun_to_the_uncrashed_stores() {
         }
         let status = child.wait().expect("wait");
         if status.success() {
-            eprintln!("finished in round {round} after {kills} kills");
             break;
         }
         use std::os::unix::process::ExitStatusExt;
@@ -193,12 +211,7 @@ fn random_kills_of_oneway_rerun_to_the_uncrashed_stores() {
             "round {round}: the child failed on its own: {status:?}"
         );
     }
-    assert!(
-        kills >= 3,
-        "only {kills} kills landed: the test proved little"
-    );
-    pg_migrate(&db.dsn, batch, &[]).assert_ok("final rerun");
-    assert_pg_dump_eq(&pg_dump(&mut db.client()), &want, "after random kills");
+    kills
 }
 
 #[test]

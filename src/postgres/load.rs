@@ -150,18 +150,25 @@ fn add_amp_sets(
         .map_err(sql(ACT))?
     {
         if let Some(inv) = invoices.get_mut(&r.get::<_, i64>(0)) {
-            inv.amp_sets.push(NativeAmpSet {
-                set_id: r.get(1),
-                state: i64::from(r.get::<_, i16>(2)),
-                created_at: r.get::<_, PgTimestamp>(3).sql_text(),
-                settled_at: r
-                    .get::<_, Option<PgTimestamp>>(4)
-                    .map(PgTimestamp::sql_text),
-                settle_index: r.get(5),
-            });
+            inv.amp_sets.push(amp_set(&r));
         }
     }
     Ok(())
+}
+
+/// An AMP set from a row of (invoice id, set id, state, created at,
+/// settled at, settle index), `amp_sub_invoices`' columns or the staging
+/// table's.
+pub(crate) fn amp_set(r: &postgres::Row) -> NativeAmpSet {
+    NativeAmpSet {
+        set_id: r.get(1),
+        state: i64::from(r.get::<_, i16>(2)),
+        created_at: r.get::<_, PgTimestamp>(3).sql_text(),
+        settled_at: r
+            .get::<_, Option<PgTimestamp>>(4)
+            .map(PgTimestamp::sql_text),
+        settle_index: r.get(5),
+    }
 }
 
 /// The `invoice_htlcs` rows of the range, without their children.

@@ -503,17 +503,10 @@ fn duplicate(tx: &mut Transaction<'_>, kv: &Path, err: PgError) -> Result<IndexB
 /// sentence naming the other and the shared value); as SQLite's
 /// `native::find_duplicate` finds them.
 fn find_duplicate(tx: &mut Transaction<'_>) -> PgResult<Option<(u32, Option<u32>, String)>> {
-    let checks: [(&str, &str); 5] = [
-        ("payment hash", "SELECT i.id, encode(i.hash, 'hex') FROM invoices i WHERE i.hash IN (SELECT hash FROM invoices GROUP BY hash HAVING count(*) > 1) ORDER BY i.hash, i.id LIMIT 2"),
-        ("payment address", "SELECT i.id, encode(i.payment_addr, 'hex') FROM invoices i WHERE i.payment_addr IN (SELECT payment_addr FROM invoices WHERE payment_addr IS NOT NULL GROUP BY payment_addr HAVING count(*) > 1) ORDER BY i.payment_addr, i.id LIMIT 2"),
-        ("payment request", "SELECT i.id, encode(i.payment_request_hash, 'hex') FROM invoices i WHERE i.payment_request_hash IN (SELECT payment_request_hash FROM invoices WHERE payment_request_hash IS NOT NULL GROUP BY payment_request_hash HAVING count(*) > 1) ORDER BY i.payment_request_hash, i.id LIMIT 2"),
-        ("HTLC circuit key (channel id, HTLC id)", "SELECT h.invoice_id, h.chan_id || ':' || h.htlc_id FROM invoice_htlcs h WHERE (h.chan_id, h.htlc_id) IN (SELECT chan_id, htlc_id FROM invoice_htlcs GROUP BY chan_id, htlc_id HAVING count(*) > 1) ORDER BY h.chan_id, h.htlc_id, h.invoice_id LIMIT 2"),
-        ("AMP set id", "WITH s(set_id, invoice_id) AS (SELECT set_id, invoice_id FROM amp_sub_invoices UNION ALL SELECT set_id, invoice_id FROM oneway_amp_staging) SELECT invoice_id, encode(set_id, 'hex') FROM s WHERE set_id IN (SELECT set_id FROM s GROUP BY set_id HAVING count(*) > 1) ORDER BY set_id, invoice_id LIMIT 2"),
-    ];
     let act = || crate::postgres::sql("looking for duplicates");
-    for (what, query) in checks {
+    for (what, query) in crate::native::duplicate_checks(|c| format!("encode({c}, 'hex')")) {
         let rows: Vec<(i64, String)> = tx
-            .query(query, &[])
+            .query(&query, &[])
             .map_err(act())?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
@@ -530,19 +523,9 @@ fn find_duplicate(tx: &mut Transaction<'_>) -> PgResult<Option<(u32, Option<u32>
                 .map_err(act())?
                 .map(|r| r.get(0)))
         };
-        let (a, b) = (num(*first)?, num(*second)?);
-        let b = b.unwrap_or(*second) as u32;
-        let a_text = a.map_or_else(
-            || format!("add index {first}"),
-            |a| format!("invoice {:08x}", a as u32),
-        );
-        return Ok(Some((
-            b,
-            a.map(|a| a as u32),
-            format!(
-                "it shares its {what} {value} with {a_text}; lnd's native schema requires it to be unique"
-            ),
-        )));
+        let nums = (num(*first)?, num(*second)?);
+        let found = crate::native::duplicate_found(what, value, (*first, *second), nums);
+        return Ok(Some(found));
     }
     Ok(None)
 }

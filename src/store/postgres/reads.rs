@@ -9,12 +9,11 @@ use postgres::fallible_iterator::FallibleIterator;
 use super::batch::{bounds, copy_map_range};
 use super::{pg_err, PgTarget};
 use crate::error::{PgContext, Result, Role};
-use crate::native::{ChildRows, NativeAmpSet, NativeInvoice};
+use crate::native::{ChildRows, NativeInvoice};
 use crate::postgres::lnd_schema::{
     self as pg_schema, COPY_FOREIGN_KEYS, COPY_INDEXES, COPY_UNIQUES,
 };
 use crate::postgres::load;
-use crate::postgres::time::PgTimestamp;
 use crate::store::{CopyMap, CopyVisitor, NativeStore};
 
 impl PgTarget {
@@ -191,15 +190,7 @@ impl PgTarget {
         for r in rows {
             let id: i64 = r.get(0);
             if let Some(inv) = loaded.get_mut(&id) {
-                inv.amp_sets.push(NativeAmpSet {
-                    set_id: r.get(1),
-                    state: i64::from(r.get::<_, i16>(2)),
-                    created_at: r.get::<_, PgTimestamp>(3).sql_text(),
-                    settled_at: r
-                        .get::<_, Option<PgTimestamp>>(4)
-                        .map(PgTimestamp::sql_text),
-                    settle_index: r.get(5),
-                });
+                inv.amp_sets.push(crate::postgres::load::amp_set(&r));
                 touched.insert(id);
             }
         }
