@@ -19,7 +19,11 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 ///   the one database lnd's `db.postgres.dsn` names, the KV table
 ///   `<prefix>_kv` beside lnd's native tables. `kv` and `sql` then hold the
 ///   DSN without its password, only for messages.
+///
+/// Non-exhaustive: build it with [`Options::new`] or [`Options::postgres`]
+/// and set the public fields; a backend added later adds fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// lnd's KV store (e.g. `channel.sqlite`); with Postgres, its name in
     /// messages.
