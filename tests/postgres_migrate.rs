@@ -329,3 +329,28 @@ fn bad_input_is_refused_clearly_and_the_password_never_printed() {
         );
     }
 }
+
+/// What an init container runs before lnd starts (`guard`, `status`) needs
+/// no right to write: a role that may only read the tables gets its
+/// answers (the refusal is still given when it cannot be journaled).
+#[test]
+fn the_guard_and_status_work_for_a_role_that_may_only_read() {
+    let Some(db) = store(300, 9) else { return };
+    pg_migrate(&db.dsn, 100, &[]).assert_ok("migrate");
+    let role = format!("ro_{}", db.name);
+    db.client()
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"
+        ))
+        .expect("a read-only role");
+    let ro = format!("{} user={role}", db.dsn);
+    let status = run(&pg_args("status", &ro, &["--json"]), &[]);
+    assert_eq!(status.assert_ok("status").json()["state"], "Locked");
+    run(&pg_args("guard", &ro, &["--backend", "sql"]), &[]).assert_ok("guard sql");
+    let kv = run(&pg_args("guard", &ro, &["--backend", "kv", "--json"]), &[]);
+    kv.assert_code(3, "guard kv");
+    assert_eq!(kv.json()["reason"], "kv_tombstoned");
+    db.client()
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .expect("dropping the role");
+}

@@ -53,14 +53,14 @@ pub struct PgTarget {
     /// The one session (reads take `&self`, so it sits in a cell; no
     /// borrow is held across a call back into the store).
     conn: RefCell<Client>,
-    /// The database, for the sessions of a seal's witness.
+    /// The database, for the sessions of a seal's witness and of the
+    /// expected schema.
     dsn: Dsn,
     /// The redacted DSN, for messages.
     path: PathBuf,
-    /// lnd's schema as [`crate::postgres::lnd_schema::create`] gives it on
-    /// this server, read once at open (its scratch transaction cannot run
-    /// inside a transition or a read snapshot).
-    expected: Schema,
+    /// lnd's schema on this server, derived when first needed
+    /// ([`PgTarget::expected`]).
+    expected: std::cell::OnceCell<Schema>,
 }
 
 /// Wraps a driver error with what was being done, on the native store.
@@ -89,12 +89,11 @@ impl PgTarget {
             Some(Existing::Empty) if !create => return Ok(None),
             Some(e) => refuse(shown, e)?,
         }
-        let expected = Schema::expected(&mut client).pg(Role::Native, "")?;
         Ok(Some(PgTarget {
             conn: RefCell::new(client),
             dsn: dsn.clone(),
             path: shown.to_path_buf(),
-            expected,
+            expected: std::cell::OnceCell::new(),
         }))
     }
 
@@ -137,6 +136,20 @@ impl PgTarget {
                 }
             })
             .collect())
+    }
+
+    /// lnd's schema as [`crate::postgres::lnd_schema::create`] gives it on
+    /// this server, derived once, when a contract check first needs it, on
+    /// a session of its own (its scratch schema is created and rolled back:
+    /// it cannot run inside the store's transition or read snapshot, and
+    /// the commands that only read — `status`, `guard` — never need it).
+    fn expected(&self) -> Result<&Schema> {
+        if let Some(s) = self.expected.get() {
+            return Ok(s);
+        }
+        let mut c = self.dsn.connect().pg(Role::Native, "")?;
+        let schema = Schema::expected(&mut c).pg(Role::Native, "")?;
+        Ok(self.expected.get_or_init(|| schema))
     }
 
     /// Whether the table `name` exists in the session's schema.
@@ -335,7 +348,8 @@ impl NativeStore for PgTarget {
                 });
             }
         }
-        schema::apply(&effect, &mut tx, &self.expected)?;
+        let expected = self.expected()?;
+        schema::apply(&effect, &mut tx, expected)?;
         finish_transition(tx, from, to, event, &details, failpoint)?;
         tracing::info!(from = %from, to = %to, event = %event, "state transition");
         Ok(to)
@@ -423,12 +437,8 @@ impl NativeStore for PgTarget {
     }
 
     fn contract(&self, stage: Stage, settle_index: u64) -> Result<Vec<String>> {
-        schema::contract(
-            &mut *self.conn.borrow_mut(),
-            &self.expected,
-            stage,
-            settle_index,
-        )
+        let expected = self.expected()?;
+        schema::contract(&mut *self.conn.borrow_mut(), expected, stage, settle_index)
     }
 
     fn indexes_built(&self) -> Result<bool> {
