@@ -6,51 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::pg::TestDb;
-use oneway::__test_support::kv::KvSource;
+use common::pg::{native_invoices, TestDb};
 use oneway::__test_support::native::NativeInvoice;
 use oneway::__test_support::postgres::copy::{copy_invoices, next_htlc_id, reset_sequences};
 use oneway::__test_support::postgres::lnd_schema::{self, Schema};
 use oneway::__test_support::postgres::load::{as_stored, load_range};
 use oneway::__test_support::postgres::PgError;
-use oneway::codec::{decode_htlc_set, decode_invoice};
-use oneway::fixture::{write_fixture, FixtureSpec};
 use postgres::Client;
-
-/// The native rows of every invoice of a fresh SQLite fixture.
-fn native_invoices(n: u64, seed: u64) -> Vec<NativeInvoice> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kv.sqlite");
-    let spec = FixtureSpec {
-        invoices: n,
-        seed,
-        ..FixtureSpec::default()
-    };
-    write_fixture(&path, &spec).unwrap();
-    let src = KvSource::open(&path, "channeldb").unwrap();
-    let buckets = src.invoice_buckets().unwrap().unwrap();
-    let mut hashes: HashMap<u32, [u8; 32]> = HashMap::new();
-    src.for_each_payment_hash(&buckets, |h, num| {
-        hashes.insert(num, h);
-        Ok(())
-    })
-    .unwrap();
-    src.read_invoices(&buckets, None, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|raw| {
-            let inv = decode_invoice(&raw.value).unwrap();
-            let sets: Vec<_> = raw
-                .amp_sets
-                .iter()
-                .map(|(id, v)| (*id, decode_htlc_set(v).unwrap()))
-                .collect();
-            NativeInvoice::from_kv(&inv, hashes[&raw.num], &sets).unwrap()
-        })
-        .collect()
-}
 
 fn schema_db() -> Option<(TestDb, Client)> {
     let db = TestDb::fresh()?;

@@ -834,21 +834,9 @@ fn table_constraints(
     unqualify: &dyn Fn(&str) -> String,
     items: &mut BTreeSet<String>,
 ) -> PgResult<()> {
-    let cons = client
-        .query(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
-             WHERE conrelid = $1",
-            &[&oid],
-        )
-        .map_err(sql(READ_ACT))?;
-    for r in cons {
-        items.insert(format!(
-            "constraint {} {}",
-            r.get::<_, String>(0),
-            unqualify(&r.get::<_, String>(1))
-        ));
-    }
-    Ok(())
+    let query = "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = $1";
+    named_definitions(client, query, "constraint", oid, unqualify, items)
 }
 
 /// The indexes, by name and definition.
@@ -858,16 +846,24 @@ fn table_indexes(
     unqualify: &dyn Fn(&str) -> String,
     items: &mut BTreeSet<String>,
 ) -> PgResult<()> {
-    let idx = client
-        .query(
-            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
-             JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1",
-            &[&oid],
-        )
-        .map_err(sql(READ_ACT))?;
-    for r in idx {
+    let query = "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1";
+    named_definitions(client, query, "index", oid, unqualify, items)
+}
+
+/// Adds `"<kind> <name> <definition>"` for every (name, definition) row
+/// `query` gives for the table `oid`.
+fn named_definitions(
+    client: &mut impl GenericClient,
+    query: &str,
+    kind: &str,
+    oid: u32,
+    unqualify: &dyn Fn(&str) -> String,
+    items: &mut BTreeSet<String>,
+) -> PgResult<()> {
+    for r in client.query(query, &[&oid]).map_err(sql(READ_ACT))? {
         items.insert(format!(
-            "index {} {}",
+            "{kind} {} {}",
             r.get::<_, String>(0),
             unqualify(&r.get::<_, String>(1))
         ));

@@ -240,3 +240,38 @@ pub fn terminate_sessions(admin: &str, name: &str) -> u64 {
     .expect("pg_terminate_backend")
     .len() as u64
 }
+
+/// The native rows of every invoice of a fresh SQLite fixture (seed
+/// `seed`), decoded with the library's codec: rows to copy into Postgres.
+pub fn native_invoices(n: u64, seed: u64) -> Vec<oneway::__test_support::native::NativeInvoice> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.sqlite");
+    let spec = oneway::fixture::FixtureSpec {
+        invoices: n,
+        seed,
+        ..oneway::fixture::FixtureSpec::default()
+    };
+    oneway::fixture::write_fixture(&path, &spec).unwrap();
+    let src = oneway::__test_support::kv::KvSource::open(&path, "channeldb").unwrap();
+    let buckets = src.invoice_buckets().unwrap().unwrap();
+    let mut hashes: std::collections::HashMap<u32, [u8; 32]> = std::collections::HashMap::new();
+    src.for_each_payment_hash(&buckets, |h, num| {
+        hashes.insert(num, h);
+        Ok(())
+    })
+    .unwrap();
+    src.read_invoices(&buckets, None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|raw| {
+            let inv = oneway::codec::decode_invoice(&raw.value).unwrap();
+            let sets: Vec<_> = raw
+                .amp_sets
+                .iter()
+                .map(|(id, v)| (*id, oneway::codec::decode_htlc_set(v).unwrap()))
+                .collect();
+            oneway::__test_support::native::NativeInvoice::from_kv(&inv, hashes[&raw.num], &sets)
+                .unwrap()
+        })
+        .collect()
+}
