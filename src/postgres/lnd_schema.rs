@@ -393,7 +393,8 @@ pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
     for (name, table, _) in COPY_UNIQUES {
         client
             .batch_execute(&format!(
-                "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
+                "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name};
+                 DROP INDEX IF EXISTS {name}"
             ))
             .map_err(sql(format!("dropping {name} for the copy")))?;
     }
@@ -406,30 +407,63 @@ pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
 }
 
 /// Builds what [`drop_copy_indexes`] dropped, with lnd's names and
-/// definitions: the unique constraints as `ADD CONSTRAINT … UNIQUE`, which
-/// is exactly what lnd's inline `UNIQUE` creates, and lnd's own `CREATE
-/// INDEX` statements. Idempotent. A duplicate (two invoices with one
-/// payment hash, say) fails here, naming the constraint.
+/// definitions, in one session: [`build_copy_unique_indexes`], then
+/// [`build_named_indexes`] for every table, then [`attach_copy_uniques`].
+/// Idempotent. A duplicate (two invoices with one payment hash, say) fails
+/// here, naming the index. The index build of a migration runs the same
+/// three steps with the named indexes on a second session
+/// (`store::postgres`).
 pub fn build_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
+    build_copy_unique_indexes(client)?;
+    build_named_indexes(client, |_| true)?;
+    attach_copy_uniques(client)
+}
+
+/// The B-tree behind each of [`COPY_UNIQUES`] whose constraint is missing,
+/// as `CREATE UNIQUE INDEX` under the constraint's name. This takes only a
+/// `SHARE` lock on the table, so that another session may build the named
+/// indexes of the same table at the same time; [`attach_copy_uniques`]
+/// then makes each index its constraint. Idempotent.
+pub fn build_copy_unique_indexes(client: &mut impl GenericClient) -> PgResult<()> {
     for (name, table, cols) in COPY_UNIQUES {
-        let present = client
-            .query_opt(
-                "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
-                 WHERE c.conname = $1 AND t.relname = $2
-                   AND t.relnamespace = current_schema()::regnamespace",
-                &[&name, &table],
-            )
-            .map_err(sql(format!("looking for {name}")))?
-            .is_some();
-        if !present {
+        if !has_constraint(client, name, table)? {
             client
                 .batch_execute(&format!(
-                    "ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE ({cols})"
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {table} ({cols})"
                 ))
                 .map_err(sql(format!("building {name}")))?;
         }
     }
-    for (name, table, col) in COPY_INDEXES {
+    Ok(())
+}
+
+/// Turns each index [`build_copy_unique_indexes`] built into lnd's
+/// constraint (`ADD CONSTRAINT … UNIQUE USING INDEX`, which renames
+/// nothing here: the index already has the constraint's name). The catalog
+/// then holds what lnd's inline `UNIQUE` creates: the constraint, owning a
+/// unique B-tree of that name over the same columns, which the structural
+/// [`check`] compares with a replay of lnd's files. Takes an `ACCESS
+/// EXCLUSIVE` lock for a moment. Idempotent.
+pub fn attach_copy_uniques(client: &mut impl GenericClient) -> PgResult<()> {
+    for (name, table, _) in COPY_UNIQUES {
+        if !has_constraint(client, name, table)? {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}"
+                ))
+                .map_err(sql(format!("building {name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// lnd's own `CREATE INDEX` statements of [`COPY_INDEXES`] on the tables
+/// `on` accepts. Idempotent.
+pub fn build_named_indexes(
+    client: &mut impl GenericClient,
+    on: impl Fn(&str) -> bool,
+) -> PgResult<()> {
+    for (name, table, col) in COPY_INDEXES.iter().filter(|(_, t, _)| on(t)) {
         client
             .batch_execute(&format!(
                 "CREATE INDEX IF NOT EXISTS {name} ON {table}({col})"

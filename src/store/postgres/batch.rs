@@ -168,16 +168,18 @@ impl PgTarget {
     /// [`INDEX_BUILD_MEMORY_KIB`].
     pub(super) fn build_indexes(&mut self, cache_kib: i64, kv: &Path) -> Result<IndexBuild> {
         let kv = kv.to_path_buf();
+        let memory = cache_kib.max(INDEX_BUILD_MEMORY_KIB);
+        let mut second = self
+            .dsn
+            .connect()
+            .pg(Role::Native, "opening the index build's second session")?;
         self.write_or_roll_back(Some("indexes"), "committing lnd's indexes", |tx| {
-            tx.batch_execute(&format!(
-                "SET LOCAL maintenance_work_mem TO '{}kB'",
-                cache_kib.max(INDEX_BUILD_MEMORY_KIB)
-            ))
-            .map_err(pg_err("setting maintenance_work_mem"))?;
+            tx.batch_execute(&format!("SET LOCAL maintenance_work_mem TO '{memory}kB'"))
+                .map_err(pg_err("setting maintenance_work_mem"))?;
             let mut attempt = tx
                 .transaction()
                 .map_err(pg_err("starting lnd's index build"))?;
-            match build(&mut attempt) {
+            match build(&mut attempt, &mut second, memory) {
                 Ok(()) => {
                     attempt
                         .commit()
@@ -453,8 +455,32 @@ fn is_unique_violation(err: &PgError) -> bool {
     }
 }
 
-/// Builds what the bulk copy left out, after moving the staged AMP sets.
-fn build(tx: &mut Transaction<'_>) -> PgResult<()> {
+/// The table the index build writes (moving the staged AMP sets into it):
+/// its indexes are built by the build's own transaction, which holds a
+/// `ROW EXCLUSIVE` lock on it until the commit.
+const AMP_SETS_TABLE: &str = "amp_sub_invoices";
+
+/// The columns verification reads by (`crate::postgres::load`), analyzed
+/// by the index build so that its plans see the copied rows.
+const VERIFY_COLUMNS: &str = "invoices (id), invoice_features (invoice_id),
+     invoice_htlcs (invoice_id), invoice_htlc_custom_records (htlc_id),
+     amp_sub_invoices (invoice_id), amp_sub_invoice_htlcs (htlc_id),
+     oneway_invoice_map (kv_num)";
+
+/// Builds what the bulk copy left out, after moving the staged AMP sets:
+/// lnd's unique B-trees in `tx` while `second` (a session of its own, in
+/// autocommit) builds lnd's other named indexes, on the server's other
+/// core; then, once `second` is done, the unique constraints over those
+/// B-trees, the foreign keys and the statistics, in `tx`.
+///
+/// No deadlock: until the join `tx` holds `SHARE` locks on the tables it
+/// indexes (which `CREATE INDEX` on `second` shares) and `ROW EXCLUSIVE`
+/// only on [`AMP_SETS_TABLE`] and the staging table, which `second` does
+/// not touch; the `ACCESS EXCLUSIVE` locks of the constraints come after
+/// `second` has finished. Crash safety: what `second` commits is a subset
+/// of lnd's indexes, built idempotently; `indexes_built` stays false until
+/// `tx` commits the rest, and a rerun's build skips what exists.
+fn build(tx: &mut Transaction<'_>, second: &mut postgres::Client, memory: i64) -> PgResult<()> {
     tx.batch_execute(
         "INSERT INTO amp_sub_invoices (set_id, state, created_at, settled_at, settle_index, invoice_id)
              SELECT set_id, state, created_at, settled_at, settle_index, invoice_id
@@ -464,18 +490,39 @@ fn build(tx: &mut Transaction<'_>) -> PgResult<()> {
     .map_err(crate::postgres::sql(format!(
         "moving the staged AMP sets out of {AMP_STAGING_TABLE}"
     )))?;
-    pg_schema::build_copy_indexes(tx)?;
+    std::thread::scope(|s| {
+        let named = s.spawn(|| named_indexes(second, memory));
+        let own = pg_schema::build_copy_unique_indexes(tx)
+            .and_then(|()| pg_schema::build_named_indexes(tx, |t| t == AMP_SETS_TABLE));
+        let named = named
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        own.and(named)
+    })?;
+    pg_schema::attach_copy_uniques(tx)?;
     pg_schema::build_copy_foreign_keys(tx)?;
-    // Statistics of the copied rows for the planner: lnd's tables were
-    // empty when created, and the read-back's joins (and lnd's queries)
-    // would otherwise be planned for empty tables until autovacuum ran.
-    tx.batch_execute(
-        "ANALYZE invoices, invoice_features, invoice_htlcs, invoice_htlc_custom_records,
-             amp_sub_invoices, amp_sub_invoice_htlcs, oneway_invoice_map",
-    )
+    // Statistics of the columns verification reads by, for its plans:
+    // lnd's tables were empty when created, and the read-back would
+    // otherwise be planned for empty tables. A small sample is enough for
+    // that. Naming the columns keeps the server's count of changes since
+    // the last ANALYZE, so that autovacuum still analyzes every column
+    // with the server's own target soon after, as it does after lnd's own
+    // migration.
+    tx.batch_execute(&format!(
+        "SET LOCAL default_statistics_target TO 10; ANALYZE {VERIFY_COLUMNS}"
+    ))
     .map_err(crate::postgres::sql(
         "collecting statistics of the copied rows",
     ))
+}
+
+/// The named indexes of the tables other than [`AMP_SETS_TABLE`], on the
+/// index build's second session.
+fn named_indexes(second: &mut postgres::Client, memory: i64) -> PgResult<()> {
+    second
+        .batch_execute(&format!("SET maintenance_work_mem TO '{memory}kB'"))
+        .map_err(crate::postgres::sql("setting maintenance_work_mem"))?;
+    pg_schema::build_named_indexes(second, |t| t != AMP_SETS_TABLE)
 }
 
 /// A failed index build: the two copies that break a unique constraint as
