@@ -320,6 +320,26 @@ fn the_tombstone_is_lnds_and_written_only_over_the_verified_state() {
     let seal = seal.expect("a witness of the sealed state");
     assert!(seal.same_file() && seal.untouched().unwrap());
     assert!(pg.tombstone_present().unwrap());
+    // The sealed state's mark is derived from the verified one plus the
+    // tombstone row (no second walk of the table): any commit after the
+    // seal still shows, an update of the tombstone row itself included.
+    exec(
+        &mut c,
+        "INSERT INTO channeldb_kv (key, value, parent_id) VALUES ('after-seal', NULL, NULL)",
+    );
+    assert!(!seal.untouched().unwrap(), "touched by an insert");
+    for write in [
+        "DELETE FROM channeldb_kv WHERE key = 'after-seal'::bytea",
+        "UPDATE channeldb_kv SET value = value WHERE key = 'invoice-tombstone'::bytea",
+    ] {
+        let (_, seal) = pg
+            .write_tombstone_if_unchanged(&verified, Some(&*witness_now(&pg)))
+            .unwrap();
+        let seal = seal.expect("a witness of the sealed state");
+        assert!(seal.untouched().unwrap());
+        exec(&mut c, write);
+        assert!(!seal.untouched().unwrap(), "touched by: {write}");
+    }
     let (again, _) = pg.write_tombstone_if_unchanged(&verified, None).unwrap();
     assert_eq!(again, TombstoneOutcome::AlreadyPresent { unchanged: true });
 

@@ -106,19 +106,14 @@ impl PgSource {
         let mut tx = c
             .transaction()
             .pg(Role::Kv, "starting the tombstone transaction")?;
-        let outcome = witness::seal(&mut tx, &self.table, verified, since)?;
-        let sealed = matches!(
-            outcome,
-            TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true }
-        );
-        if !sealed {
+        // Marked under the lock: nobody else can have written the table
+        // since the check, so the mark is the sealed state's.
+        let (outcome, mark) = witness::seal_marked(&mut tx, &self.table, verified, since)?;
+        let Some(mark) = mark else {
             tx.rollback()
                 .pg(Role::Kv, "ending the tombstone transaction")?;
             return Ok((outcome, None));
-        }
-        // Still under the lock: nobody else can have written the table
-        // since the check, so this mark is the sealed state's.
-        let mark = witness::take_mark(&mut tx, &self.table)?;
+        };
         if outcome == TombstoneOutcome::Written {
             tx.commit().pg(Role::Kv, "committing the tombstone")?;
             crate::failpoint::hit("tombstone.after_commit");
@@ -372,15 +367,10 @@ pub fn seal_in_witnessed(
 ) -> Result<(TombstoneOutcome, Option<PgWitness>)> {
     let mut own = dsn.connect().pg(Role::Kv, "")?;
     let db = DbId::read(&mut own, table)?;
-    let outcome = seal_in(tx, table, verified, since)?;
-    let sealed = matches!(
-        outcome,
-        TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true }
-    );
-    if !sealed {
+    let (outcome, mark) = witness::seal_marked(tx, table, Some(verified), since)?;
+    let Some(mark) = mark else {
         return Ok((outcome, None));
-    }
-    let mark = witness::take_mark(tx, table)?;
+    };
     let w = PgWitness::new(own, dsn.clone(), table.to_owned(), db, Some(mark));
     Ok((outcome, Some(w)))
 }

@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 
 use super::reads;
 use crate::error::{PgContext, Result, Role};
-use crate::kv::SourceDigest;
+use crate::kv::{SourceDigest, INVOICES_BUCKET, TOMBSTONE_KEY};
 use crate::postgres::kv::{self as pgkv, Tombstone};
 use crate::postgres::Dsn;
 use crate::source::{TombstoneOutcome, Version, Witness};
@@ -227,31 +227,120 @@ pub(crate) fn seal(
     verified: Option<&SourceDigest>,
     since: Option<&dyn Witness>,
 ) -> Result<TombstoneOutcome> {
+    Ok(seal_checked(tx, table, verified, since)?.0)
+}
+
+/// [`seal`], and, when it sealed (the tombstone written, or there already
+/// over the verified invoices), the [`Mark`] of the sealed state, taken
+/// inside `tx` under its lock: it speaks for the sealed state once `tx`
+/// commits.
+pub(crate) fn seal_marked(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    verified: Option<&SourceDigest>,
+    since: Option<&dyn Witness>,
+) -> Result<(TombstoneOutcome, Option<Mark>)> {
+    let (outcome, untouched) = seal_checked(tx, table, verified, since)?;
+    let sealed = matches!(
+        outcome,
+        TombstoneOutcome::Written | TombstoneOutcome::AlreadyPresent { unchanged: true }
+    );
+    if !sealed {
+        return Ok((outcome, None));
+    }
+    let derived = match untouched {
+        Some(mark) => mark.after(tx, table, &outcome)?,
+        None => None,
+    };
+    let mark = match derived {
+        Some(mark) => mark,
+        None => take_mark(tx, table)?,
+    };
+    Ok((outcome, Some(mark)))
+}
+
+/// The seal's check and write; with the mark of `since` when that witness
+/// found the table untouched (under the lock, so still true).
+fn seal_checked(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    verified: Option<&SourceDigest>,
+    since: Option<&dyn Witness>,
+) -> Result<(TombstoneOutcome, Option<Mark>)> {
     tx.batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
         .pg(Role::Kv, "locking the KV table for the tombstone")?;
     let present = pgkv::tombstone_present(tx, table).pg(Role::Kv, "")?;
     let Some(verified) = verified else {
         if present {
-            return Ok(TombstoneOutcome::AlreadyPresent { unchanged: true });
+            return Ok((TombstoneOutcome::AlreadyPresent { unchanged: true }, None));
         }
-        return write(tx, table);
+        return Ok((write(tx, table)?, None));
     };
     let witness = since.and_then(|w| w.as_any().downcast_ref::<PgWitness>());
-    let now = match witness {
+    let (now, untouched) = match witness {
         Some(w) if w.same_db(tx)? && w.untouched_in(tx)? => {
             tracing::debug!("KV table untouched since the verified snapshot");
-            verified.clone()
+            (verified.clone(), w.mark.clone())
         }
-        _ => reads::walk(tx, table, |_| {})?,
+        _ => (reads::walk(tx, table, |_| {})?, None),
     };
     if present {
         let unchanged = now.sha256 == verified.sha256;
-        return Ok(TombstoneOutcome::AlreadyPresent { unchanged });
+        return Ok((TombstoneOutcome::AlreadyPresent { unchanged }, untouched));
     }
     if now.sha256 != verified.sha256 {
-        return Ok(TombstoneOutcome::SourceChanged(now));
+        return Ok((TombstoneOutcome::SourceChanged(now), None));
     }
-    write(tx, table)
+    Ok((write(tx, table)?, untouched))
+}
+
+impl Mark {
+    /// The mark of the table after the seal wrote `outcome` over the state
+    /// `self` marks (checked untouched under the lock), without reading the
+    /// whole table again: the same rows, plus the tombstone row, whose
+    /// creating id joins the recent ones. `None` (take a fresh mark) when
+    /// the write also created the `invoices` bucket: two rows, not one.
+    ///
+    /// Sound as a mark (module docs): every row visible now whose `xmin`
+    /// is not below `self.xmin` was either recorded in `self` or is the
+    /// tombstone row, recorded here; any later commit that writes the table
+    /// adds a row version with an id recorded nowhere, or only deletes.
+    fn after(
+        &self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        outcome: &TombstoneOutcome,
+    ) -> Result<Option<Mark>> {
+        if *outcome != TombstoneOutcome::Written {
+            return Ok(Some(self.clone()));
+        }
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT b.xmin::text::bigint, t.xmin::text::bigint \
+                     FROM {table} b JOIN {table} t ON t.parent_id = b.id \
+                     WHERE b.parent_id IS NULL AND b.key = $1 AND t.key = $2"
+                ),
+                &[&INVOICES_BUCKET, &TOMBSTONE_KEY],
+            )
+            .pg(Role::Kv, "reading the tombstone row's creator")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (bucket, tombstone): (i64, i64) = (row.get(0), row.get(1));
+        if bucket == tombstone {
+            return Ok(None);
+        }
+        let mut recent = self.recent.clone();
+        if let Err(at) = recent.binary_search(&tombstone) {
+            recent.insert(at, tombstone);
+        }
+        Ok(Some(Mark {
+            xmin: self.xmin,
+            rows: self.rows + 1,
+            recent,
+        }))
+    }
 }
 
 fn write(tx: &mut Transaction<'_>, table: &str) -> Result<TombstoneOutcome> {
