@@ -208,20 +208,63 @@ fn htlc_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Ht
     Ok(htlcs)
 }
 
+/// Ids closer than this share one range query in [`by_htlc`].
+const RUN_GAP: i64 = 64;
+
+/// More runs than this and [`by_htlc`] asks for the ids as one array.
+const MAX_RUNS: usize = 8;
+
+/// The rows of `select` (a query ending in `WHERE`) for the HTLCs `ids`
+/// (ascending), and maybe rows of HTLCs between them, which the caller
+/// ignores. HTLCs are copied in invoice order, so a batch's HTLC ids are one
+/// run, or a few once repairs gave some new ids: one `htlc_id BETWEEN` query
+/// per run of ids less than [`RUN_GAP`] apart, which the planner answers
+/// from the `htlc_id` index even on a table it has no statistics of yet
+/// (its default range selectivity is small); an `= ANY` list, by contrast,
+/// is estimated at the whole table until it has them. Past [`MAX_RUNS`],
+/// one `= ANY` query.
+fn by_htlc(
+    client: &mut impl GenericClient,
+    select: &str,
+    ids: &[i64],
+) -> PgResult<Vec<postgres::Row>> {
+    let Some(runs) = runs(ids) else {
+        return client
+            .query(&format!("{select} htlc_id = ANY($1)"), &[&ids])
+            .map_err(sql(ACT));
+    };
+    let query = format!("{select} htlc_id BETWEEN $1 AND $2");
+    let mut rows = Vec::new();
+    for (lo, hi) in runs {
+        rows.extend(client.query(&query, &[&lo, &hi]).map_err(sql(ACT))?);
+    }
+    Ok(rows)
+}
+
+/// `ids` (ascending) as inclusive ranges of ids less than [`RUN_GAP`]
+/// apart; `None` past [`MAX_RUNS`] ranges.
+fn runs(ids: &[i64]) -> Option<Vec<(i64, i64)>> {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &id in ids {
+        if let Some((_, hi)) = runs.last_mut().filter(|(_, hi)| id - *hi < RUN_GAP) {
+            *hi = id;
+        } else if runs.len() == MAX_RUNS {
+            return None;
+        } else {
+            runs.push((id, id));
+        }
+    }
+    Some(runs)
+}
+
 /// Each HTLC's custom records.
 fn add_custom_records(
     client: &mut impl GenericClient,
     ids: &[i64],
     htlcs: &mut Htlcs,
 ) -> PgResult<()> {
-    for r in client
-        .query(
-            "SELECT htlc_id, key, value FROM invoice_htlc_custom_records
-             WHERE htlc_id = ANY($1)",
-            &[&ids],
-        )
-        .map_err(sql(ACT))?
-    {
+    let select = "SELECT htlc_id, key, value FROM invoice_htlc_custom_records WHERE";
+    for r in by_htlc(client, select, ids)? {
         if let Some((_, h)) = htlcs.get_mut(&r.get::<_, i64>(0)) {
             h.custom_records.push((r.get(1), r.get(2)));
         }
@@ -231,14 +274,9 @@ fn add_custom_records(
 
 /// Each HTLC's AMP part.
 fn add_amp_htlcs(client: &mut impl GenericClient, ids: &[i64], htlcs: &mut Htlcs) -> PgResult<()> {
-    for r in client
-        .query(
-            "SELECT htlc_id, invoice_id, set_id, root_share, child_index, hash, preimage
-             FROM amp_sub_invoice_htlcs WHERE htlc_id = ANY($1)",
-            &[&ids],
-        )
-        .map_err(sql(ACT))?
-    {
+    let select = "SELECT htlc_id, invoice_id, set_id, root_share, child_index, hash, preimage
+                  FROM amp_sub_invoice_htlcs WHERE";
+    for r in by_htlc(client, select, ids)? {
         // An AMP row belongs to the HTLC only when it names the HTLC's own
         // invoice; a row naming another invoice is left out, and the
         // comparison then finds the HTLC without its AMP data.
@@ -268,4 +306,23 @@ fn attach(mut invoices: Invoices, htlcs: Htlcs) -> Vec<NativeInvoice> {
             inv
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_form_runs_of_near_neighbours_up_to_a_limit() {
+        assert_eq!(runs(&[]), Some(vec![]));
+        assert_eq!(runs(&[5, 6, 9, 70]), Some(vec![(5, 70)]));
+        assert_eq!(
+            runs(&[5, 69, 200]),
+            Some(vec![(5, 5), (69, 69), (200, 200)])
+        );
+        let spread: Vec<i64> = (0..MAX_RUNS as i64).map(|i| i * 1000).collect();
+        assert_eq!(runs(&spread).map(|r| r.len()), Some(MAX_RUNS));
+        let more: Vec<i64> = (0..=MAX_RUNS as i64).map(|i| i * 1000).collect();
+        assert_eq!(runs(&more), None);
+    }
 }
