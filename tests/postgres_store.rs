@@ -454,3 +454,48 @@ fn speed_at_scale() {
         peak_rss_kib()
     );
 }
+
+/// Verification's read-ahead (`NativeStore::prefetch`) answers a later
+/// `load_invoices` only with rows read after the store's last write: a
+/// write in between (here a repair of the very invoices asked for) makes
+/// the load read them again. A read-ahead of the next batch survives the
+/// load of the current one, and a load it does not cover reads directly.
+#[test]
+fn a_read_ahead_never_answers_across_a_write() {
+    let Some(db) = TestDb::fresh() else { return };
+    let (p, invoices) = fixture(200, 5);
+    let mut t = create(&db);
+    begin(&mut t, &p.kv, settle_index(&invoices));
+    copy_all(&mut t, &p.kv, &invoices, 100);
+    let ids = |s: &[Prepared]| s.iter().map(|p| p.native.id).collect::<Vec<_>>();
+    let (first, second) = (&invoices[..100], &invoices[100..]);
+
+    // Two batches asked ahead; each load takes its own answer.
+    t.prefetch(&ids(first)).unwrap();
+    t.prefetch(&ids(second)).unwrap();
+    let a = t.load_invoices(&ids(&first[..10]), false).unwrap();
+    assert!(a[&first[0].native.id] == load::as_stored(&first[0].native));
+    let b = t.load_invoices(&ids(second), false).unwrap();
+    assert_eq!(b.len(), second.len());
+    // Not asked ahead: read directly.
+    let c = t.load_invoices(&ids(&first[50..60]), false).unwrap();
+    assert_eq!(c.len(), 10);
+
+    // Asked ahead, then repaired: the load sees the repair.
+    t.prefetch(&ids(first)).unwrap();
+    let mut changed: Vec<Prepared> = first.to_vec();
+    changed[0].native.memo = Some(b"repaired while read ahead".to_vec());
+    changed[0].digest[0] ^= 1;
+    let repair = Batch {
+        after: None,
+        last: changed.last().map(|p| p.num),
+        invoices: &changed,
+        kind: BatchKind::Repair,
+    };
+    assert_eq!(t.write_batch(&repair, &p.kv).unwrap().written, 1);
+    let after = t.load_invoices(&ids(&first[..1]), false).unwrap();
+    assert_eq!(
+        after[&first[0].native.id].memo.as_deref(),
+        Some(&b"repaired while read ahead"[..])
+    );
+}

@@ -431,6 +431,15 @@ pub trait NativeStore: Send {
     /// sets.
     fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>>;
 
+    /// A hint that `load_invoices` of (a subset of) `ids`, without staged
+    /// sets, comes next: a store may start reading them on a session of its
+    /// own, as long as it never answers with rows read before one of its own
+    /// writes. The default does nothing.
+    fn prefetch(&self, ids: &[i64]) -> Result<()> {
+        let _ = ids;
+        Ok(())
+    }
+
     /// What this store holds of `inv` once written, for comparing a source
     /// invoice with its copy read back: `inv` itself where every field is
     /// kept exactly (SQLite), its times floored to the microsecond on

@@ -62,6 +62,7 @@ impl PgTarget {
         commit: &str,
         body: impl FnOnce(&mut Transaction<'_>) -> Result<Finish<T>>,
     ) -> Result<T> {
+        self.discard_prefetch();
         let mut conn = self.conn.borrow_mut();
         let mut tx = conn.transaction().map_err(pg_err("starting a batch"))?;
         tx.batch_execute("SET LOCAL synchronous_commit TO off")

@@ -26,6 +26,7 @@
 //! Postgres never applies a later commit without an earlier one.
 
 mod batch;
+mod prefetch;
 mod reads;
 mod schema;
 
@@ -61,6 +62,11 @@ pub struct PgTarget {
     /// lnd's schema on this server, derived when first needed
     /// ([`PgTarget::expected`]).
     expected: std::cell::OnceCell<Schema>,
+    /// Verification's read-ahead, started by the first
+    /// [`NativeStore::prefetch`].
+    prefetch: RefCell<Option<prefetch::Prefetcher>>,
+    /// Inside [`NativeStore::in_snapshot`]: no read-ahead.
+    in_read: std::cell::Cell<bool>,
 }
 
 /// Wraps a driver error with what was being done, on the native store.
@@ -94,6 +100,8 @@ impl PgTarget {
             dsn: dsn.clone(),
             path: shown.to_path_buf(),
             expected: std::cell::OnceCell::new(),
+            prefetch: RefCell::new(None),
+            in_read: std::cell::Cell::new(false),
         }))
     }
 
@@ -222,6 +230,7 @@ impl PgTarget {
         since: Option<&dyn Witness>,
         details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
     ) -> Result<Sealed> {
+        self.discard_prefetch();
         let event = Event::TombstoneWritten;
         let table = crate::postgres::kv::table_name(prefix).pg(Role::Kv, "")?;
         let mut conn = self.conn.borrow_mut();
@@ -330,6 +339,7 @@ impl NativeStore for PgTarget {
         failpoint: &str,
         effect: Effect<'_>,
     ) -> Result<State> {
+        self.discard_prefetch();
         let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
             state: from,
             event,
@@ -434,6 +444,10 @@ impl NativeStore for PgTarget {
 
     fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>> {
         PgTarget::load_invoices(self, ids, staged)
+    }
+
+    fn prefetch(&self, ids: &[i64]) -> Result<()> {
+        PgTarget::prefetch(self, ids)
     }
 
     fn contract(&self, stage: Stage, settle_index: u64) -> Result<Vec<String>> {

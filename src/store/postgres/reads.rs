@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::batch::{bounds, copy_map_range};
+use super::prefetch::Prefetcher;
 use super::{pg_err, PgTarget};
 use crate::error::{PgContext, Result, Role};
 use crate::native::{ChildRows, NativeInvoice};
@@ -15,6 +16,34 @@ use crate::postgres::lnd_schema::{
 };
 use crate::postgres::load;
 use crate::store::{CopyMap, CopyVisitor, NativeStore};
+
+/// The invoices `ids` read back with all their rows, through `conn`: one
+/// range of ids when they are nearly contiguous (a batch's are), else one
+/// per id.
+pub(super) fn load_ids(
+    conn: &mut impl postgres::GenericClient,
+    ids: &[i64],
+) -> crate::postgres::PgResult<BTreeMap<i64, NativeInvoice>> {
+    let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(BTreeMap::new());
+    };
+    let wanted: HashSet<i64> = ids.iter().copied().collect();
+    let span = i128::from(*hi) - i128::from(*lo) + 1;
+    let ranges: Vec<(i64, i64)> = if span <= 2 * ids.len() as i128 + 64 {
+        vec![(*lo, *hi)]
+    } else {
+        wanted.iter().map(|id| (*id, *id)).collect()
+    };
+    let mut out = BTreeMap::new();
+    for (from, to) in ranges {
+        for inv in load::load_range(conn, from, to)? {
+            if wanted.contains(&inv.id) {
+                out.insert(inv.id, inv);
+            }
+        }
+    }
+    Ok(out)
+}
 
 impl PgTarget {
     /// The copy-map rows with `lo < kv_num <= hi` (`None`: unbounded).
@@ -144,31 +173,47 @@ impl PgTarget {
         ids: &[i64],
         staged: bool,
     ) -> Result<BTreeMap<i64, NativeInvoice>> {
-        let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
-            return Ok(BTreeMap::new());
+        let ahead = match self.prefetch.borrow_mut().as_mut() {
+            Some(p) if !self.in_read.get() => p.take(ids),
+            _ => None,
         };
-        let wanted: HashSet<i64> = ids.iter().copied().collect();
-        let span = i128::from(*hi) - i128::from(*lo) + 1;
-        let ranges: Vec<(i64, i64)> = if span <= 2 * ids.len() as i128 + 64 {
-            vec![(*lo, *hi)]
-        } else {
-            wanted.iter().map(|id| (*id, *id)).collect()
-        };
-        let mut out = BTreeMap::new();
-        {
-            let mut conn = self.conn.borrow_mut();
-            for (from, to) in ranges {
-                for inv in load::load_range(&mut *conn, from, to).pg(Role::Native, "")? {
-                    if wanted.contains(&inv.id) {
-                        out.insert(inv.id, inv);
-                    }
-                }
+        let mut out = match ahead {
+            Some(answer) => {
+                let wanted: HashSet<i64> = ids.iter().copied().collect();
+                let mut out = answer.pg(Role::Native, "")?;
+                out.retain(|id, _| wanted.contains(id));
+                out
             }
-        }
+            None => load_ids(&mut *self.conn.borrow_mut(), ids).pg(Role::Native, "")?,
+        };
         if staged {
             self.add_staged(ids, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Starts reading back `ids` on the read-ahead session, for a
+    /// `load_invoices` soon (see `super::prefetch`). Not inside
+    /// [`PgTarget::in_snapshot`].
+    pub(super) fn prefetch(&self, ids: &[i64]) -> Result<()> {
+        if self.in_read.get() {
+            return Ok(());
+        }
+        let mut slot = self.prefetch.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Prefetcher::start(&self.dsn)?);
+        }
+        if let Some(p) = slot.as_mut() {
+            p.ask(ids.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Drops a read-ahead answer still owed: called before every write.
+    pub(super) fn discard_prefetch(&self) {
+        if let Some(p) = self.prefetch.borrow_mut().as_mut() {
+            p.discard();
+        }
     }
 
     /// Adds the AMP sets of `ids` still in `oneway_amp_staging` to their
@@ -238,7 +283,9 @@ impl PgTarget {
             .borrow_mut()
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .map_err(pg_err("starting a read"))?;
+        self.in_read.set(true);
         let result = read(self);
+        self.in_read.set(false);
         let _ = self.conn.borrow_mut().batch_execute("ROLLBACK");
         result
     }
