@@ -237,22 +237,23 @@ impl Run<'_> {
     ) -> Result<VerifyReport> {
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut pass = Pass::new(&digest);
-        let mut ahead = next_batch(stream, &mut pass.report)?;
+        let mut ahead = None;
         loop {
             self.m.cancel.check()?;
-            let batch = ahead;
-            // The batch after this one, and a hint to the store to read its
-            // copies back while this one is compared.
             let started = Instant::now();
-            ahead = match batch.is_empty() {
-                true => Vec::new(),
-                false => next_batch(stream, &mut pass.report)?,
+            let batch = match ahead.take() {
+                Some(b) => b,
+                None => next_batch(stream, &mut pass.report)?,
             };
+            // For a store that reads ahead: the batch after this one, whose
+            // copies it reads back while this one is compared.
+            if t.reads_ahead() && !batch.is_empty() {
+                let next = next_batch(stream, &mut pass.report)?;
+                t.prefetch(&next.iter().map(|p| p.native.id).collect::<Vec<_>>())?;
+                ahead = Some(next);
+            }
             pass.waited += started.elapsed().as_secs_f64();
             let started = Instant::now();
-            if !ahead.is_empty() {
-                t.prefetch(&ahead.iter().map(|p| p.native.id).collect::<Vec<_>>())?;
-            }
             let last = batch.last().map(|b| b.num);
             let found = compare_batch(t, &batch, pass.cursor, last, &mut pass)?;
             if repair {

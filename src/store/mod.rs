@@ -431,6 +431,13 @@ pub trait NativeStore: Send {
     /// sets.
     fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>>;
 
+    /// Whether [`NativeStore::prefetch`] does anything: verification then
+    /// takes the next batch from the decoder before comparing the current
+    /// one (one batch more in memory). The default: no.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
     /// A hint that `load_invoices` of (a subset of) `ids`, without staged
     /// sets, comes next: a store may start reading them on a session of its
     /// own, as long as it never answers with rows read before one of its own

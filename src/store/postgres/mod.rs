@@ -446,6 +446,10 @@ impl NativeStore for PgTarget {
         PgTarget::load_invoices(self, ids, staged)
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     fn prefetch(&self, ids: &[i64]) -> Result<()> {
         PgTarget::prefetch(self, ids)
     }
