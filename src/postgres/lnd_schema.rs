@@ -425,12 +425,22 @@ pub fn build_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
 /// indexes of the same table at the same time; [`attach_copy_uniques`]
 /// then makes each index its constraint. Idempotent.
 pub fn build_copy_unique_indexes(client: &mut impl GenericClient) -> PgResult<()> {
-    for (name, table, cols) in COPY_UNIQUES {
+    add_missing(client, &COPY_UNIQUES, |name, table, cols| {
+        format!("CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {table} ({cols})")
+    })
+}
+
+/// Runs `statement(name, table, definition)` for each constraint of
+/// `constraints` (name, table, definition) that `table` does not have.
+fn add_missing(
+    client: &mut impl GenericClient,
+    constraints: &[(&str, &str, &str)],
+    statement: impl Fn(&str, &str, &str) -> String,
+) -> PgResult<()> {
+    for (name, table, def) in constraints {
         if !has_constraint(client, name, table)? {
             client
-                .batch_execute(&format!(
-                    "CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {table} ({cols})"
-                ))
+                .batch_execute(&statement(name, table, def))
                 .map_err(sql(format!("building {name}")))?;
         }
     }
@@ -445,16 +455,9 @@ pub fn build_copy_unique_indexes(client: &mut impl GenericClient) -> PgResult<()
 /// [`check`] compares with a replay of lnd's files. Takes an `ACCESS
 /// EXCLUSIVE` lock for a moment. Idempotent.
 pub fn attach_copy_uniques(client: &mut impl GenericClient) -> PgResult<()> {
-    for (name, table, _) in COPY_UNIQUES {
-        if !has_constraint(client, name, table)? {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}"
-                ))
-                .map_err(sql(format!("building {name}")))?;
-        }
-    }
-    Ok(())
+    add_missing(client, &COPY_UNIQUES, |name, table, _| {
+        format!("ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+    })
 }
 
 /// lnd's own `CREATE INDEX` statements of [`COPY_INDEXES`] on the tables
@@ -534,14 +537,9 @@ pub fn drop_copy_foreign_keys(client: &mut impl GenericClient) -> PgResult<()> {
 /// definitions; each is validated over the rows at once. Idempotent. A row
 /// that refers to a missing parent fails here, naming the constraint.
 pub fn build_copy_foreign_keys(client: &mut impl GenericClient) -> PgResult<()> {
-    for (name, table, def) in COPY_FOREIGN_KEYS {
-        if !has_constraint(client, name, table)? {
-            client
-                .batch_execute(&format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}"))
-                .map_err(sql(format!("building {name}")))?;
-        }
-    }
-    Ok(())
+    add_missing(client, &COPY_FOREIGN_KEYS, |name, table, def| {
+        format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}")
+    })
 }
 
 /// Whether `table` in the current schema has the constraint `name`.
