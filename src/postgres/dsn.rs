@@ -328,8 +328,7 @@ mod tests {
     #[test]
     fn tls_over_both_kinds_of_host_is_refused() {
         let err = Dsn::parse("host=/run/pg,db.example sslmode=require")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("Unix-socket and TCP hosts"), "{err}");
         assert!(Dsn::parse("host=/run/pg,db.example sslmode=prefer").is_ok());
