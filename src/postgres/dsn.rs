@@ -78,7 +78,8 @@ impl Dsn {
 
     /// The TLS options: the `sslmode` (`prefer` when the DSN gives none)
     /// and what it verifies.
-    pub fn tls(&self) -> &TlsOptions {
+    #[cfg(test)]
+    fn tls(&self) -> &TlsOptions {
         &self.tls
     }
 

@@ -259,17 +259,19 @@ const UNSUPPORTED: [&str; 8] = [
     "requiressl",
 ];
 
-fn take(opts: &mut TlsOptions, key: &str, value: &str) -> PgResult<bool> {
-    if HANDLED.contains(&key) {
-        opts.set(key, value)?;
-        return Ok(true);
-    }
+/// Whether `key` is a TLS option oneway reads (or refuses) itself.
+fn is_tls(key: &str) -> bool {
+    HANDLED.contains(&key) || UNSUPPORTED.contains(&key)
+}
+
+/// Takes a TLS option into `opts`; refuses one oneway does not implement.
+fn take(opts: &mut TlsOptions, key: &str, value: &str) -> PgResult<()> {
     if UNSUPPORTED.contains(&key) {
         return Err(PgError::Dsn {
             why: format!("option `{key}` is not supported by oneway"),
         });
     }
-    Ok(false)
+    opts.set(key, value)
 }
 
 /// Splits a DSN into the text rust-postgres parses (every option but the
@@ -281,12 +283,13 @@ pub fn split(text: &str) -> PgResult<(String, TlsOptions)> {
         Some((head, query)) => {
             let mut kept = Vec::new();
             for segment in query.split('&') {
-                let Some((k, v)) = segment.split_once('=') else {
-                    kept.push(segment);
-                    continue;
-                };
-                if !take(&mut opts, &percent_decode(k)?, &percent_decode(v)?)? {
-                    kept.push(segment);
+                // Only a TLS option's value is decoded here; the others
+                // (a password among them) go to rust-postgres as written.
+                match segment.split_once('=') {
+                    Some((k, v)) if is_tls(&percent_decode(k)?) => {
+                        take(&mut opts, &percent_decode(k)?, &percent_decode(v)?)?;
+                    }
+                    _ => kept.push(segment),
                 }
             }
             if kept.is_empty() {
@@ -299,7 +302,9 @@ pub fn split(text: &str) -> PgResult<(String, TlsOptions)> {
         None => {
             let mut kept = Vec::new();
             for (k, v) in key_values(text)? {
-                if !take(&mut opts, k, &v)? {
+                if is_tls(k) {
+                    take(&mut opts, k, &v)?;
+                } else {
                     kept.push(format!("{k}={}", super::dsn::quote(&v)));
                 }
             }
