@@ -359,3 +359,47 @@ fn a_client_certificate_logs_in() {
         "{err}"
     );
 }
+
+#[test]
+fn a_password_login_over_tls_binds_the_channel() {
+    let Some((db, port, ca, _)) = setup() else {
+        return;
+    };
+    const PW: &str = "scram-0neway-pw";
+    let role = format!("{}_scram", db.name);
+    // .ci/postgres lets the members of oneway_scram_users in over TLS with a
+    // password only (scram-sha-256).
+    db.client()
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{PW}' IN ROLE oneway_scram_users"
+        ))
+        .unwrap();
+    let dsn = |pw: &str| {
+        Dsn::parse(&format!(
+            "host=localhost port={port} user={role} password={pw} dbname={} \
+             sslmode=verify-full sslrootcert={ca} channel_binding=require",
+            db.name
+        ))
+        .unwrap()
+    };
+    let mut c = dsn(PW).connect().expect("SCRAM-SHA-256-PLUS over TLS");
+    let (who, ssl): (String, bool) = {
+        let row = c
+            .query_one(
+                "SELECT current_user::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((who.as_str(), ssl), (role.as_str(), true));
+    drop(c);
+    // A wrong password: the server's refusal, not a TLS failure, and the
+    // password is not shown.
+    let e = dsn("wrong-pw-xyz").connect().err().expect("refused");
+    assert!(matches!(e, PgError::Connect { .. }), "{e:?}");
+    assert!(!e.to_string().contains("wrong-pw-xyz"), "{e}");
+    db.client()
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .unwrap();
+}
