@@ -15,7 +15,9 @@
 //!   buckets in key order, the tombstone write;
 //! - [`copy`]: binary `COPY` of native rows and the `BIGSERIAL` reset;
 //! - [`load`]: the native rows read back, for verification;
-//! - [`time`]: lnd's timestamps as Postgres stores them (microseconds).
+//! - [`time`]: lnd's timestamps as Postgres stores them (microseconds);
+//! - [`tls`]: the DSN's TLS options and the rustls connector of each
+//!   `sslmode`.
 //!
 //! Nothing here prints a DSN except through [`dsn::Dsn`]'s redacted form.
 
@@ -25,6 +27,7 @@ pub mod kv;
 pub mod lnd_schema;
 pub mod load;
 pub mod time;
+pub mod tls;
 
 pub use dsn::Dsn;
 
@@ -46,6 +49,20 @@ pub enum PgError {
         dsn: String,
         /// The driver's error.
         source: postgres::Error,
+    },
+    /// A session could not be opened because of TLS: a certificate or key
+    /// file that cannot be read, a server that does not offer TLS when the
+    /// `sslmode` requires it, a server certificate that fails verification.
+    #[error("cannot connect to PostgreSQL at {dsn}: {why}")]
+    Tls {
+        /// The redacted DSN.
+        dsn: String,
+        /// What failed, naming the option and file, or what the
+        /// verification found.
+        why: String,
+        /// The driver's error, when the handshake failed (not a `source`:
+        /// `why` already says what it says, in the operator's terms).
+        driver: Option<postgres::Error>,
     },
     /// A statement failed.
     #[error("PostgreSQL failed {action}: {}", describe(.source))]
