@@ -130,13 +130,13 @@ impl Target {
         )
     }
 
-    /// Whether every index of [`lnd_schema::LND_INDEXES`] exists (they are
-    /// built in one transaction after the copy).
+    /// Whether every index of [`lnd_schema::files::sqlite_deferred_indexes`]
+    /// exists (they are built in one transaction after the copy).
     pub(super) fn indexes_built(&self) -> Result<bool> {
-        let names: Vec<&str> = lnd_schema::LND_INDEXES
-            .split("IF NOT EXISTS ")
-            .skip(1)
-            .filter_map(|rest| rest.split_whitespace().next())
+        let statements = lnd_schema::files::sqlite_deferred_indexes();
+        let names: Vec<&str> = statements
+            .iter()
+            .filter_map(|s| lnd_schema::files::index_name(s))
             .collect();
         for name in &names {
             if !self.has_object("index", name)? {
