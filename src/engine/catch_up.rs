@@ -177,7 +177,7 @@ impl Run<'_> {
         prepared: &[Prepared],
         report: &mut VerifyReport,
     ) -> Result<()> {
-        let ids: Vec<i64> = prepared.iter().map(|p| p.native.id).collect();
+        let ids: Vec<i64> = prepared.iter().map(|p| p.id()).collect();
         let loaded = t.load_invoices(&ids, false)?;
         let equal: Vec<&Prepared> = prepared
             .iter()

@@ -30,7 +30,7 @@ use postgres::Transaction;
 
 use super::time::PgTimestamp;
 use super::{sql, PgError, PgResult};
-use crate::native::{NativeHtlc, NativeInvoice};
+use crate::workload::invoices::{NativeHtlc, NativeInvoice};
 
 /// `invoices`' columns in COPY order.
 const INVOICE_COLUMNS: &str = "id, hash, preimage, settle_index, settled_at, memo, amount_msat, \

@@ -16,7 +16,9 @@ use postgres::GenericClient;
 
 use super::time::PgTimestamp;
 use super::{sql, PgResult};
-use crate::native::{self, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
+use crate::workload::invoices::{
+    self as native, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice,
+};
 
 fn floor(text: &str) -> String {
     PgTimestamp::from_sql_text(text).map_or_else(|| text.to_owned(), PgTimestamp::sql_text)

@@ -40,12 +40,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use crate::error::{Context, Error, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::lnd_schema::{self, Existing, Stage};
-use crate::native::NativeInvoice;
 use crate::reader::Prepared;
 use crate::store::{
     now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
     NativeStore, Persisted, SourceIdentity, FORMAT_VERSION,
 };
+use crate::workload::invoices::NativeInvoice;
 
 /// Page size of a native store oneway creates, in bytes.
 pub const NATIVE_PAGE_SIZE: i64 = 16384;
@@ -535,8 +535,8 @@ impl NativeStore for Target {
         Target::for_each_copy(self, f)
     }
 
-    fn owned_child_rows(&self) -> Result<[(&'static str, u64); 5]> {
-        Target::owned_child_rows(self)
+    fn owned_child_rows(&self) -> Result<Vec<(&'static str, u64)>> {
+        Target::owned_child_rows(self).map(Vec::from)
     }
 
     fn staged_amp_sets(&self) -> Result<u64> {

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use super::Target;
 use crate::error::{Context, Result, Role};
 use crate::lnd_schema::{self, Stage};
-use crate::native::{self, NativeAmpSet, NativeInvoice};
 use crate::store::NativeStore;
+use crate::workload::invoices::sqlite as invoice_rows;
+use crate::workload::invoices::{NativeAmpSet, NativeInvoice};
 
 impl Target {
     /// Adds the AMP sets of `ids` still in `oneway_amp_staging` to their
@@ -109,7 +110,7 @@ impl Target {
         ids: &[i64],
         staged: bool,
     ) -> Result<BTreeMap<i64, NativeInvoice>> {
-        let mut loaded = native::load_many(&self.conn, ids).ctx(
+        let mut loaded = invoice_rows::load_many(&self.conn, ids).ctx(
             Role::Native,
             &self.path,
             "reading invoices back",
