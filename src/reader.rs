@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Result;
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest};
-pub(crate) use crate::workload::invoices::decode::{decode_raw, finish_prepare, hash_from_found};
+use crate::workload::invoices::decode::{decode_raw, finish_prepare, hash_from_found};
 pub use crate::workload::Prepared;
 use crate::workload::{Invoices, Workload};
 

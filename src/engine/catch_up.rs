@@ -46,7 +46,7 @@ impl Run<'_> {
     /// snapshot, re-copied when outdated, and read back and compared field by
     /// field; copies of invoices gone from the snapshot are removed. The
     /// per-invoice child-row counts of the map then prove, as
-    /// `native::ChildRows` does for a full pass, that no row belongs to no
+    /// `workload::invoices::ChildRows` does for a full pass, that no row belongs to no
     /// invoice. Returns `None`, having written nothing, when more than a
     /// tenth of the invoices need this (a full pass is as cheap then) or the
     /// snapshot holds a row the walk cannot place. The argument is in

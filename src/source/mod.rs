@@ -80,7 +80,7 @@ pub fn open_with(opts: &Options) -> Result<Box<dyn Source>> {
 }
 
 /// lnd's KV store, as the engine reads it and seals it, for the records
-/// of workload `W` (its bucket, its tombstone: [`crate::workload`]).
+/// of workload `W` (its bucket, its tombstone: `crate::workload`).
 ///
 /// Per-invoice work does not go through this trait: the bulk copy and the
 /// verification passes read batches from a [`Stream`], the catch-up from a

@@ -295,11 +295,11 @@ pub fn is_current<W: Workload>(mapped: &CopyMap, p: &Prepared<W>) -> bool {
 pub type CopyVisitor<'a> = dyn FnMut(u32, &[u8], bool) -> ControlFlow<()> + 'a;
 
 /// The native store as the engine sees it: lnd's tables of one workload
-/// `W` (its records and their child rows, [`crate::workload`]) and
+/// `W` (its records and their child rows, `crate::workload`) and
 /// oneway's bookkeeping (state row, journal, copy map, staging), behind one
 /// backend. The engine holds a `dyn NativeStore` and never sees SQL; a new
 /// backend implements this trait (the SQLite one is [`Target`]), for each
-/// workload it stores (today [`Invoices`], the default).
+/// workload it stores (today `Invoices`, the default).
 ///
 /// Contract for an implementation, which the engine's crash arguments rest
 /// on (spec/state-machine.md):
@@ -399,7 +399,7 @@ pub trait NativeStore<W: Workload = Invoices>: Send {
     fn for_each_copy(&self, f: &mut CopyVisitor<'_>) -> Result<bool>;
 
     /// The child rows the copies own, by the map's per-record counts, as
-    /// (child table, rows) in the order of [`Workload::child_tables`].
+    /// (child table, rows) in the order of `Workload::child_tables`.
     fn owned_child_rows(&self) -> Result<Vec<(&'static str, u64)>>;
 
     /// Rows of one of lnd's or oneway's tables.
@@ -451,7 +451,7 @@ pub trait NativeStore<W: Workload = Invoices>: Send {
     fn in_snapshot(&self, read: &mut dyn FnMut(&dyn NativeStore<W>) -> Result<()>) -> Result<()>;
 
     /// The referential-integrity check by row counts (the invariant on
-    /// [`crate::workload::invoices::ChildRows`]): each child table must
+    /// `crate::workload::invoices::ChildRows`): each child table must
     /// hold exactly the rows the `which` records own
     /// (`staged_amp_sets` added to `amp_sub_invoices` before the index
     /// build moves them). One sentence per table that does not.

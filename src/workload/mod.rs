@@ -97,6 +97,12 @@ pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
 }
 
 /// A decoded source record, ready to write or compare.
+///
+/// Invariants: `native` is what the workload's mapping built from exactly
+/// the bytes `digest` was computed over (both inside one read of the
+/// source), so a copy whose map row holds this digest was written from the
+/// same bytes (`crate::store::is_current`); `W::id(&native)` is the row id
+/// the copy map pairs with `num`.
 #[derive(Debug, Clone)]
 pub struct Prepared<W: Workload = Invoices> {
     /// The record's KV number (for invoices, lnd's invoice number).

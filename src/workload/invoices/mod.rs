@@ -11,10 +11,9 @@
 //! - `duplicates.rs`: the queries naming two invoices that break one of
 //!   lnd's unique constraints (any SQL dialect);
 //! - `sqlite.rs`: the invoice rows on a SQLite native store (written,
-//!   deleted, read back; the AMP staging move; the duplicate finder).
-//!
-//! The Postgres native store writes and reads the same rows with
-//! `crate::postgres::{copy, load}`.
+//!   deleted, read back; the AMP staging move; the duplicate finder);
+//! - `postgres/`: the same rows on a Postgres native store (`copy.rs`:
+//!   binary `COPY`; `load.rs`: read back, times as Postgres keeps them).
 
 use sha2::Sha256;
 
@@ -23,6 +22,8 @@ use super::Workload;
 mod compare;
 pub(crate) mod decode;
 mod duplicates;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod record;
 pub(crate) mod sqlite;
 

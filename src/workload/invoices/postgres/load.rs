@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use postgres::GenericClient;
 
-use super::time::PgTimestamp;
-use super::{sql, PgResult};
+use crate::postgres::time::PgTimestamp;
+use crate::postgres::{sql, PgResult};
 use crate::workload::invoices::{
     self as native, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice,
 };
