@@ -418,6 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn event_types_are_the_files_seed_rows() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(&sqlite_replay()).unwrap();
+        let rows: Vec<(i64, String)> = conn
+            .prepare("SELECT id, description FROM invoice_event_types ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let want: Vec<(i64, String)> = crate::lnd_schema::EVENT_TYPES
+            .iter()
+            .map(|(i, d)| (*i, (*d).to_owned()))
+            .collect();
+        assert_eq!(rows, want);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_table_names_are_the_files_tables() {
+        let names = crate::postgres::lnd_schema::TABLE_NAMES;
+        assert!(names.iter().all(|t| is_lnd_table(t)), "{names:?}");
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(&sqlite_replay()).unwrap();
+        let tables = crate::lnd_schema::Schema::read(&conn).unwrap().tables;
+        assert_eq!(tables.len(), names.len());
+    }
+
+    #[test]
     fn lnd_tables_are_the_files_tables() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(&sqlite_replay()).unwrap();

@@ -452,20 +452,21 @@ pub trait NativeStore<W: Workload = Invoices>: Send {
 
     /// The referential-integrity check by row counts (the invariant on
     /// `crate::workload::invoices::ChildRows`): each child table must
-    /// hold exactly the rows the `which` records own
-    /// (`staged_amp_sets` added to `amp_sub_invoices` before the index
-    /// build moves them). One sentence per table that does not.
+    /// hold exactly the rows the `which` records own (`staged` rows added
+    /// to the workload's `Workload::STAGED_TABLE`, whose bulk-copied rows
+    /// wait outside it until the index build moves them). One sentence per
+    /// table that does not.
     fn child_rows_differ(
         &self,
         owned: Vec<(&'static str, u64)>,
-        staged_amp_sets: u64,
+        staged: u64,
         which: &str,
     ) -> Result<Vec<String>> {
         let mut found = Vec::new();
         for (table, owned) in owned {
             let mut rows = self.count(table)?;
-            if table == "amp_sub_invoices" {
-                rows += staged_amp_sets;
+            if Some(table) == W::STAGED_TABLE {
+                rows += staged;
             }
             if rows != owned {
                 found.push(format!(

@@ -69,6 +69,10 @@ pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
     const TOMBSTONE_VALUE: &'static [u8];
     /// The native table of the records themselves.
     const ROOT_TABLE: &'static str;
+    /// The child table whose rows a bulk copy stages outside lnd's table
+    /// until the index build moves them, if any (the native store's
+    /// staging; counted with the table by the child-row check).
+    const STAGED_TABLE: Option<&'static str>;
 
     /// The record's row id in [`Workload::ROOT_TABLE`].
     fn id(record: &Self::Record) -> i64;

@@ -45,6 +45,9 @@ impl Workload for Invoices {
     const TOMBSTONE_KEY: &'static [u8] = b"invoice-tombstone";
     const TOMBSTONE_VALUE: &'static [u8] = b"1";
     const ROOT_TABLE: &'static str = "invoices";
+    /// AMP sub-invoices: their primary key is a random set id (see
+    /// `sqlite::AMP_STAGING`).
+    const STAGED_TABLE: Option<&'static str> = Some("amp_sub_invoices");
 
     #[inline]
     fn id(record: &NativeInvoice) -> i64 {
