@@ -17,7 +17,8 @@
 //!   bytes it was copied from, the child rows it owns, and `checked`, set
 //!   once its rows were read back equal (invariants in [`CopyMap`]);
 //! - the AMP staging table: AMP sub-invoices of copy batches, moved into
-//!   lnd's table by the index build ([`crate::native::AMP_STAGING`]).
+//!   lnd's table by the index build
+//!   (`workload::invoices::sqlite::AMP_STAGING`).
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -230,7 +231,7 @@ pub type Sealed = (TombstoneOutcome, Option<Box<dyn Witness>>);
 pub enum BatchKind {
     /// A batch of the bulk copy, ahead of the cursor: it moves the cursor to
     /// its last invoice, and stages AMP sub-invoices for the index build to
-    /// move (`native::AMP_STAGING`).
+    /// move (`workload::invoices::sqlite::AMP_STAGING`).
     Bulk,
     /// A repair behind the cursor (a re-copy of invoices whose source
     /// changed, or the removal of copies of deleted ones): the cursor stays

@@ -1,8 +1,8 @@
 //! The SQLite native store ([`Target`]): lnd's tables and oneway's
 //! bookkeeping in one file (`lnd.sqlite`), one transaction per write.
 //!
-//! The native SQLite file holds lnd's tables ([`crate::native`]) and four
-//! of oneway's:
+//! The native SQLite file holds lnd's tables (their rows:
+//! `crate::workload::invoices::sqlite`) and four of oneway's:
 //! - `oneway_state`: one row (`singleton = 1`) with the machine's state, the
 //!   source identity, the copy cursor, and the verification record;
 //! - `oneway_journal`: append-only (triggers refuse UPDATE and DELETE), one
@@ -18,7 +18,7 @@
 //!   only after a comparison found the rows equal;
 //! - `oneway_amp_staging`: AMP sub-invoice rows written by copy batches,
 //!   moved into `amp_sub_invoices` in set-id order by the index build
-//!   ([`crate::native::AMP_STAGING`] says why).
+//!   (`workload::invoices::sqlite::AMP_STAGING` says why).
 //!
 //! Durability: the connection runs in WAL mode. Transitions run with
 //! `synchronous=FULL`, so a transition is on disk when [`Target::transition`]
