@@ -18,19 +18,20 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result, Role};
+use crate::workload::{Invoices, Workload};
 
-/// Name of the top-level invoices bucket.
-pub const INVOICES_BUCKET: &[u8] = b"invoices";
+/// Name of the top-level invoices bucket (the invoice workload's).
+pub const INVOICES_BUCKET: &[u8] = Invoices::BUCKET;
 /// Sub-bucket: payment hash → invoice number.
 pub const PAYMENT_HASHES_BUCKET: &[u8] = b"paymenthashes";
 /// Sub-bucket: add index → invoice number.
 pub const ADD_INDEX_BUCKET: &[u8] = b"invoice-add-index";
 /// Sub-bucket: settle index → invoice number.
 pub const SETTLE_INDEX_BUCKET: &[u8] = b"invoice-settle-index";
-/// The tombstone key in the invoices bucket.
-pub const TOMBSTONE_KEY: &[u8] = b"invoice-tombstone";
+/// The tombstone key in the invoices bucket (the invoice workload's).
+pub const TOMBSTONE_KEY: &[u8] = Invoices::TOMBSTONE_KEY;
 /// The tombstone value: one byte, ASCII '1'.
-pub const TOMBSTONE_VALUE: &[u8] = b"1";
+pub const TOMBSTONE_VALUE: &[u8] = Invoices::TOMBSTONE_VALUE;
 /// The key in `paymenthashes` holding the next invoice number.
 pub const NEXT_INVOICE_KEY: &[u8] = b"nik";
 /// SQLite's extended result code for "read-only, and a hot journal needs

@@ -10,8 +10,8 @@
 //! version and applies only the entries after it. A store lnd is to take as
 //! "invoices migrated" therefore holds, object for object:
 //! - every table, column, constraint and named index of schema files
-//!   000001–000006 ([`LND_TABLES`] and [`LND_INDEXES`] say them again in
-//!   oneway's words), with the seed rows of 000001 and 000003;
+//!   000001–000006 (their text is in [`files`], the one source of lnd's DDL
+//!   for both backends), with the seed rows of 000001 and 000003;
 //! - golang-migrate's SQLite bookkeeping `schema_migrations` at version 6,
 //!   not dirty ([`SCHEMA_VERSION`]);
 //! - `migration_tracker` rows 1 to 7 ([`TRACKER_VERSION`]);
@@ -36,6 +36,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension};
 
+pub(crate) mod files;
+
 /// The file name of lnd's native SQLite database, beside `channel.sqlite`
 /// in `<lnddir>/data/graph/<network>/`.
 pub const LND_NATIVE_FILE: &str = "lnd.sqlite";
@@ -46,115 +48,6 @@ pub const SCHEMA_VERSION: i64 = 6;
 
 /// The `migration_tracker` version of lnd's KV invoice migration.
 pub const TRACKER_VERSION: i64 = 7;
-
-/// lnd's native invoice tables (schema files 000001–000006) for SQLite, with
-/// the named indexes and seed rows lnd creates on empty tables, and
-/// golang-migrate's `schema_migrations`. The five UNIQUE constraints on the
-/// copied tables and the named indexes over them come later, with
-/// [`LND_INDEXES`]. Every statement is idempotent (`IF NOT EXISTS`, seed rows
-/// inserted only when absent), so it also completes a database lnd created
-/// and left at an earlier schema version.
-pub const LND_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS invoice_sequences (
-    name TEXT PRIMARY KEY,
-    current_value BIGINT NOT NULL
-);
-INSERT INTO invoice_sequences (name, current_value) VALUES ('settle_index', 0)
-    ON CONFLICT (name) DO NOTHING;
-CREATE TABLE IF NOT EXISTS invoices (
-    id INTEGER PRIMARY KEY,
-    hash BLOB NOT NULL,
-    preimage BLOB,
-    settle_index BIGINT,
-    settled_at TIMESTAMP,
-    memo TEXT,
-    amount_msat BIGINT NOT NULL,
-    cltv_delta INTEGER,
-    expiry INTEGER NOT NULL,
-    payment_addr BLOB,
-    payment_request TEXT,
-    payment_request_hash BLOB,
-    state SMALLINT NOT NULL,
-    amount_paid_msat BIGINT NOT NULL,
-    is_amp BOOLEAN NOT NULL,
-    is_hodl BOOLEAN NOT NULL,
-    is_keysend BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS invoice_features (
-    feature INTEGER NOT NULL,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS invoice_htlcs (
-    id INTEGER PRIMARY KEY,
-    chan_id TEXT NOT NULL,
-    htlc_id BIGINT NOT NULL,
-    amount_msat BIGINT NOT NULL,
-    total_mpp_msat BIGINT,
-    accept_height INTEGER NOT NULL,
-    accept_time TIMESTAMP NOT NULL,
-    expiry_height INTEGER NOT NULL,
-    state SMALLINT NOT NULL,
-    resolve_time TIMESTAMP,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS invoice_htlc_custom_records (
-    key BIGINT NOT NULL,
-    value BLOB NOT NULL,
-    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS amp_sub_invoices (
-    set_id BLOB PRIMARY KEY,
-    state SMALLINT NOT NULL,
-    created_at TIMESTAMP NOT NULL,
-    settled_at TIMESTAMP,
-    settle_index BIGINT,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    UNIQUE (set_id, invoice_id)
-);
-CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    set_id BLOB NOT NULL REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE,
-    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE,
-    root_share BLOB NOT NULL,
-    child_index BIGINT NOT NULL,
-    hash BLOB NOT NULL,
-    preimage BLOB
-);
-CREATE TABLE IF NOT EXISTS invoice_event_types (
-    id INTEGER PRIMARY KEY,
-    description TEXT NOT NULL
-);
-INSERT INTO invoice_event_types (id, description)
-    SELECT v.column1, v.column2 FROM (VALUES
-        (0, 'invoice_created'), (1, 'invoice_canceled'), (2, 'invoice_settled'),
-        (3, 'setid_created'), (4, 'setid_canceled'), (5, 'setid_settled')) AS v
-    WHERE v.column1 NOT IN (SELECT id FROM invoice_event_types);
-CREATE TABLE IF NOT EXISTS invoice_events (
-    id INTEGER PRIMARY KEY,
-    added_at TIMESTAMP NOT NULL,
-    event_type INTEGER NOT NULL REFERENCES invoice_event_types(id) ON DELETE CASCADE,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    set_id BLOB REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS invoice_events_added_at_idx ON invoice_events(added_at);
-CREATE INDEX IF NOT EXISTS invoice_events_event_type_idx ON invoice_events(event_type);
-CREATE INDEX IF NOT EXISTS invoice_events_invoice_id_idx ON invoice_events(invoice_id);
-CREATE INDEX IF NOT EXISTS invoice_events_set_id_idx ON invoice_events(set_id);
-CREATE TABLE IF NOT EXISTS migration_tracker (
-    version INTEGER UNIQUE NOT NULL,
-    migration_time TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS invoice_payment_hashes (
-    id INTEGER PRIMARY KEY,
-    add_index BIGINT NOT NULL,
-    hash BLOB
-);
-CREATE INDEX IF NOT EXISTS invoice_payment_hashes_add_index_idx ON invoice_payment_hashes(add_index);
-CREATE INDEX IF NOT EXISTS invoice_payment_hashes_hash_idx ON invoice_payment_hashes(hash);
-CREATE TABLE IF NOT EXISTS schema_migrations (version uint64, dirty bool);
-CREATE UNIQUE INDEX IF NOT EXISTS version_unique ON schema_migrations (version);
-";
 
 /// The UNIQUE constraints lnd declares inline on the tables oneway copies
 /// into, as (table, columns, the name of the unique index oneway builds for
@@ -175,38 +68,16 @@ pub const UNIQUE_CONSTRAINTS: [(&str, &str, &str); 5] = [
     ("invoice_htlcs", "chan_id, htlc_id", "invoice_htlcs_unique"),
 ];
 
-/// lnd's named indexes over the tables oneway copies into, by lnd's names
-/// (schema files 000001 and 000002), built once the bulk copy is done.
-pub const LND_INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS invoices_hash_idx ON invoices(hash);
-CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
-CREATE INDEX IF NOT EXISTS invoices_payment_addr_idx ON invoices(payment_addr);
-CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
-CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
-CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
-CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
-CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
-CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
-CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
-CREATE INDEX IF NOT EXISTS amp_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
-CREATE INDEX IF NOT EXISTS amp_htlcs_set_id_idx ON amp_sub_invoice_htlcs(set_id);
-CREATE INDEX IF NOT EXISTS amp_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
-";
-
-/// The tables of lnd's schema at version 6, in the order lnd creates them.
-pub const LND_TABLE_NAMES: [&str; 12] = [
-    "invoice_sequences",
+/// The tables a migration copies rows into (the invoices and their child
+/// rows). Their named indexes and the constraints of [`UNIQUE_CONSTRAINTS`]
+/// are built after the bulk copy ([`files::sqlite_deferred_indexes`]).
+pub const COPIED_TABLES: [&str; 6] = [
     "invoices",
     "invoice_features",
     "invoice_htlcs",
     "invoice_htlc_custom_records",
     "amp_sub_invoices",
     "amp_sub_invoice_htlcs",
-    "invoice_event_types",
-    "invoice_events",
-    "migration_tracker",
-    "invoice_payment_hashes",
-    "schema_migrations",
 ];
 
 /// Tables lnd's invoice migration leaves empty.
@@ -262,7 +133,9 @@ pub fn create_indexes(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("CREATE UNIQUE INDEX {name} ON {table}({cols});"))?;
         }
     }
-    conn.execute_batch(LND_INDEXES)
+    files::sqlite_deferred_indexes()
+        .iter()
+        .try_for_each(|ix| conn.execute_batch(ix))
 }
 
 /// Whether `table` has a unique index (named or implicit) on exactly `cols`.
@@ -348,13 +221,13 @@ impl Schema {
     }
 
     /// The schema a native store must have: lnd's at version 6 plus
-    /// oneway's bookkeeping, built in a scratch in-memory database from the
-    /// same statements a migration runs.
+    /// oneway's bookkeeping, built in a scratch in-memory database by a
+    /// replay of lnd's schema files ([`files::sqlite_replay`]) and
+    /// oneway's tables.
     pub fn expected(oneway_tables: &str) -> rusqlite::Result<Schema> {
         let conn = Connection::open_in_memory()?;
-        conn.execute_batch(LND_TABLES)?;
+        conn.execute_batch(&files::sqlite_replay())?;
         conn.execute_batch(oneway_tables)?;
-        create_indexes(&conn)?;
         Schema::read(&conn)
     }
 
@@ -574,10 +447,7 @@ pub fn classify(conn: &Connection) -> rusqlite::Result<Existing> {
             return Ok(Existing::LndMigrated { version: v });
         }
     }
-    if let Some(other) = tables
-        .iter()
-        .find(|t| !LND_TABLE_NAMES.contains(&t.as_str()))
-    {
+    if let Some(other) = tables.iter().find(|t| !files::is_lnd_table(t)) {
         return Ok(Existing::Foreign(format!(
             "has table {other}, which is neither oneway's nor part of lnd's invoice schema"
         )));
@@ -604,10 +474,7 @@ pub fn classify(conn: &Connection) -> rusqlite::Result<Existing> {
             _ => {}
         }
     }
-    for table in tables
-        .iter()
-        .filter(|t| COPIED_OR_EMPTY.contains(&t.as_str()))
-    {
+    for table in tables.iter().filter(|t| copied_or_empty(t)) {
         let any: Option<i64> = conn
             .query_row(&format!("SELECT 1 FROM {table} LIMIT 1"), [], |r| r.get(0))
             .optional()?;
@@ -620,18 +487,11 @@ pub fn classify(conn: &Connection) -> rusqlite::Result<Existing> {
     Ok(Existing::LndBeforeInvoices)
 }
 
-/// lnd's tables that hold invoices or their events: all empty in a database
-/// whose invoice migration has not run.
-const COPIED_OR_EMPTY: [&str; 8] = [
-    "invoices",
-    "invoice_features",
-    "invoice_htlcs",
-    "invoice_htlc_custom_records",
-    "amp_sub_invoices",
-    "amp_sub_invoice_htlcs",
-    "invoice_events",
-    "invoice_payment_hashes",
-];
+/// Whether `table` is one of lnd's tables that hold invoices or their
+/// events: all empty in a database whose invoice migration has not run.
+pub(crate) fn copied_or_empty(table: &str) -> bool {
+    COPIED_TABLES.contains(&table) || EMPTY_TABLES.contains(&table)
+}
 
 /// Everything lnd needs of the store at `stage` besides the invoices' own
 /// rows: the schema ([`Schema::expected`], given oneway's own tables), the

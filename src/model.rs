@@ -5,7 +5,8 @@
 //! its Go binary version and zone offset, a preimage of all zeros is `None`
 //! ("unknown", as lnd reads it), and custom records keep their bytes. The
 //! codec in [`crate::codec`] turns bytes into these types and back; the
-//! mapping to lnd's native SQL schema lives in `native.rs` (internal).
+//! mapping to lnd's native SQL schema lives in `workload/invoices/`
+//! (internal).
 
 use std::collections::BTreeMap;
 

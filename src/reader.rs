@@ -9,15 +9,13 @@
 //! [`IN_FLIGHT`] batches wait in the channel, so memory stays bounded by the
 //! batch size, not the store.
 
-use std::path::Path;
-
 use sha2::{Digest, Sha256};
 
-use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest};
-use crate::model::Htlc;
-use crate::native::NativeInvoice;
+use crate::workload::invoices::decode::{decode_raw, finish_prepare, hash_from_found};
+pub use crate::workload::Prepared;
+use crate::workload::{Invoices, Workload};
 
 /// Batches decoded ahead of the writer.
 pub const IN_FLIGHT: usize = 2;
@@ -26,18 +24,6 @@ pub const IN_FLIGHT: usize = 2;
 /// whatever the batch size: memory stays bounded however large
 /// `--batch-size` is, and however large the invoices are (`README.md`).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
-
-/// A decoded source invoice, ready to write or compare.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// The KV invoice number.
-    pub num: u32,
-    /// Its native rows.
-    pub native: NativeInvoice,
-    /// SHA-256 over the raw source bytes (invoice, AMP sets, resolved hash):
-    /// equal digests mean nothing in the source changed.
-    pub digest: [u8; 32],
-}
 
 /// Reads, decodes and maps invoices from one KV connection.
 ///
@@ -235,8 +221,9 @@ impl Decoder {
     }
 }
 
-/// What a [`Stream`](crate::source::Stream) delivers.
-pub enum Msg {
+/// What a [`Stream`](crate::source::Stream) of workload `W`'s records
+/// delivers.
+pub enum Msg<W: Workload = Invoices> {
     /// The source digest of the snapshot (first message of a
     /// [`Kind::Verify`] stream).
     Digest(SourceDigest),
@@ -249,7 +236,7 @@ pub enum Msg {
     /// [`Kind::Verify`] stream just before its final, empty batch).
     RowsDigest(String),
     /// The next batch; an empty batch ends the stream.
-    Batch(Vec<Prepared>),
+    Batch(Vec<Prepared<W>>),
 }
 
 /// What a [`Stream`](crate::source::Stream) reads and reports besides its batches.
@@ -263,114 +250,4 @@ pub enum Kind {
     Verify,
     /// Batches only (re-reading single invoices).
     Plain,
-}
-
-/// An invoice's AMP HTLC sets, decoded: (set id, HTLCs) in key order.
-pub(crate) type AmpSets = Vec<([u8; 32], Vec<Htlc>)>;
-
-/// Decodes `raw` (an invoice of the KV store shown as `path`) and its AMP
-/// HTLC sets: the first half of preparing it, for every backend; the
-/// payment hash is resolved by the caller, then [`finish_prepare`].
-pub(crate) fn decode_raw(
-    raw: &RawInvoice,
-    path: &Path,
-) -> Result<(crate::model::Invoice, AmpSets)> {
-    let inv = codec::decode_invoice(&raw.value)
-        .map_err(|source| codec_error(raw.key_hex(), source, path))?;
-    let mut sets = Vec::with_capacity(raw.amp_sets.len());
-    for (set_id, bytes) in &raw.amp_sets {
-        let htlcs = codec::decode_htlc_set(bytes).map_err(|source| {
-            let key = format!("{} (AMP set {})", raw.key_hex(), hex::encode(set_id));
-            codec_error(key, source, path)
-        })?;
-        sets.push((*set_id, htlcs));
-    }
-    Ok((inv, sets))
-}
-
-/// The [`Prepared`] invoice of `raw`, decoded by [`decode_raw`] into `inv`
-/// and `sets`, with payment hash `hash`.
-#[inline]
-pub(crate) fn finish_prepare(
-    raw: &RawInvoice,
-    inv: &crate::model::Invoice,
-    hash: [u8; 32],
-    sets: &[([u8; 32], Vec<Htlc>)],
-    path: &Path,
-) -> Result<Prepared> {
-    let native =
-        NativeInvoice::from_kv(inv, hash, sets).map_err(|reason| bad_invoice(raw, reason, path))?;
-    Ok(Prepared {
-        num: raw.num,
-        native,
-        digest: copy_digest(raw, &hash),
-    })
-}
-
-/// The payment hash of `raw`, whose preimage is unknown, from `found`: the
-/// keys of `invoices/paymenthashes` pointing to it (exactly one, of 32
-/// bytes, or the invoice cannot be migrated).
-pub(crate) fn hash_from_found(
-    raw: &RawInvoice,
-    found: &[Vec<u8>],
-    path: &Path,
-) -> Result<[u8; 32]> {
-    let reason = match found {
-        [one] if one.len() == 32 => {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(one);
-            return Ok(h);
-        }
-        [] => "its preimage is unknown and no entry of invoices/paymenthashes \
-               points to it, so its payment hash cannot be found (lnd would skip \
-               it silently; oneway stops instead)"
-            .into(),
-        [one] => format!(
-            "its preimage is unknown and the invoices/paymenthashes key pointing to it is {} bytes long, not 32",
-            one.len()
-        ),
-        many => format!(
-            "its preimage is unknown and {} entries of invoices/paymenthashes point to it",
-            many.len()
-        ),
-    };
-    Err(bad_invoice(raw, reason, path))
-}
-
-/// The error for a record under `invoice_key` that does not decode.
-#[cold]
-fn codec_error(invoice_key: String, source: codec::CodecError, path: &Path) -> Error {
-    Error::Codec {
-        invoice_key,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The error for `raw`, which decodes but cannot be migrated.
-#[cold]
-fn bad_invoice(raw: &RawInvoice, reason: String, path: &Path) -> Error {
-    Error::BadInvoice {
-        invoice_key: raw.key_hex(),
-        path: path.to_path_buf(),
-        reason,
-    }
-}
-
-/// The copy digest of `raw` (`spec/formats.md`): its number, value and AMP
-/// sets as stored, and its payment hash. [`KvSource::invoice_digests`]
-/// computes the same digest without decoding.
-#[inline]
-fn copy_digest(raw: &RawInvoice, hash: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(raw.num.to_be_bytes());
-    h.update((raw.value.len() as u64).to_be_bytes());
-    h.update(&raw.value);
-    for (set_id, bytes) in &raw.amp_sets {
-        h.update(set_id);
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    }
-    h.update(hash);
-    h.finalize().into()
 }

@@ -46,10 +46,10 @@ impl Run<'_> {
     /// snapshot, re-copied when outdated, and read back and compared field by
     /// field; copies of invoices gone from the snapshot are removed. The
     /// per-invoice child-row counts of the map then prove, as
-    /// `native::ChildRows` does for a full pass, that no row belongs to no
-    /// invoice. Returns `None`, having written nothing, when more than a
-    /// tenth of the invoices need this (a full pass is as cheap then) or the
-    /// snapshot holds a row the walk cannot place. The argument is in
+    /// `workload::invoices::ChildRows` does for a full pass, that no row
+    /// belongs to no invoice. Returns `None`, having written nothing, when
+    /// more than a tenth of the invoices need this (a full pass is as cheap
+    /// then) or the snapshot holds a row the walk cannot place. The argument is in
     /// `spec/state-machine.md` §7.1.
     pub(super) fn catch_up(&mut self, t: &mut dyn NativeStore) -> Result<Option<VerifyReport>> {
         if self.buckets.is_none() {
@@ -177,7 +177,7 @@ impl Run<'_> {
         prepared: &[Prepared],
         report: &mut VerifyReport,
     ) -> Result<()> {
-        let ids: Vec<i64> = prepared.iter().map(|p| p.native.id).collect();
+        let ids: Vec<i64> = prepared.iter().map(|p| p.id()).collect();
         let loaded = t.load_invoices(&ids, false)?;
         let equal: Vec<&Prepared> = prepared
             .iter()

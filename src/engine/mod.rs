@@ -33,6 +33,11 @@ pub use report::{Coverage, GuardOutcome, PhaseTimes, Report, Status, VerifyRepor
 
 use run::{Native, Run};
 
+/// The workload the engine migrates: lnd's invoices, the one there is
+/// (`crate::workload`). The engine's comparison helpers are generic over
+/// the workload; the driver instantiates them with this one.
+pub(crate) type Active = crate::workload::Invoices;
+
 /// The library entry point: a migration between one KV store and one native
 /// store.
 ///

@@ -12,12 +12,13 @@
 
 use super::run::Run;
 use super::verify::{add_store_wide, compare, count_invoice, next_batch, stale_copies};
+use super::Active;
 use super::{Coverage, Phase, VerifyReport};
 use crate::error::Result;
 use crate::fsm::State;
-use crate::native;
 use crate::source::{self, Prepared};
 use crate::store::{is_current, NativeStore};
+use crate::workload::Workload;
 
 impl Run<'_> {
     /// The read-only comparison of an unfinished migration. `None` when the
@@ -62,7 +63,7 @@ impl Run<'_> {
         let digest = self.first_digest(&mut stream)?;
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut report = VerifyReport::starting(&digest.sha256);
-        let mut children = native::ChildRows::default();
+        let mut children = <Active as Workload>::Children::default();
         let mut prev: Option<u32> = None;
         loop {
             let batch = next_batch(&mut stream, &mut report)?;
@@ -89,33 +90,33 @@ impl Run<'_> {
 }
 
 /// What an unfinished verification has counted so far.
-struct Tally<'a> {
+struct Tally<'a, W: Workload> {
     report: &'a mut VerifyReport,
     coverage: &'a mut Coverage,
-    children: &'a mut native::ChildRows,
+    children: &'a mut W::Children,
 }
 
 /// Compares the copies of one batch (the source's invoices in `(after,
 /// last]`) that are final: current copies field by field, their staged AMP
 /// sets where they are; counts the others as outdated or not copied yet.
-fn compare_final_copies(
-    t: &dyn NativeStore,
-    batch: &[Prepared],
+fn compare_final_copies<W: Workload>(
+    t: &dyn NativeStore<W>,
+    batch: &[Prepared<W>],
     after: Option<u32>,
     last: Option<u32>,
-    tally: &mut Tally<'_>,
+    tally: &mut Tally<'_, W>,
 ) -> Result<()> {
     let mapped = t.copy_map(after, last)?;
     let report = &mut *tally.report;
     // Copies of invoices deleted from the source since: the migration
     // drops them.
     report.outdated += stale_copies(&mapped, batch);
-    let mut matched: Vec<&Prepared> = Vec::with_capacity(batch.len());
+    let mut matched: Vec<&Prepared<W>> = Vec::with_capacity(batch.len());
     for p in batch {
         count_invoice(report, p);
         if is_current(&mapped, p) {
             tally.coverage.compared += 1;
-            tally.children.add(p.native.child_rows());
+            W::add_children(tally.children, W::children(&p.native));
             matched.push(p);
         } else if mapped.contains_key(&p.num) {
             report.outdated += 1;
@@ -123,7 +124,7 @@ fn compare_final_copies(
             tally.coverage.not_copied_yet += 1;
         }
     }
-    let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
+    let ids: Vec<i64> = matched.iter().map(|p| p.id()).collect();
     let loaded = t.load_invoices(&ids, true)?;
     for p in matched {
         compare(t, report, p, &loaded);
@@ -134,11 +135,11 @@ fn compare_final_copies(
 /// The store-wide counts that hold at every commit: a copy and its map row
 /// are written together; with every copy current, the child tables hold
 /// exactly the rows the compared copies own (staged AMP sets included).
-fn check_totals(
-    t: &dyn NativeStore,
+fn check_totals<W: Workload>(
+    t: &dyn NativeStore<W>,
     report: &mut VerifyReport,
     coverage: &Coverage,
-    children: &native::ChildRows,
+    children: &W::Children,
 ) -> Result<()> {
     let native_count = t.native_invoices()?;
     if native_count != coverage.copied {
@@ -150,7 +151,7 @@ fn check_totals(
     }
     if report.outdated == 0 {
         let staged = coverage.staged_amp_sets;
-        let found = t.child_rows_differ(children.tables(), staged, "copied")?;
+        let found = t.child_rows_differ(W::child_tables(children), staged, "copied")?;
         add_store_wide(report, found);
     }
     Ok(())

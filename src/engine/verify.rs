@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use super::guard::refused;
 use super::run::{Native, Run};
+use super::Active;
 use super::{Coverage, Migrator, Phase, VerifyReport};
 use crate::error::{Error, Mismatch, Result};
 use crate::fsm::{Refusal, State};
 use crate::lnd_schema::Stage;
-use crate::native::{self, ChildRows, NativeInvoice};
 use crate::source::{self, Msg, Prepared, Source, SourceDigest};
 use crate::store::{is_current, BatchKind, CopyMap, NativeStore, Persisted};
+use crate::workload::Workload;
 
 /// How many verification passes may repair source changes before giving up.
 const MAX_VERIFY_PASSES: u32 = 5;
@@ -342,7 +343,8 @@ impl Run<'_> {
         // Referential integrity of the whole store: every child row belongs
         // to a verified invoice when each table holds exactly the rows those
         // invoices own (the argument is on `ChildRows`).
-        found.extend(t.child_rows_differ(pass.children.tables(), 0, "verified")?);
+        let owned = Active::child_tables(&pass.children);
+        found.extend(t.child_rows_differ(owned, 0, "verified")?);
         add_store_wide(&mut report, found);
         Ok(report)
     }
@@ -352,7 +354,7 @@ impl Run<'_> {
 struct Pass {
     report: VerifyReport,
     /// The child rows the source's invoices own.
-    children: ChildRows,
+    children: <Active as Workload>::Children,
     /// Clean batches not marked checked yet: (after, batches).
     marking: Option<(Option<u32>, u32)>,
     /// The last invoice of the batches compared so far.
@@ -366,7 +368,7 @@ impl Pass {
     fn new(digest: &SourceDigest) -> Pass {
         Pass {
             report: VerifyReport::starting(&digest.sha256),
-            children: ChildRows::default(),
+            children: Default::default(),
             marking: None,
             cursor: None,
             waited: 0.0,
@@ -417,7 +419,7 @@ fn compare_batch(
     let mut matched: Vec<&Prepared> = Vec::with_capacity(batch.len());
     for p in batch {
         count_invoice(report, p);
-        pass.children.add(p.native.child_rows());
+        Active::add_children(&mut pass.children, Active::children(&p.native));
         if is_current(&mapped, p) {
             matched.push(p);
         } else {
@@ -425,7 +427,7 @@ fn compare_batch(
         }
     }
     let mismatches_before = report.mismatch_count;
-    let ids: Vec<i64> = matched.iter().map(|p| p.native.id).collect();
+    let ids: Vec<i64> = matched.iter().map(|p| p.id()).collect();
     let loaded = t.load_invoices(&ids, false)?;
     for p in matched {
         compare(t, report, p, &loaded);
@@ -438,32 +440,32 @@ fn compare_batch(
 }
 
 /// Copies in the batch's range whose source invoice is gone.
-pub(super) fn stale_copies(mapped: &CopyMap, batch: &[Prepared]) -> u64 {
+pub(super) fn stale_copies<W: Workload>(mapped: &CopyMap, batch: &[Prepared<W>]) -> u64 {
     let present: HashSet<u32> = batch.iter().map(|p| p.num).collect();
     mapped.keys().filter(|k| !present.contains(k)).count() as u64
 }
 
-/// Counts source invoice `p` in `report`, with its settle index.
-pub(super) fn count_invoice(report: &mut VerifyReport, p: &Prepared) {
+/// Counts source record `p` in `report`, with the value of lnd's sequence
+/// it carries (an invoice's settle index).
+pub(super) fn count_invoice<W: Workload>(report: &mut VerifyReport, p: &Prepared<W>) {
     report.invoices += 1;
-    report.max_settle_index = report
-        .max_settle_index
-        .max(p.native.max_settle_index() as u64);
+    report.max_settle_index = report.max_settle_index.max(W::sequence(&p.native));
 }
 
 /// Compares source invoice `p` with its copy in `loaded`, adding each
 /// difference to `report`; returns whether they are equal.
-pub(super) fn compare(
-    t: &dyn NativeStore,
+pub(super) fn compare<W: Workload>(
+    t: &dyn NativeStore<W>,
     report: &mut VerifyReport,
-    p: &Prepared,
-    loaded: &BTreeMap<i64, NativeInvoice>,
+    p: &Prepared<W>,
+    loaded: &BTreeMap<i64, W::Record>,
 ) -> bool {
-    let diffs = match loaded.get(&p.native.id) {
-        Some(got) => native::diff(&t.as_stored(&p.native), got),
+    let diffs = match loaded.get(&p.id()) {
+        Some(got) => W::diff(&t.as_stored(&p.native), got),
         None => vec![format!(
-            "invoices row {} is missing from the native store",
-            p.native.id
+            "{} row {} is missing from the native store",
+            W::ROOT_TABLE,
+            p.id()
         )],
     };
     let equal = diffs.is_empty();

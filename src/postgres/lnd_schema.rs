@@ -6,10 +6,11 @@
 //! (`sqldb/postgres.go`, `postgresSchemaReplacements`, applied by
 //! `newReplacerFS` in `sqldb/migrations.go`): `BLOB` → `BYTEA`,
 //! `INTEGER PRIMARY KEY` → `BIGSERIAL PRIMARY KEY`, ` TIMESTAMP` →
-//! ` TIMESTAMP WITHOUT TIME ZONE`. [`UP_FILES`] holds the statements of
-//! lnd's up files 000001–000006 in that dialect (lnd's comments left out),
-//! [`REPLACEMENTS`] lnd's table, and [`postgres_text`] applies it the same
-//! way. Checked against `lightningnetwork/lnd` at commit `90ea05d5`.
+//! ` TIMESTAMP WITHOUT TIME ZONE`. The files' text is held once, for both
+//! backends, in `crate::lnd_schema::files` ([`UP_FILES`], re-exported here
+//! with lnd's table [`REPLACEMENTS`] and [`postgres_text`], which applies
+//! it the same way). Checked against `lightningnetwork/lnd` at commit
+//! `90ea05d5`.
 //!
 //! What lnd's start-up does on Postgres, and so what a migrated database
 //! holds ([`create`], [`record_migrated`]):
@@ -40,24 +41,7 @@ use postgres::GenericClient;
 
 use super::{sql, PgResult};
 
-/// lnd's Postgres replacements (`sqldb/postgres.go`). lnd keeps them in a Go
-/// map, iterated in random order; no output of one contains the search text
-/// of another, so the order does not matter (checked by a test).
-pub const REPLACEMENTS: [(&str, &str); 3] = [
-    ("BLOB", "BYTEA"),
-    ("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY"),
-    (" TIMESTAMP", " TIMESTAMP WITHOUT TIME ZONE"),
-];
-
-/// Applies [`REPLACEMENTS`] to a schema file written in lnd's dialect, as
-/// lnd's `replacerFS` does (every occurrence, case-sensitive).
-pub fn postgres_text(sqlite_dialect: &str) -> String {
-    let mut s = sqlite_dialect.to_owned();
-    for (from, to) in REPLACEMENTS {
-        s = s.replace(from, to);
-    }
-    s
-}
+pub use crate::lnd_schema::files::{postgres_text, SchemaFile, EXPIRY_FIX, REPLACEMENTS, UP_FILES};
 
 /// The golang-migrate schema version lnd records after its invoice
 /// migration.
@@ -77,202 +61,6 @@ pub const TRACKER_BOOT: &str = "CREATE TABLE IF NOT EXISTS migration_tracker (
 /// `ensureVersionTable`), in the current schema.
 pub const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS \"schema_migrations\" \
      (version bigint not null primary key, dirty boolean not null)";
-
-/// One of lnd's schema files: its number (golang-migrate's version) and its
-/// up statements in lnd's dialect.
-#[derive(Debug, Clone, Copy)]
-pub struct SchemaFile {
-    /// `0000NN`.
-    pub number: i64,
-    /// The name after the number.
-    pub name: &'static str,
-    /// The up statements, lnd's dialect (SQLite with sqlc's types).
-    pub up: &'static str,
-}
-
-const UP_1: &str = "
-CREATE TABLE IF NOT EXISTS invoice_sequences (
-    name TEXT PRIMARY KEY,
-    current_value BIGINT NOT NULL
-);
-INSERT INTO invoice_sequences (name, current_value)
-VALUES ('settle_index', 0)
-    ON CONFLICT (name) DO NOTHING;
-CREATE TABLE IF NOT EXISTS invoices (
-    id INTEGER PRIMARY KEY,
-    hash BLOB NOT NULL UNIQUE,
-    preimage BLOB,
-    settle_index BIGINT,
-    settled_at TIMESTAMP,
-    memo TEXT,
-    amount_msat BIGINT NOT NULL,
-    cltv_delta INTEGER,
-    expiry INTEGER NOT NULL,
-    payment_addr BLOB UNIQUE,
-    payment_request TEXT,
-    payment_request_hash BLOB UNIQUE,
-    state SMALLINT NOT NULL,
-    amount_paid_msat BIGINT NOT NULL,
-    is_amp BOOLEAN NOT NULL,
-    is_hodl BOOLEAN NOT NULL,
-    is_keysend BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL
-);
-CREATE INDEX IF NOT EXISTS invoices_hash_idx ON invoices(hash);
-CREATE INDEX IF NOT EXISTS invoices_preimage_idx ON invoices(preimage);
-CREATE INDEX IF NOT EXISTS invoices_payment_addr_idx ON invoices(payment_addr);
-CREATE INDEX IF NOT EXISTS invoices_state_idx ON invoices(state);
-CREATE INDEX IF NOT EXISTS invoices_created_at_idx ON invoices(created_at);
-CREATE INDEX IF NOT EXISTS invoices_settled_at_idx ON invoices(settled_at);
-CREATE TABLE IF NOT EXISTS invoice_features (
-    feature INTEGER NOT NULL,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    UNIQUE (feature, invoice_id)
-);
-CREATE INDEX IF NOT EXISTS invoice_feature_invoice_id_idx ON invoice_features(invoice_id);
-CREATE TABLE IF NOT EXISTS invoice_htlcs (
-    id INTEGER PRIMARY KEY,
-    chan_id TEXT NOT NULL,
-    htlc_id BIGINT NOT NULL,
-    amount_msat BIGINT NOT NULL,
-    total_mpp_msat BIGINT,
-    accept_height INTEGER NOT NULL,
-    accept_time TIMESTAMP NOT NULL,
-    expiry_height INTEGER NOT NULL,
-    state SMALLINT NOT NULL,
-    resolve_time TIMESTAMP,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    UNIQUE (chan_id, htlc_id)
-);
-CREATE INDEX IF NOT EXISTS invoice_htlc_invoice_id_idx ON invoice_htlcs(invoice_id);
-CREATE TABLE IF NOT EXISTS invoice_htlc_custom_records (
-    key BIGINT NOT NULL,
-    value BLOB NOT NULL,
-    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS invoice_htlc_custom_records_htlc_id_idx ON invoice_htlc_custom_records(htlc_id);
-";
-
-const UP_2: &str = "
-CREATE TABLE IF NOT EXISTS amp_sub_invoices (
-    set_id BLOB PRIMARY KEY,
-    state SMALLINT NOT NULL,
-    created_at TIMESTAMP NOT NULL,
-    settled_at TIMESTAMP,
-    settle_index BIGINT,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    UNIQUE (set_id, invoice_id)
-);
-CREATE INDEX IF NOT EXISTS amp_sub_invoices_invoice_id_idx ON amp_sub_invoices(invoice_id);
-CREATE TABLE IF NOT EXISTS amp_sub_invoice_htlcs (
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    set_id BLOB NOT NULL REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE,
-    htlc_id BIGINT NOT NULL REFERENCES invoice_htlcs(id) ON DELETE CASCADE,
-    root_share BLOB NOT NULL,
-    child_index BIGINT NOT NULL,
-    hash BLOB NOT NULL,
-    preimage BLOB
-);
-CREATE INDEX IF NOT EXISTS amp_htlcs_invoice_id_idx ON amp_sub_invoice_htlcs(invoice_id);
-CREATE INDEX IF NOT EXISTS amp_htlcs_set_id_idx ON amp_sub_invoice_htlcs(set_id);
-CREATE INDEX IF NOT EXISTS amp_htlcs_htlc_id_idx ON amp_sub_invoice_htlcs(htlc_id);
-";
-
-const UP_3: &str = "
-CREATE TABLE IF NOT EXISTS invoice_event_types(
-    id INTEGER PRIMARY KEY,
-    description TEXT NOT NULL
-);
-INSERT INTO invoice_event_types (id, description)
-SELECT id, description FROM (
-    SELECT 0 AS id, 'invoice_created' AS description UNION ALL
-    SELECT 1, 'invoice_canceled' UNION ALL
-    SELECT 2, 'invoice_settled' UNION ALL
-    SELECT 3, 'setid_created' UNION ALL
-    SELECT 4, 'setid_canceled' UNION ALL
-    SELECT 5, 'setid_settled'
-) AS new_values
-WHERE NOT EXISTS (
-    SELECT 1 FROM invoice_event_types
-        WHERE invoice_event_types.id = new_values.id
-);
-CREATE TABLE IF NOT EXISTS invoice_events (
-    id INTEGER PRIMARY KEY,
-    added_at TIMESTAMP NOT NULL,
-    event_type INTEGER NOT NULL REFERENCES invoice_event_types(id) ON DELETE CASCADE,
-    invoice_id BIGINT NOT NULL REFERENCES invoices(id) ON DELETE CASCADE,
-    set_id BLOB REFERENCES amp_sub_invoices(set_id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS invoice_events_added_at_idx ON invoice_events(added_at);
-CREATE INDEX IF NOT EXISTS invoice_events_event_type_idx ON invoice_events(event_type);
-CREATE INDEX IF NOT EXISTS invoice_events_invoice_id_idx ON invoice_events(invoice_id);
-CREATE INDEX IF NOT EXISTS invoice_events_set_id_idx ON invoice_events(set_id);
-";
-
-/// Not DDL: on lnd's empty tables it changes nothing; over copied rows it
-/// would overwrite every expiry, which is why it must never run after a copy.
-const UP_4: &str = "
-UPDATE invoices
-SET expiry = 86400
-WHERE is_amp = FALSE;
-UPDATE invoices
-SET expiry = 2592000
-WHERE is_amp = TRUE;
-";
-
-const UP_5: &str = "
-CREATE TABLE IF NOT EXISTS migration_tracker (
-        version INTEGER UNIQUE NOT NULL,
-        migration_time TIMESTAMP NOT NULL
-);
-";
-
-const UP_6: &str = "
-CREATE TABLE IF NOT EXISTS invoice_payment_hashes (
-    id INTEGER PRIMARY KEY,
-    add_index BIGINT NOT NULL,
-    hash BLOB
-);
-CREATE INDEX IF NOT EXISTS invoice_payment_hashes_add_index_idx ON invoice_payment_hashes(add_index);
-CREATE INDEX IF NOT EXISTS invoice_payment_hashes_hash_idx ON invoice_payment_hashes(hash);
-";
-
-/// The number of schema file 000004, `invoice_expiry_fix`: data, not DDL.
-pub const EXPIRY_FIX: i64 = 4;
-
-/// lnd's schema files 000001–000006, in order.
-pub const UP_FILES: [SchemaFile; 6] = [
-    SchemaFile {
-        number: 1,
-        name: "invoices",
-        up: UP_1,
-    },
-    SchemaFile {
-        number: 2,
-        name: "amp_invoices",
-        up: UP_2,
-    },
-    SchemaFile {
-        number: 3,
-        name: "invoice_events",
-        up: UP_3,
-    },
-    SchemaFile {
-        number: 4,
-        name: "invoice_expiry_fix",
-        up: UP_4,
-    },
-    SchemaFile {
-        number: 5,
-        name: "migration_tracker",
-        up: UP_5,
-    },
-    SchemaFile {
-        number: 6,
-        name: "invoice_migration",
-        up: UP_6,
-    },
-];
 
 /// lnd's native tables at schema version 6 (and golang-migrate's), in the
 /// order lnd creates them.
@@ -955,32 +743,4 @@ fn table_triggers(
         items.insert(format!("trigger {}", r.get::<_, String>(0)));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replacements_commute() {
-        for (i, (_, to)) in REPLACEMENTS.iter().enumerate() {
-            for (j, (from, _)) in REPLACEMENTS.iter().enumerate() {
-                if i != j {
-                    assert!(!to.contains(from), "{to} contains {from}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn replaced_text_is_postgres() {
-        let all: String = UP_FILES.iter().map(|f| postgres_text(f.up)).collect();
-        assert!(!all.contains("BLOB"));
-        assert!(!all.contains("INTEGER PRIMARY KEY"));
-        assert_eq!(all.matches("BIGSERIAL PRIMARY KEY").count(), 5);
-        assert_eq!(
-            all.matches(" TIMESTAMP").count(),
-            all.matches(" TIMESTAMP WITHOUT TIME ZONE").count()
-        );
-    }
 }

@@ -21,11 +21,13 @@
 //!
 //! Nothing here prints a DSN except through [`dsn::Dsn`]'s redacted form.
 
-pub mod copy;
 pub mod dsn;
 pub mod kv;
 pub mod lnd_schema;
-pub mod load;
+/// The invoice rows' writer and reader, which belong to the invoice
+/// workload (`crate::workload::invoices::postgres`), under the building
+/// blocks' paths.
+pub use crate::workload::invoices::postgres::{copy, load};
 pub mod time;
 pub mod tls;
 

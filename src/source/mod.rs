@@ -47,6 +47,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::options::Options;
+use crate::workload::{Invoices, Workload};
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -78,12 +79,13 @@ pub fn open_with(opts: &Options) -> Result<Box<dyn Source>> {
     open(&opts.kv, &opts.table_prefix)
 }
 
-/// lnd's KV store, as the engine reads it and seals it.
+/// lnd's KV store, as the engine reads it and seals it, for the records
+/// of workload `W` (its bucket, its tombstone: `crate::workload`).
 ///
 /// Per-invoice work does not go through this trait: the bulk copy and the
 /// verification passes read batches from a [`Stream`], the catch-up from a
 /// [`Snapshot`]; the methods here are called a few times per run.
-pub trait Source {
+pub trait Source<W: Workload = Invoices> {
     /// The invoice buckets' ids (`None`: lnd has written no invoice yet).
     fn invoice_buckets(&self) -> Result<Option<InvoiceBuckets>>;
 
@@ -154,10 +156,10 @@ pub trait Source {
     /// A decoder thread streaming the invoices after `after` in batches of
     /// at most `batch_size`: a [`Snapshot`] of this store handed to
     /// [`spawn`].
-    fn stream(&self, batch_size: usize, after: Option<u32>, kind: Kind) -> Result<Stream>;
+    fn stream(&self, batch_size: usize, after: Option<u32>, kind: Kind) -> Result<Stream<W>>;
 
     /// A reader of its own, for reading several things from one snapshot.
-    fn snapshot(&self) -> Result<Box<dyn Snapshot>>;
+    fn snapshot(&self) -> Result<Box<dyn Snapshot<W>>>;
 }
 
 /// What [`Source::other_holders`] found.
@@ -212,7 +214,7 @@ impl fmt::Display for Version {
 /// [`Snapshot::begin_read`] and [`Snapshot::end_read`] all come from one
 /// snapshot of the store: the catch-up verification's walk and the
 /// invoices it decodes again.
-pub trait Snapshot: Send {
+pub trait Snapshot<W: Workload = Invoices>: Send {
     /// Starts a read transaction.
     fn begin_read(&mut self) -> Result<()>;
 
@@ -221,7 +223,7 @@ pub trait Snapshot: Send {
 
     /// Up to `max` invoices after `after`, decoded (inside the current read
     /// transaction, or one of its own).
-    fn batch(&mut self, after: Option<u32>, max: usize) -> Result<Vec<Prepared>>;
+    fn batch(&mut self, after: Option<u32>, max: usize) -> Result<Vec<Prepared<W>>>;
 
     /// The source digest and every invoice's copy digest, in one walk of
     /// the current snapshot, without decoding.

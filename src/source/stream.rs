@@ -11,22 +11,23 @@ use sha2::{Digest, Sha256};
 use super::{Snapshot, Witness};
 use crate::error::{Error, Result};
 use crate::reader::{Kind, Msg, Prepared, IN_FLIGHT};
+use crate::workload::{Invoices, Workload};
 
 /// Batches decoded on a background thread.
-pub struct Stream {
-    rx: Option<Receiver<Result<Msg>>>,
+pub struct Stream<W: Workload = Invoices> {
+    rx: Option<Receiver<Result<Msg<W>>>>,
     /// Batches handed back to the decoder thread to be freed there.
-    back: Sender<Vec<Prepared>>,
+    back: Sender<Vec<Prepared<W>>>,
     handle: Option<JoinHandle<Option<Box<dyn Witness>>>>,
 }
 
-impl Stream {
+impl<W: Workload> Stream<W> {
     /// Hands a batch the caller is done with back to the decoder thread,
     /// which frees it between batches. A batch is a few thousand small
     /// allocations made on that thread: freeing them there costs the main
     /// thread nothing and returns the memory to the arena it came from.
     /// (After the decoder has ended, the batch is simply freed here.)
-    pub fn recycle(&self, batch: Vec<Prepared>) {
+    pub fn recycle(&self, batch: Vec<Prepared<W>>) {
         let _ = self.back.send(batch);
     }
 
@@ -39,16 +40,16 @@ impl Stream {
     }
 }
 
-impl Iterator for Stream {
-    type Item = Result<Msg>;
+impl<W: Workload> Iterator for Stream<W> {
+    type Item = Result<Msg<W>>;
 
     /// The next message; `None` after the end or an error was delivered.
-    fn next(&mut self) -> Option<Result<Msg>> {
+    fn next(&mut self) -> Option<Result<Msg<W>>> {
         self.rx.as_ref()?.recv().ok()
     }
 }
 
-impl Drop for Stream {
+impl<W: Workload> Drop for Stream<W> {
     fn drop(&mut self) {
         // Dropping the receiver first makes a blocked sender fail at once,
         // so the join cannot hang.
@@ -70,17 +71,17 @@ impl Drop for Stream {
 /// [`Stream::finish`] returns the witness. The
 /// target digest of the batches' rows is computed here too, off the thread
 /// that compares them.
-pub fn spawn(
-    snapshot: Box<dyn Snapshot>,
+pub fn spawn<W: Workload>(
+    snapshot: Box<dyn Snapshot<W>>,
     batch_size: usize,
     after: Option<u32>,
     kind: Kind,
-) -> Result<Stream> {
-    let (tx, rx) = sync_channel::<Result<Msg>>(IN_FLIGHT);
+) -> Result<Stream<W>> {
+    let (tx, rx) = sync_channel::<Result<Msg<W>>>(IN_FLIGHT);
     // Unbounded, but it never holds more than the batches in flight: the
     // caller returns each batch once, and this thread drains the channel
     // before decoding the next one.
-    let (back, returned) = channel::<Vec<Prepared>>();
+    let (back, returned) = channel::<Vec<Prepared<W>>>();
     let producer = Producer {
         tx,
         returned,
@@ -108,21 +109,21 @@ pub fn spawn(
 }
 
 /// The decoder thread's end of a [`Stream`].
-struct Producer {
-    tx: SyncSender<Result<Msg>>,
+struct Producer<W: Workload> {
+    tx: SyncSender<Result<Msg<W>>>,
     /// Batches the caller is done with, to free here.
-    returned: Receiver<Vec<Prepared>>,
+    returned: Receiver<Vec<Prepared<W>>>,
     batch_size: usize,
     kind: Kind,
 }
 
-impl Producer {
+impl<W: Workload> Producer<W> {
     /// Sends every message of the stream over the invoices after `after`;
     /// for a [`Kind::Verify`] stream read to its end, returns the witness.
     /// Stops early, without error, once the receiver is gone.
     fn run(
         &self,
-        mut d: Box<dyn Snapshot>,
+        mut d: Box<dyn Snapshot<W>>,
         after: Option<u32>,
     ) -> Result<Option<Box<dyn Witness>>> {
         let mut version = None;
@@ -151,7 +152,7 @@ impl Producer {
     /// Sends the batches after `after`, up to and including the final,
     /// empty one, with the messages that go with them; false when the
     /// receiver went away.
-    fn send_batches(&self, d: &mut dyn Snapshot, after: Option<u32>) -> Result<bool> {
+    fn send_batches(&self, d: &mut dyn Snapshot<W>, after: Option<u32>) -> Result<bool> {
         let mut cursor = after;
         let mut rows = Sha256::new();
         let mut first = true;
@@ -181,9 +182,9 @@ impl Producer {
     /// Adds the rows of `batch` to the target digest `rows`, and sends the
     /// digest before the final, empty batch; false when the receiver went
     /// away.
-    fn digest_rows(&self, rows: &mut Sha256, batch: &[Prepared]) -> bool {
+    fn digest_rows(&self, rows: &mut Sha256, batch: &[Prepared<W>]) -> bool {
         for p in batch {
-            p.native.feed_digest(rows);
+            W::feed_digest(&p.native, rows);
         }
         if !batch.is_empty() {
             return true;
@@ -194,12 +195,12 @@ impl Producer {
 
     /// Counts the invoices of the source and sends the total; false when
     /// the receiver went away.
-    fn send_total(&self, d: &dyn Snapshot) -> Result<bool> {
+    fn send_total(&self, d: &dyn Snapshot<W>) -> Result<bool> {
         Ok(self.send(Msg::Total(d.count_invoices()?)))
     }
 
     /// Sends `msg`; false when the receiver went away.
-    fn send(&self, msg: Msg) -> bool {
+    fn send(&self, msg: Msg<W>) -> bool {
         self.tx.send(Ok(msg)).is_ok()
     }
 }

@@ -17,7 +17,8 @@
 //!   bytes it was copied from, the child rows it owns, and `checked`, set
 //!   once its rows were read back equal (invariants in [`CopyMap`]);
 //! - the AMP staging table: AMP sub-invoices of copy batches, moved into
-//!   lnd's table by the index build ([`crate::native::AMP_STAGING`]).
+//!   lnd's table by the index build
+//!   (`workload::invoices::sqlite::AMP_STAGING`).
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -28,10 +29,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::fsm::{Event, State};
 use crate::lnd_schema::Stage;
-use crate::native::NativeInvoice;
 use crate::options::Options;
-use crate::reader::Prepared;
 use crate::source::{SourceDigest, TombstoneOutcome, Witness};
+use crate::workload::{Invoices, Prepared, Workload};
 
 mod lock;
 #[cfg(feature = "postgres")]
@@ -231,7 +231,7 @@ pub type Sealed = (TombstoneOutcome, Option<Box<dyn Witness>>);
 pub enum BatchKind {
     /// A batch of the bulk copy, ahead of the cursor: it moves the cursor to
     /// its last invoice, and stages AMP sub-invoices for the index build to
-    /// move (`native::AMP_STAGING`).
+    /// move (`workload::invoices::sqlite::AMP_STAGING`).
     Bulk,
     /// A repair behind the cursor (a re-copy of invoices whose source
     /// changed, or the removal of copies of deleted ones): the cursor stays
@@ -239,15 +239,15 @@ pub enum BatchKind {
     Repair,
 }
 
-/// One batch: the source invoices in the key range `(after, last]`
+/// One batch: the source records in the key range `(after, last]`
 /// (`last = None`: unbounded) as they are now, in key order.
-pub struct Batch<'a> {
+pub struct Batch<'a, W: Workload = Invoices> {
     /// The range's lower bound (exclusive).
     pub after: Option<u32>,
     /// The range's upper bound (inclusive).
     pub last: Option<u32>,
-    /// Every source invoice in the range.
-    pub invoices: &'a [Prepared],
+    /// Every source record in the range.
+    pub invoices: &'a [Prepared<W>],
     /// Bulk or repair.
     pub kind: BatchKind,
 }
@@ -287,18 +287,20 @@ pub type CopyMap = BTreeMap<u32, (i64, Vec<u8>)>;
 
 /// Whether `mapped` holds `p` as it is now: mapped to the same native id,
 /// from source bytes with the same digest.
-pub fn is_current(mapped: &CopyMap, p: &Prepared) -> bool {
-    matches!(mapped.get(&p.num), Some((id, d)) if *id == p.native.id && d == &p.digest)
+pub fn is_current<W: Workload>(mapped: &CopyMap, p: &Prepared<W>) -> bool {
+    matches!(mapped.get(&p.num), Some((id, d)) if *id == p.id() && d == &p.digest)
 }
 
 /// What [`NativeStore::for_each_copy`] calls with each copy: (KV invoice
 /// number, source digest, checked); it breaks to stop the walk.
 pub type CopyVisitor<'a> = dyn FnMut(u32, &[u8], bool) -> ControlFlow<()> + 'a;
 
-/// The native store as the engine sees it: lnd's invoice tables and
+/// The native store as the engine sees it: lnd's tables of one workload
+/// `W` (its records and their child rows, `crate::workload`) and
 /// oneway's bookkeeping (state row, journal, copy map, staging), behind one
 /// backend. The engine holds a `dyn NativeStore` and never sees SQL; a new
-/// backend implements this trait (the SQLite one is [`Target`]).
+/// backend implements this trait (the SQLite one is [`Target`]), for each
+/// workload it stores (today `Invoices`, the default).
 ///
 /// Contract for an implementation, which the engine's crash arguments rest
 /// on (spec/state-machine.md):
@@ -310,7 +312,7 @@ pub type CopyVisitor<'a> = dyn FnMut(u32, &[u8], bool) -> ControlFlow<()> + 'a;
 ///   marks) is one transaction, allowed only while the persisted state
 ///   accepts [`crate::fsm::Event::BatchCopied`];
 /// - the copy map's invariants (`copy_map.rs`) hold at every commit.
-pub trait NativeStore: Send {
+pub trait NativeStore<W: Workload = Invoices>: Send {
     /// Where the store is, for messages (a file path, or a DSN without
     /// its password).
     fn path(&self) -> &Path;
@@ -361,7 +363,7 @@ pub trait NativeStore: Send {
 
     /// Writes one batch (deletes, re-copies, inserts, cursor) in one
     /// transaction; `kv` names the source in a refused insert.
-    fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome>;
+    fn write_batch(&mut self, batch: &Batch<'_, W>, kv: &Path) -> Result<BatchOutcome>;
 
     /// Removes the copies of the invoices `gone`, in one transaction.
     fn remove_copies(&mut self, gone: &[u32]) -> Result<u64>;
@@ -374,13 +376,13 @@ pub trait NativeStore: Send {
     fn mark_checked(&mut self, after: Option<u32>, last: Option<u32>) -> Result<()>;
 
     /// Marks each of `equal` checked if its map row still has its digest.
-    fn mark_equal(&mut self, equal: &[&Prepared]) -> Result<()>;
+    fn mark_equal(&mut self, equal: &[&Prepared<W>]) -> Result<()>;
 
     /// The copy map in `(lo, hi]`.
     fn copy_map(&self, lo: Option<u32>, hi: Option<u32>) -> Result<CopyMap>;
 
     /// Whether the copy map holds `p` with `p`'s digest.
-    fn copy_is_current(&self, p: &Prepared) -> Result<bool> {
+    fn copy_is_current(&self, p: &Prepared<W>) -> Result<bool> {
         Ok(is_current(
             &self.copy_map(p.num.checked_sub(1), Some(p.num))?,
             p,
@@ -397,15 +399,16 @@ pub trait NativeStore: Send {
     /// it breaks; returns whether it ran to the end.
     fn for_each_copy(&self, f: &mut CopyVisitor<'_>) -> Result<bool>;
 
-    /// The child rows the copies own, by the map's per-invoice counts.
-    fn owned_child_rows(&self) -> Result<[(&'static str, u64); 5]>;
+    /// The child rows the copies own, by the map's per-record counts, as
+    /// (child table, rows) in the order of `Workload::child_tables`.
+    fn owned_child_rows(&self) -> Result<Vec<(&'static str, u64)>>;
 
     /// Rows of one of lnd's or oneway's tables.
     fn count(&self, table: &str) -> Result<u64>;
 
-    /// Invoices in lnd's `invoices` table.
+    /// Records in the workload's own table (lnd's `invoices`).
     fn native_invoices(&self) -> Result<u64> {
-        self.count("invoices")
+        self.count(W::ROOT_TABLE)
     }
 
     /// Rows of the copy map.
@@ -429,7 +432,7 @@ pub trait NativeStore: Send {
 
     /// Reads back the invoices `ids`; with `staged`, with their staged AMP
     /// sets.
-    fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, NativeInvoice>>;
+    fn load_invoices(&self, ids: &[i64], staged: bool) -> Result<BTreeMap<i64, W::Record>>;
 
     /// Whether [`NativeStore::prefetch`] does anything: verification then
     /// takes the next batch from the decoder before comparing the current
@@ -451,7 +454,7 @@ pub trait NativeStore: Send {
     /// invoice with its copy read back: `inv` itself where every field is
     /// kept exactly (SQLite), its times floored to the microsecond on
     /// Postgres (all a `TIMESTAMP` keeps, as lnd's own writes there).
-    fn as_stored<'i>(&self, inv: &'i NativeInvoice) -> std::borrow::Cow<'i, NativeInvoice> {
+    fn as_stored<'i>(&self, inv: &'i W::Record) -> std::borrow::Cow<'i, W::Record> {
         std::borrow::Cow::Borrowed(inv)
     }
 
@@ -462,23 +465,25 @@ pub trait NativeStore: Send {
     fn indexes_built(&self) -> Result<bool>;
 
     /// Runs `read` inside one read snapshot of the store.
-    fn in_snapshot(&self, read: &mut dyn FnMut(&dyn NativeStore) -> Result<()>) -> Result<()>;
+    fn in_snapshot(&self, read: &mut dyn FnMut(&dyn NativeStore<W>) -> Result<()>) -> Result<()>;
 
-    /// The referential-integrity check by row counts (`native::ChildRows`):
-    /// each child table must hold exactly the rows the `which` invoices own
-    /// (`staged_amp_sets` added to `amp_sub_invoices` before the index
-    /// build moves them). One sentence per table that does not.
+    /// The referential-integrity check by row counts (the invariant on
+    /// `crate::workload::invoices::ChildRows`): each child table must
+    /// hold exactly the rows the `which` records own (`staged` rows added
+    /// to the workload's `Workload::STAGED_TABLE`, whose bulk-copied rows
+    /// wait outside it until the index build moves them). One sentence per
+    /// table that does not.
     fn child_rows_differ(
         &self,
-        owned: [(&'static str, u64); 5],
-        staged_amp_sets: u64,
+        owned: Vec<(&'static str, u64)>,
+        staged: u64,
         which: &str,
     ) -> Result<Vec<String>> {
         let mut found = Vec::new();
         for (table, owned) in owned {
             let mut rows = self.count(table)?;
-            if table == "amp_sub_invoices" {
-                rows += staged_amp_sets;
+            if Some(table) == W::STAGED_TABLE {
+                rows += staged;
             }
             if rows != owned {
                 found.push(format!(

@@ -2,7 +2,8 @@
 //! `begin_read` and `end_read` are one `REPEATABLE READ` transaction
 //! (which writes nothing but the session's temporary payment-hash index),
 //! decoding invoices exactly as the SQLite `Decoder` does
-//! (`reader::decode_raw`, `hash_from_found`, `finish_prepare`).
+//! (`workload::invoices::decode`: `decode_raw`, `hash_from_found`,
+//! `finish_prepare`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,8 +17,9 @@ use super::witness::{self, DbId, Mark, PgWitness};
 use crate::error::{PgContext, Result, Role};
 use crate::kv::{DigestWalk, InvoiceBuckets, RawInvoice, NEXT_INVOICE_KEY, PAYMENT_HASHES_BUCKET};
 use crate::postgres::Dsn;
-use crate::reader::{decode_raw, finish_prepare, hash_from_found, MAX_BATCH_BYTES};
+use crate::reader::MAX_BATCH_BYTES;
 use crate::source::{InvoiceDigests, Prepared, Snapshot, SourceDigest, Version, Witness};
+use crate::workload::invoices::decode::{decode_raw, finish_prepare, hash_from_found};
 
 /// How a read transaction starts. Not `READ ONLY`: the payment-hash index
 /// is a temporary table of this session, filled inside the transaction so

@@ -39,7 +39,6 @@ use postgres::{Client, GenericClient};
 use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::lnd_schema::{Existing, Stage};
-use crate::native::NativeInvoice;
 use crate::postgres::lnd_schema::Schema;
 use crate::postgres::{Dsn, PgError};
 use crate::reader::Prepared;
@@ -48,6 +47,7 @@ use crate::store::{
     now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
     NativeStore, Persisted, Sealed, SourceIdentity, FORMAT_VERSION,
 };
+use crate::workload::invoices::NativeInvoice;
 
 /// The native store in PostgreSQL, opened for oneway's work.
 pub struct PgTarget {
@@ -422,8 +422,8 @@ impl NativeStore for PgTarget {
         PgTarget::for_each_copy(self, f)
     }
 
-    fn owned_child_rows(&self) -> Result<[(&'static str, u64); 5]> {
-        PgTarget::owned_child_rows(self)
+    fn owned_child_rows(&self) -> Result<Vec<(&'static str, u64)>> {
+        PgTarget::owned_child_rows(self).map(Vec::from)
     }
 
     fn count(&self, table: &str) -> Result<u64> {

@@ -83,19 +83,6 @@ CREATE TABLE oneway_amp_staging (
 CREATE INDEX oneway_amp_staging_invoice ON oneway_amp_staging(invoice_id);
 ";
 
-/// lnd's tables that hold invoices or their events: all empty in a database
-/// whose invoice migration has not run.
-const COPIED_OR_EMPTY: [&str; 8] = [
-    "invoices",
-    "invoice_features",
-    "invoice_htlcs",
-    "invoice_htlc_custom_records",
-    "amp_sub_invoices",
-    "amp_sub_invoice_htlcs",
-    "invoice_events",
-    "invoice_payment_hashes",
-];
-
 const SCHEMA_ACT: &str = "reading the schema";
 
 /// Whether the table `name` exists in the session's current schema.
@@ -176,7 +163,7 @@ fn lnd_before_invoices(client: &mut impl GenericClient, tables: &[String]) -> Pg
     }
     for table in tables
         .iter()
-        .filter(|t| COPIED_OR_EMPTY.contains(&t.as_str()))
+        .filter(|t| crate::lnd_schema::copied_or_empty(t))
     {
         let any = client
             .query_opt(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])

@@ -23,9 +23,9 @@ use super::copy_map;
 use super::Target;
 use crate::error::{Context, Error, Result, Role};
 use crate::fsm::{self, Event, State};
-use crate::native;
 use crate::reader::Prepared;
 use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
+use crate::workload::invoices::sqlite as invoice_rows;
 
 impl Target {
     /// The one checked path for a durable write between transitions (see
@@ -143,7 +143,7 @@ impl Target {
             };
             cache(cache_kib)?;
             let built = tx
-                .execute_batch(native::AMP_STAGING)
+                .execute_batch(invoice_rows::AMP_STAGING)
                 .and_then(|_| crate::lnd_schema::create_indexes(tx));
             cache(normal_cache)?;
             match built {
@@ -187,8 +187,11 @@ fn duplicate(
 ) -> Result<IndexBuild> {
     if let rusqlite::Error::SqliteFailure(f, _) = &err {
         if f.code == rusqlite::ErrorCode::ConstraintViolation {
-            let dup =
-                native::find_duplicate(tx).ctx(Role::Native, sql, "looking for duplicates")?;
+            let dup = invoice_rows::find_duplicate(tx).ctx(
+                Role::Native,
+                sql,
+                "looking for duplicates",
+            )?;
             if let Some((num, other, reason)) = dup {
                 return Ok(IndexBuild::Duplicate {
                     invoices: other.into_iter().chain([num]).collect(),
@@ -211,7 +214,7 @@ fn duplicate(
 
 /// Deletes one copy: lnd's rows of native invoice `id` and its map row.
 fn remove_copy(tx: &Transaction<'_>, kv_num: u32, id: i64) -> rusqlite::Result<()> {
-    native::delete(tx, id)?;
+    invoice_rows::delete(tx, id)?;
     tx.prepare_cached("DELETE FROM oneway_invoice_map WHERE kv_num = ?1")?
         .execute([kv_num])?;
     Ok(())
@@ -267,7 +270,7 @@ fn insert_new(
     outcome: &mut BatchOutcome,
 ) -> Result<i64> {
     let prep = |e| Error::sqlite(Role::Native, sql, "preparing the inserts", e);
-    let mut rows = native::Inserter::new(tx, batch.kind == BatchKind::Bulk).map_err(prep)?;
+    let mut rows = invoice_rows::Inserter::new(tx, batch.kind == BatchKind::Bulk).map_err(prep)?;
     let mut map_row = tx
         .prepare_cached(
             "INSERT INTO oneway_invoice_map (kv_num, invoice_id, digest, features, htlcs,

@@ -16,9 +16,9 @@ use rusqlite::params;
 
 use super::Target;
 use crate::error::{Context, Error, Result, Role};
-use crate::native::ChildRows;
 use crate::reader::Prepared;
 use crate::store::CopyMap;
+use crate::workload::invoices::ChildRows;
 
 /// `lo < kv_num <= hi` as SQL bounds (`None`: unbounded).
 pub(super) fn bounds(lo: Option<u32>, hi: Option<u32>) -> (i64, i64) {

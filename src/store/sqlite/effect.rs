@@ -13,7 +13,7 @@ use rusqlite::{params, Transaction};
 use super::ONEWAY_SCHEMA;
 use crate::error::{Context, Error, Mismatch, Result, Role};
 use crate::identity::SourceIdentity;
-use crate::lnd_schema::{self, Stage, LND_TABLES};
+use crate::lnd_schema::{self, Stage};
 use crate::store::{now_text, Effect, Verification, FORMAT_VERSION};
 
 /// Runs `effect` inside the transition's transaction.
@@ -57,7 +57,7 @@ fn create_schema(
     batch_size: u64,
     settle_index: u64,
 ) -> rusqlite::Result<()> {
-    tx.execute_batch(LND_TABLES)?;
+    tx.execute_batch(&lnd_schema::files::sqlite_begin())?;
     // Dirty until `Locked`: an lnd started on the store too early stops
     // before touching it (see `lnd_schema`).
     lnd_schema::set_schema_version(tx, true)?;

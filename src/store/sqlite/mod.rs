@@ -1,8 +1,8 @@
 //! The SQLite native store ([`Target`]): lnd's tables and oneway's
 //! bookkeeping in one file (`lnd.sqlite`), one transaction per write.
 //!
-//! The native SQLite file holds lnd's tables ([`crate::native`]) and four
-//! of oneway's:
+//! The native SQLite file holds lnd's tables (their rows:
+//! `crate::workload::invoices::sqlite`) and four of oneway's:
 //! - `oneway_state`: one row (`singleton = 1`) with the machine's state, the
 //!   source identity, the copy cursor, and the verification record;
 //! - `oneway_journal`: append-only (triggers refuse UPDATE and DELETE), one
@@ -18,7 +18,7 @@
 //!   only after a comparison found the rows equal;
 //! - `oneway_amp_staging`: AMP sub-invoice rows written by copy batches,
 //!   moved into `amp_sub_invoices` in set-id order by the index build
-//!   ([`crate::native::AMP_STAGING`] says why).
+//!   (`workload::invoices::sqlite::AMP_STAGING` says why).
 //!
 //! Durability: the connection runs in WAL mode. Transitions run with
 //! `synchronous=FULL`, so a transition is on disk when [`Target::transition`]
@@ -40,12 +40,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use crate::error::{Context, Error, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::lnd_schema::{self, Existing, Stage};
-use crate::native::NativeInvoice;
 use crate::reader::Prepared;
 use crate::store::{
     now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
     NativeStore, Persisted, SourceIdentity, FORMAT_VERSION,
 };
+use crate::workload::invoices::NativeInvoice;
 
 /// Page size of a native store oneway creates, in bytes.
 pub const NATIVE_PAGE_SIZE: i64 = 16384;
@@ -535,8 +535,8 @@ impl NativeStore for Target {
         Target::for_each_copy(self, f)
     }
 
-    fn owned_child_rows(&self) -> Result<[(&'static str, u64); 5]> {
-        Target::owned_child_rows(self)
+    fn owned_child_rows(&self) -> Result<Vec<(&'static str, u64)>> {
+        Target::owned_child_rows(self).map(Vec::from)
     }
 
     fn staged_amp_sets(&self) -> Result<u64> {

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use super::Target;
 use crate::error::{Context, Result, Role};
 use crate::lnd_schema::{self, Stage};
-use crate::native::{self, NativeAmpSet, NativeInvoice};
 use crate::store::NativeStore;
+use crate::workload::invoices::sqlite as invoice_rows;
+use crate::workload::invoices::{NativeAmpSet, NativeInvoice};
 
 impl Target {
     /// Adds the AMP sets of `ids` still in `oneway_amp_staging` to their
@@ -109,7 +110,7 @@ impl Target {
         ids: &[i64],
         staged: bool,
     ) -> Result<BTreeMap<i64, NativeInvoice>> {
-        let mut loaded = native::load_many(&self.conn, ids).ctx(
+        let mut loaded = invoice_rows::load_many(&self.conn, ids).ctx(
             Role::Native,
             &self.path,
             "reading invoices back",
@@ -130,13 +131,13 @@ impl Target {
         )
     }
 
-    /// Whether every index of [`lnd_schema::LND_INDEXES`] exists (they are
-    /// built in one transaction after the copy).
+    /// Whether every index of [`lnd_schema::files::sqlite_deferred_indexes`]
+    /// exists (they are built in one transaction after the copy).
     pub(super) fn indexes_built(&self) -> Result<bool> {
-        let names: Vec<&str> = lnd_schema::LND_INDEXES
-            .split("IF NOT EXISTS ")
-            .skip(1)
-            .filter_map(|rest| rest.split_whitespace().next())
+        let statements = lnd_schema::files::sqlite_deferred_indexes();
+        let names: Vec<&str> = statements
+            .iter()
+            .filter_map(|s| lnd_schema::files::index_name(s))
             .collect();
         for name in &names {
             if !self.has_object("index", name)? {

@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 
 use postgres::GenericClient;
 
-use super::time::PgTimestamp;
-use super::{sql, PgResult};
-use crate::native::{self, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice};
+use crate::postgres::time::PgTimestamp;
+use crate::postgres::{sql, PgResult};
+use crate::workload::invoices::{
+    self as native, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice,
+};
 
 fn floor(text: &str) -> String {
     PgTimestamp::from_sql_text(text).map_or_else(|| text.to_owned(), PgTimestamp::sql_text)

@@ -28,9 +28,9 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 
-use super::time::PgTimestamp;
-use super::{sql, PgError, PgResult};
-use crate::native::{NativeHtlc, NativeInvoice};
+use crate::postgres::time::PgTimestamp;
+use crate::postgres::{sql, PgError, PgResult};
+use crate::workload::invoices::{NativeHtlc, NativeInvoice};
 
 /// `invoices`' columns in COPY order.
 const INVOICE_COLUMNS: &str = "id, hash, preimage, settle_index, settled_at, memo, amount_msat, \
@@ -211,7 +211,7 @@ pub fn copy_invoices(
 /// of `amp_sub_invoices`, for a bulk copy whose index build moves them in
 /// set-id order. The AMP HTLC rows still go to `amp_sub_invoice_htlcs`, so
 /// their foreign key to `amp_sub_invoices` must be dropped meanwhile
-/// ([`super::lnd_schema::drop_copy_foreign_keys`]).
+/// ([`crate::postgres::lnd_schema::drop_copy_foreign_keys`]).
 pub fn copy_invoices_to(
     tx: &mut Transaction<'_>,
     invoices: &[&NativeInvoice],

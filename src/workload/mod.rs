@@ -1,0 +1,126 @@
+//! The workload seam: what one kind of lnd record (today its invoices) is,
+//! apart from where it is stored.
+//!
+//! The engine, the native store ([`crate::store::NativeStore`]) and the
+//! source ([`crate::source::Source`]) move *records*: a KV record decoded
+//! into the native rows it owns ([`Workload::Record`]), carried with its KV
+//! number and the digest of its source bytes ([`Prepared`]). What a record
+//! is, and every rule that depends on it, belongs to a [`Workload`]:
+//! - where it lives in the KV store: the top-level bucket
+//!   ([`Workload::BUCKET`]) and the key in it that is not a record but lnd's
+//!   seal ([`Workload::TOMBSTONE_KEY`]; the source digest skips it);
+//! - its identity in the native store ([`Workload::id`], the row id in
+//!   [`Workload::ROOT_TABLE`]) and the child rows it owns
+//!   ([`Workload::children`], [`Workload::child_tables`]), which the
+//!   referential-integrity check counts;
+//! - lnd's sequence it carries (for invoices, the settle index:
+//!   [`Workload::sequence`]);
+//! - its digest encoding ([`Workload::feed_digest`]) and its comparison for
+//!   verification ([`Workload::diff`]).
+//!
+//! [`invoices::Invoices`] is the one implementation. Its modules hold the
+//! rest of the invoice workload, which needs a backend: the decoding
+//! (`invoices/decode.rs`, shared by every source backend), and the rows
+//! written and read back per native backend (`invoices/sqlite.rs`; the
+//! Postgres writers are in `crate::postgres::{copy, load}`).
+//!
+//! # Adding a workload
+//!
+//! A module beside [`invoices`] with a type implementing [`Workload`], its
+//! record type and mapping, and per backend its row writer and loader; then
+//! the native store and the source implement their traits for it
+//! (`NativeStore<W>`, `Source<W>`, `Snapshot<W>`, `Stream<W>` take the
+//! workload as a type parameter, [`invoices::Invoices`] by default), and
+//! the engine is instantiated with it.
+//!
+//! Invariants every workload keeps (the engine's verification and the
+//! catch-up rest on them, `spec/formats.md` §4 and `spec/state-machine.md`
+//! §7.1):
+//! - no I/O here: decoding and mapping are pure functions of the KV bytes;
+//! - equal records give equal digests, and [`Workload::diff`] is empty
+//!   exactly when the two records are equal;
+//! - a record's child rows refer only to the record itself (so counting the
+//!   rows of each child table proves that no row belongs to no record);
+//! - [`Workload::diff`] never shows a secret field's value, only a
+//!   fingerprint.
+
+use std::fmt;
+
+use sha2::Sha256;
+
+pub mod invoices;
+
+pub use invoices::Invoices;
+
+/// One kind of lnd record, as the engine and the stores see it (see the
+/// module documentation for what it owns and the invariants).
+pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
+    /// Every native row one KV record owns.
+    type Record: Clone + fmt::Debug + PartialEq + Send + Sync + 'static;
+    /// How many rows of each child table a set of records owns.
+    type Children: Copy + Default + fmt::Debug + Eq + Send + Sync + 'static;
+
+    /// The KV store's top-level bucket holding the records.
+    const BUCKET: &'static [u8];
+    /// The key of [`Workload::BUCKET`] that seals the KV store for lnd:
+    /// not a record, and not part of the source digest.
+    const TOMBSTONE_KEY: &'static [u8];
+    /// The value oneway writes under [`Workload::TOMBSTONE_KEY`].
+    const TOMBSTONE_VALUE: &'static [u8];
+    /// The native table of the records themselves.
+    const ROOT_TABLE: &'static str;
+    /// The child table whose rows a bulk copy stages outside lnd's table
+    /// until the index build moves them, if any (the native store's
+    /// staging; counted with the table by the child-row check).
+    const STAGED_TABLE: Option<&'static str>;
+
+    /// The record's row id in [`Workload::ROOT_TABLE`].
+    fn id(record: &Self::Record) -> i64;
+
+    /// The child rows `record` owns.
+    fn children(record: &Self::Record) -> Self::Children;
+
+    /// Adds `more` to `total`.
+    fn add_children(total: &mut Self::Children, more: Self::Children);
+
+    /// (child table, rows) pairs of `children`, in schema order.
+    fn child_tables(children: &Self::Children) -> Vec<(&'static str, u64)>;
+
+    /// The highest value of lnd's sequence that `record` carries (0 for
+    /// none): the sequence the native store must continue from.
+    fn sequence(record: &Self::Record) -> u64;
+
+    /// Feeds a canonical, length-prefixed encoding of every row of
+    /// `record` into `h` (`spec/formats.md` §4.4).
+    fn feed_digest(record: &Self::Record, h: &mut Sha256);
+
+    /// Every field that differs between the record built from the source
+    /// (`want`) and its copy read back (`got`), one sentence each; empty
+    /// when equal.
+    fn diff(want: &Self::Record, got: &Self::Record) -> Vec<String>;
+}
+
+/// A decoded source record, ready to write or compare.
+///
+/// Invariants: `native` is what the workload's mapping built from exactly
+/// the bytes `digest` was computed over (both inside one read of the
+/// source), so a copy whose map row holds this digest was written from the
+/// same bytes (`crate::store::is_current`); `W::id(&native)` is the row id
+/// the copy map pairs with `num`.
+#[derive(Debug, Clone)]
+pub struct Prepared<W: Workload = Invoices> {
+    /// The record's KV number (for invoices, lnd's invoice number).
+    pub num: u32,
+    /// Its native rows.
+    pub native: W::Record,
+    /// SHA-256 over the raw source bytes (`spec/formats.md` §4.2): equal
+    /// digests mean nothing in the source changed.
+    pub digest: [u8; 32],
+}
+
+impl<W: Workload> Prepared<W> {
+    /// The record's row id in the native store.
+    pub fn id(&self) -> i64 {
+        W::id(&self.native)
+    }
+}
