@@ -131,6 +131,19 @@ fn assert_autovacuum_analyzes_after(c: &mut postgres::Client) {
         .get(0)
     };
     assert!(stats(c, "id"), "verification's column is analyzed");
+    // Autovacuum, paused on the copied tables from `Begin` to the index
+    // build, has them back: no storage option is left on lnd's tables.
+    let options: Vec<String> = c
+        .query(
+            "SELECT relname FROM pg_class WHERE reloptions IS NOT NULL \
+             AND relnamespace = current_schema()::regnamespace AND relname NOT LIKE 'oneway%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(options.is_empty(), "storage options left on {options:?}");
     let auto: bool = c
         .query_one(
             "SELECT last_autoanalyze IS NOT NULL FROM pg_stat_user_tables \

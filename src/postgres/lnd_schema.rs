@@ -194,6 +194,43 @@ pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
     Ok(())
 }
 
+/// lnd's tables a migration copies rows into.
+pub const COPIED_TABLES: [&str; 6] = [
+    "invoices",
+    "invoice_features",
+    "invoice_htlcs",
+    "invoice_htlc_custom_records",
+    "amp_sub_invoices",
+    "amp_sub_invoice_htlcs",
+];
+
+/// Keeps autovacuum off [`COPIED_TABLES`] until [`resume_autovacuum`]:
+/// the bulk copy's inserts would start it on them, and the index build's
+/// DDL then waits for it to be cancelled (the server's `deadlock_timeout`,
+/// a second by default, per collision). Idempotent.
+pub fn pause_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
+    for table in COPIED_TABLES {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+            ))
+            .map_err(sql(format!("pausing autovacuum on {table}")))?;
+    }
+    Ok(())
+}
+
+/// Gives [`COPIED_TABLES`] back to autovacuum: the storage option
+/// [`pause_autovacuum`] set is removed, which leaves the tables' options as
+/// lnd's DDL makes them (none). Idempotent.
+pub fn resume_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
+    for table in COPIED_TABLES {
+        client
+            .batch_execute(&format!("ALTER TABLE {table} RESET (autovacuum_enabled)"))
+            .map_err(sql(format!("resuming autovacuum on {table}")))?;
+    }
+    Ok(())
+}
+
 /// Builds what [`drop_copy_indexes`] dropped, with lnd's names and
 /// definitions, in one session: [`build_copy_unique_indexes`], then
 /// [`build_named_indexes`] for every table, then [`attach_copy_uniques`].

@@ -461,12 +461,14 @@ fn is_unique_violation(err: &PgError) -> bool {
 /// `ROW EXCLUSIVE` lock on it until the commit.
 const AMP_SETS_TABLE: &str = "amp_sub_invoices";
 
-/// The columns verification reads by (`crate::postgres::load`), analyzed
-/// by the index build so that its plans see the copied rows.
+/// The columns of lnd's tables verification reads by
+/// (`crate::postgres::load`), analyzed by the index build so that its plans
+/// see the copied rows. The copy map is read by ranges of its primary key,
+/// planned well without statistics; analyzing it would wait for the
+/// autovacuum its inserts start.
 const VERIFY_COLUMNS: &str = "invoices (id), invoice_features (invoice_id),
      invoice_htlcs (invoice_id), invoice_htlc_custom_records (htlc_id),
-     amp_sub_invoices (invoice_id), amp_sub_invoice_htlcs (htlc_id),
-     oneway_invoice_map (kv_num)";
+     amp_sub_invoices (invoice_id), amp_sub_invoice_htlcs (htlc_id)";
 
 /// Builds what the bulk copy left out, after moving the staged AMP sets:
 /// lnd's unique B-trees in `tx` while `second` (a session of its own, in
@@ -477,8 +479,9 @@ const VERIFY_COLUMNS: &str = "invoices (id), invoice_features (invoice_id),
 /// No deadlock: until the join `tx` holds `SHARE` locks on the tables it
 /// indexes (which `CREATE INDEX` on `second` shares) and `ROW EXCLUSIVE`
 /// only on [`AMP_SETS_TABLE`] and the staging table, which `second` does
-/// not touch; the `ACCESS EXCLUSIVE` locks of the constraints come after
-/// `second` has finished. Crash safety: what `second` commits is a subset
+/// not touch; the `ACCESS EXCLUSIVE` locks of the constraints and the
+/// lock that gives the tables back to autovacuum come after `second` has
+/// finished. Crash safety: what `second` commits is a subset
 /// of lnd's indexes, built idempotently; `indexes_built` stays false until
 /// `tx` commits the rest, and a rerun's build skips what exists.
 fn build(tx: &mut Transaction<'_>, second: &mut postgres::Client, memory: i64) -> PgResult<()> {
@@ -501,6 +504,7 @@ fn build(tx: &mut Transaction<'_>, second: &mut postgres::Client, memory: i64) -
         own.and(named)
     })?;
     pg_schema::attach_copy_uniques(tx)?;
+    pg_schema::resume_autovacuum(tx)?;
     pg_schema::build_copy_foreign_keys(tx)?;
     // Statistics of the columns verification reads by, for its plans:
     // lnd's tables were empty when created, and the read-back would

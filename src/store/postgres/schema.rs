@@ -223,6 +223,7 @@ fn create_schema(
     pg_schema::create(tx, true).pg(Role::Native, "")?;
     pg_schema::drop_copy_indexes(tx).pg(Role::Native, "")?;
     pg_schema::drop_copy_foreign_keys(tx).pg(Role::Native, "")?;
+    pg_schema::pause_autovacuum(tx).pg(Role::Native, "")?;
     tx.batch_execute(ONEWAY_SCHEMA_PG)
         .map_err(pg_err("creating oneway's tables"))?;
     tx.execute(
