@@ -94,13 +94,6 @@ mod identity;
 mod kv;
 mod lnd_schema;
 pub mod model;
-mod workload;
-/// The invoice workload's rows under their former path, still named by
-/// the Postgres store's index build (`store/postgres/{batch,reads}.rs`),
-/// which a parallel change is reworking; new code names
-/// `crate::workload::invoices`.
-#[cfg(feature = "postgres")]
-use workload::invoices as native;
 mod options;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -108,6 +101,7 @@ mod reader;
 mod source;
 mod store;
 mod timefmt;
+mod workload;
 
 pub use engine::{
     CancelHandle, Coverage, GuardOutcome, Migrator, NoProgress, Options, Phase, PhaseTimes,

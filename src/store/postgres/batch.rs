@@ -24,12 +24,12 @@ use postgres::Transaction;
 use super::{pg_err, PgTarget};
 use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event};
-use crate::native::NativeInvoice;
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
 use crate::postgres::{PgError, PgResult};
 use crate::reader::Prepared;
 use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
+use crate::workload::invoices::NativeInvoice;
 
 /// How [`PgTarget::write_or_roll_back`] ends its transaction.
 pub(super) enum Finish<T> {
@@ -556,7 +556,9 @@ fn duplicate(tx: &mut Transaction<'_>, kv: &Path, err: PgError) -> Result<IndexB
 /// `native::find_duplicate` finds them.
 fn find_duplicate(tx: &mut Transaction<'_>) -> PgResult<Option<(u32, Option<u32>, String)>> {
     let act = || crate::postgres::sql("looking for duplicates");
-    for (what, query) in crate::native::duplicate_checks(|c| format!("encode({c}, 'hex')")) {
+    for (what, query) in
+        crate::workload::invoices::duplicate_checks(|c| format!("encode({c}, 'hex')"))
+    {
         let rows: Vec<(i64, String)> = tx
             .query(&query, &[])
             .map_err(act())?
@@ -576,7 +578,8 @@ fn find_duplicate(tx: &mut Transaction<'_>) -> PgResult<Option<(u32, Option<u32>
                 .map(|r| r.get(0)))
         };
         let nums = (num(*first)?, num(*second)?);
-        let found = crate::native::duplicate_found(what, value, (*first, *second), nums);
+        let found =
+            crate::workload::invoices::duplicate_found(what, value, (*first, *second), nums);
         return Ok(Some(found));
     }
     Ok(None)

@@ -23,8 +23,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, PgContext, Result, Role};
-use crate::native::NativeInvoice;
 use crate::postgres::{Dsn, PgResult};
+use crate::workload::invoices::NativeInvoice;
 
 /// Invoices read back, by id.
 type Loaded = BTreeMap<i64, NativeInvoice>;

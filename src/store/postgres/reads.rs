@@ -10,12 +10,12 @@ use super::batch::{bounds, copy_map_range};
 use super::prefetch::Prefetcher;
 use super::{pg_err, PgTarget};
 use crate::error::{PgContext, Result, Role};
-use crate::native::{ChildRows, NativeInvoice};
 use crate::postgres::lnd_schema::{
     self as pg_schema, COPY_FOREIGN_KEYS, COPY_INDEXES, COPY_UNIQUES,
 };
 use crate::postgres::load;
 use crate::store::{CopyMap, CopyVisitor, NativeStore};
+use crate::workload::invoices::{ChildRows, NativeInvoice};
 
 /// The invoices `ids` read back with all their rows, through `conn`: one
 /// range of ids when they are nearly contiguous (a batch's are), else one
