@@ -194,15 +194,7 @@ pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
     Ok(())
 }
 
-/// lnd's tables a migration copies rows into.
-pub const COPIED_TABLES: [&str; 6] = [
-    "invoices",
-    "invoice_features",
-    "invoice_htlcs",
-    "invoice_htlc_custom_records",
-    "amp_sub_invoices",
-    "amp_sub_invoice_htlcs",
-];
+pub use crate::lnd_schema::COPIED_TABLES;
 
 /// Keeps autovacuum off [`COPIED_TABLES`] until [`resume_autovacuum`]:
 /// the bulk copy's inserts would start it on them, and the index build's
