@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use postgres::GenericClient;
 
 use super::{sql, PgResult};
+use crate::lnd_schema::COPIED_TABLES;
 
 pub use crate::lnd_schema::files::{postgres_text, SchemaFile, EXPIRY_FIX, REPLACEMENTS, UP_FILES};
 
@@ -194,11 +195,9 @@ pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
     Ok(())
 }
 
-pub use crate::lnd_schema::COPIED_TABLES;
-
-/// Keeps autovacuum off [`COPIED_TABLES`] until [`resume_autovacuum`]:
-/// the bulk copy's inserts would start it on them, and the index build's
-/// DDL then waits for it to be cancelled (the server's `deadlock_timeout`,
+/// Keeps autovacuum off lnd's six copied tables (`COPIED_TABLES`) until
+/// [`resume_autovacuum`]: the bulk copy's inserts would start it on them,
+/// and the index build's DDL then waits for it to be cancelled (the server's `deadlock_timeout`,
 /// a second by default, per collision). Idempotent.
 pub fn pause_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
     for table in COPIED_TABLES {
@@ -211,7 +210,7 @@ pub fn pause_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
     Ok(())
 }
 
-/// Gives [`COPIED_TABLES`] back to autovacuum: the storage option
+/// Gives the copied tables back to autovacuum: the storage option
 /// [`pause_autovacuum`] set is removed, which leaves the tables' options as
 /// lnd's DDL makes them (none). Idempotent.
 pub fn resume_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
