@@ -200,24 +200,23 @@ pub fn drop_copy_indexes(client: &mut impl GenericClient) -> PgResult<()> {
 /// and the index build's DDL then waits for it to be cancelled (the server's `deadlock_timeout`,
 /// a second by default, per collision). Idempotent.
 pub fn pause_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
-    for table in COPIED_TABLES {
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE {table} SET (autovacuum_enabled = false)"
-            ))
-            .map_err(sql(format!("pausing autovacuum on {table}")))?;
-    }
-    Ok(())
+    alter_copied_tables(client, "SET (autovacuum_enabled = false)", "pausing")
 }
 
 /// Gives the copied tables back to autovacuum: the storage option
 /// [`pause_autovacuum`] set is removed, which leaves the tables' options as
 /// lnd's DDL makes them (none). Idempotent.
 pub fn resume_autovacuum(client: &mut impl GenericClient) -> PgResult<()> {
+    alter_copied_tables(client, "RESET (autovacuum_enabled)", "resuming")
+}
+
+/// `ALTER TABLE <table> <clause>` on each of `COPIED_TABLES`; `doing`
+/// says to what end, in errors ("pausing autovacuum on …").
+fn alter_copied_tables(client: &mut impl GenericClient, clause: &str, doing: &str) -> PgResult<()> {
     for table in COPIED_TABLES {
         client
-            .batch_execute(&format!("ALTER TABLE {table} RESET (autovacuum_enabled)"))
-            .map_err(sql(format!("resuming autovacuum on {table}")))?;
+            .batch_execute(&format!("ALTER TABLE {table} {clause}"))
+            .map_err(sql(format!("{doing} autovacuum on {table}")))?;
     }
     Ok(())
 }
