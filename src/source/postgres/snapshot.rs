@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use postgres::types::Type;
 use postgres::{Client, Statement};
 use sha2::{Digest, Sha256};
 
@@ -163,9 +164,9 @@ impl PgSnapshot {
         let rows = self
             .client
             .get_mut()
-            .query(
+            .query_typed(
                 &format!("SELECT num, hash FROM {HASH_INDEX} WHERE num = ANY($1)"),
-                &[&keys],
+                &[(&keys, Type::BYTEA_ARRAY)],
             )
             .pg(Role::Kv, "reading the payment-hash index")?;
         let mut found = Found::new();

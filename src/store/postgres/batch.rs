@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
@@ -26,7 +27,7 @@ use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
-use crate::postgres::{PgError, PgResult};
+use crate::postgres::{PgError, PgResult, Statements};
 use crate::reader::Prepared;
 use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
 use crate::workload::invoices::NativeInvoice;
@@ -92,6 +93,7 @@ impl PgTarget {
     /// from the range and outdated copies, copies the rest that is not
     /// current, and for a [`BatchKind::Bulk`] moves the cursor to `last`.
     pub(super) fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {
+        let statements = Arc::clone(&self.statements);
         let outcome = self.write(Some("batch"), "committing a batch", |tx| {
             let mapped = copy_map_range(tx, batch.after, batch.last)
                 .map_err(pg_err("reading the copy map"))?;
@@ -117,7 +119,7 @@ impl PgTarget {
                 recopied: outdated.len() as u64,
                 written: new.len() as u64,
             };
-            let max_settle = insert_new(tx, kv, &new, batch.kind)?;
+            let max_settle = insert_new(tx, &statements, kv, &new, batch.kind)?;
             move_cursor(tx, batch, &outcome, max_settle)?;
             Ok(outcome)
         })?;
@@ -204,10 +206,10 @@ impl PgTarget {
         let (lo, _) = bounds(after, None);
         let hi = last.map_or(-1, i64::from);
         self.write(None, "marking verified copies", |tx| {
-            tx.execute(
+            tx.query_typed(
                 "UPDATE oneway_invoice_map SET checked = true
                  WHERE kv_num > $1 AND kv_num <= $2 AND NOT checked",
-                &[&lo, &hi],
+                &[(&lo, Type::INT8), (&hi, Type::INT8)],
             )
             .map_err(pg_err("marking verified copies"))?;
             Ok(())
@@ -245,10 +247,10 @@ pub(super) fn copy_map_range(
 ) -> std::result::Result<CopyMap, postgres::Error> {
     let (lo, hi) = bounds(lo, hi);
     Ok(client
-        .query(
+        .query_typed(
             "SELECT kv_num, invoice_id, digest FROM oneway_invoice_map
              WHERE kv_num > $1 AND kv_num <= $2",
-            &[&lo, &hi],
+            &[(&lo, Type::INT8), (&hi, Type::INT8)],
         )?
         .iter()
         .map(|r| (r.get::<_, i64>(0) as u32, (r.get(1), r.get(2))))
@@ -289,6 +291,7 @@ fn remove(
 /// stages its AMP sets. Returns the highest settle index written.
 fn insert_new(
     tx: &mut Transaction<'_>,
+    statements: &Statements,
     kv: &Path,
     new: &[&Prepared],
     kind: BatchKind,
@@ -299,8 +302,9 @@ fn insert_new(
     let rows: Vec<&NativeInvoice> = new.iter().map(|p| &p.native).collect();
     let first = copy::next_htlc_id(tx).pg(Role::Native, "")?;
     let mut attempt = tx.transaction().map_err(pg_err("starting the copy"))?;
-    let copied = copy::copy_invoices_to(&mut attempt, &rows, first, kind == BatchKind::Bulk)
-        .and_then(|_| copy_map_rows(&mut attempt, new));
+    let bulk = kind == BatchKind::Bulk;
+    let copied = copy::copy_invoices_to(&mut attempt, statements, &rows, first, bulk)
+        .and_then(|_| copy_map_rows(&mut attempt, statements, new));
     match copied {
         Ok(()) => attempt.commit().map_err(pg_err("copying invoices"))?,
         Err(err) => {
@@ -318,14 +322,20 @@ fn insert_new(
 }
 
 /// The map rows of `new`, with binary `COPY`.
-fn copy_map_rows(tx: &mut Transaction<'_>, new: &[&Prepared]) -> PgResult<()> {
+fn copy_map_rows(
+    tx: &mut Transaction<'_>,
+    statements: &Statements,
+    new: &[&Prepared],
+) -> PgResult<()> {
     let act = "copying rows into oneway_invoice_map";
-    let sink = tx
-        .copy_in(
+    let copy = statements
+        .get(
+            tx,
             "COPY oneway_invoice_map (kv_num, invoice_id, digest, features, htlcs,
                  custom_records, amp_sets, amp_htlcs) FROM STDIN (FORMAT binary)",
         )
         .map_err(crate::postgres::sql(act))?;
+    let sink = tx.copy_in(&copy).map_err(crate::postgres::sql(act))?;
     let types = [
         Type::INT8,
         Type::INT8,
@@ -374,18 +384,22 @@ fn move_cursor(
     let bulk = batch.kind == BatchKind::Bulk;
     let delta = outcome.written as i64 - outcome.recopied as i64 - outcome.removed as i64;
     if bulk || delta != 0 {
-        tx.execute(
+        tx.query_typed(
             "UPDATE oneway_state SET cursor = CASE WHEN $1 THEN coalesce($2, cursor) ELSE cursor END,
                  copied = copied + $3 WHERE singleton = 1",
-            &[&bulk, &batch.last.map(i64::from), &delta],
+            &[
+                (&bulk, Type::BOOL),
+                (&batch.last.map(i64::from), Type::INT8),
+                (&delta, Type::INT8),
+            ],
         )
         .map_err(pg_err("moving the cursor"))?;
     }
     if max_settle > 0 {
-        tx.execute(
+        tx.query_typed(
             "UPDATE invoice_sequences SET current_value = greatest(current_value, $1)
              WHERE name = 'settle_index'",
-            &[&max_settle],
+            &[(&max_settle, Type::INT8)],
         )
         .map_err(pg_err("updating the settle index sequence"))?;
     }

@@ -67,6 +67,10 @@ pub struct PgTarget {
     prefetch: RefCell<Option<prefetch::Prefetcher>>,
     /// Inside [`NativeStore::in_snapshot`]: no read-ahead.
     in_read: std::cell::Cell<bool>,
+    /// The copy's `COPY` statements, prepared once on `conn` (its session
+    /// only; shared so that a write's body can hold it while `write`
+    /// holds the store).
+    statements: std::sync::Arc<crate::postgres::Statements>,
 }
 
 /// Wraps a driver error with what was being done, on the native store.
@@ -102,6 +106,7 @@ impl PgTarget {
             expected: std::cell::OnceCell::new(),
             prefetch: RefCell::new(None),
             in_read: std::cell::Cell::new(false),
+            statements: Default::default(),
         }))
     }
 
@@ -178,7 +183,7 @@ impl PgTarget {
     /// transaction ends.
     fn state_for_update(&self, tx: &mut impl GenericClient) -> Result<State> {
         let row = tx
-            .query_opt(
+            .query_typed_opt(
                 "SELECT state FROM oneway_state WHERE singleton = 1 FOR UPDATE",
                 &[],
             )

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use postgres::types::Type;
 use postgres::GenericClient;
 
 use crate::postgres::time::PgTimestamp;
@@ -72,12 +73,12 @@ pub fn load_range(
 fn invoice_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Invoices> {
     let mut invoices = Invoices::new();
     for r in client
-        .query(
+        .query_typed(
             "SELECT id, hash, preimage, settle_index, settled_at, memo, amount_msat, cltv_delta,
                     expiry, payment_addr, payment_request, payment_request_hash, state,
                     amount_paid_msat, is_amp, is_hodl, is_keysend, created_at
              FROM invoices WHERE id BETWEEN $1 AND $2 ORDER BY id",
-            &[&from, &to],
+            &[(&from, Type::INT8), (&to, Type::INT8)],
         )
         .map_err(sql(ACT))?
     {
@@ -122,10 +123,10 @@ fn add_features(
     invoices: &mut Invoices,
 ) -> PgResult<()> {
     for r in client
-        .query(
+        .query_typed(
             "SELECT invoice_id, feature FROM invoice_features
              WHERE invoice_id BETWEEN $1 AND $2 ORDER BY invoice_id, feature",
-            &[&from, &to],
+            &[(&from, Type::INT8), (&to, Type::INT8)],
         )
         .map_err(sql(ACT))?
     {
@@ -144,10 +145,10 @@ fn add_amp_sets(
     invoices: &mut Invoices,
 ) -> PgResult<()> {
     for r in client
-        .query(
+        .query_typed(
             "SELECT invoice_id, set_id, state, created_at, settled_at, settle_index
              FROM amp_sub_invoices WHERE invoice_id BETWEEN $1 AND $2 ORDER BY invoice_id, set_id",
-            &[&from, &to],
+            &[(&from, Type::INT8), (&to, Type::INT8)],
         )
         .map_err(sql(ACT))?
     {
@@ -177,11 +178,11 @@ pub(crate) fn amp_set(r: &postgres::Row) -> NativeAmpSet {
 fn htlc_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Htlcs> {
     let mut htlcs = Htlcs::new();
     for r in client
-        .query(
+        .query_typed(
             "SELECT id, invoice_id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height,
                     accept_time, expiry_height, state, resolve_time
              FROM invoice_htlcs WHERE invoice_id BETWEEN $1 AND $2",
-            &[&from, &to],
+            &[(&from, Type::INT8), (&to, Type::INT8)],
         )
         .map_err(sql(ACT))?
     {
@@ -232,13 +233,17 @@ fn by_htlc(
 ) -> PgResult<Vec<postgres::Row>> {
     let Some(runs) = runs(ids) else {
         return client
-            .query(&format!("{select} htlc_id = ANY($1)"), &[&ids])
+            .query_typed(
+                &format!("{select} htlc_id = ANY($1)"),
+                &[(&ids, Type::INT8_ARRAY)],
+            )
             .map_err(sql(ACT));
     };
     let query = format!("{select} htlc_id BETWEEN $1 AND $2");
     let mut rows = Vec::new();
     for (lo, hi) in runs {
-        rows.extend(client.query(&query, &[&lo, &hi]).map_err(sql(ACT))?);
+        let bounds = [(&lo as _, Type::INT8), (&hi as _, Type::INT8)];
+        rows.extend(client.query_typed(&query, &bounds).map_err(sql(ACT))?);
     }
     Ok(rows)
 }
