@@ -46,7 +46,6 @@ use std::fmt;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::options::Options;
 use crate::workload::{Invoices, Workload};
 
 #[cfg(feature = "postgres")]
@@ -63,20 +62,10 @@ pub use sqlite::SqliteSource;
 pub use stream::{spawn, Stream};
 
 /// Opens the SQLite source at `path` with lnd's table prefix `prefix`,
-/// read-only. The engine opens through [`open_with`].
+/// read-only. The engine opens through the workload's
+/// `crate::backends::Backends`.
 pub fn open(path: &Path, prefix: &str) -> Result<Box<dyn Source>> {
     Ok(Box::new(SqliteSource::open(path, prefix)?))
-}
-
-/// Opens the source `opts` names, read-only: the one place the engine's
-/// source is chosen (a SQLite file, or the KV table in the Postgres
-/// database of both stores).
-pub fn open_with(opts: &Options) -> Result<Box<dyn Source>> {
-    #[cfg(feature = "postgres")]
-    if let Some(dsn) = opts.dsn() {
-        return Ok(Box::new(PgSource::open(dsn, &opts.table_prefix, &opts.kv)?));
-    }
-    open(&opts.kv, &opts.table_prefix)
 }
 
 /// lnd's KV store, as the engine reads it and seals it, for the records
