@@ -45,8 +45,11 @@
 //!   fingerprint.
 
 use std::fmt;
+use std::path::Path;
 
 use sha2::Sha256;
+
+use crate::error::Result;
 
 pub mod invoices;
 
@@ -59,6 +62,16 @@ pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
     type Record: Clone + fmt::Debug + PartialEq + Send + Sync + 'static;
     /// How many rows of each child table a set of records owns.
     type Children: Copy + Default + fmt::Debug + Eq + Send + Sync + 'static;
+    /// A record as a source backend reads it from the KV store: its key
+    /// and bytes (for invoices, `crate::kv::RawInvoice`: the value and its
+    /// AMP HTLC sets).
+    type Raw;
+    /// A raw record decoded, before its [`Workload::Lookup`] is answered.
+    type Decoded;
+    /// Something a decoded record needs from the source besides its own
+    /// bytes (for invoices: the payment hash of an invoice without a
+    /// preimage, which only an entry of `invoices/paymenthashes` holds).
+    type Lookup: Copy + fmt::Debug;
 
     /// The KV store's top-level bucket holding the records.
     const BUCKET: &'static [u8];
@@ -98,6 +111,25 @@ pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
     /// (`want`) and its copy read back (`got`), one sentence each; empty
     /// when equal.
     fn diff(want: &Self::Record, got: &Self::Record) -> Vec<String>;
+
+    /// Decodes `raw`, read from the KV store shown as `path`: the first of
+    /// the two steps of preparing a record (see "Decoding" in the module
+    /// documentation).
+    fn decode(raw: &Self::Raw, path: &Path) -> Result<Self::Decoded>;
+
+    /// What `decoded` (decoded from `raw`) needs the source to answer
+    /// before [`Workload::finish`], if anything.
+    fn lookup(raw: &Self::Raw, decoded: &Self::Decoded) -> Option<Self::Lookup>;
+
+    /// The second step: the record prepared from `raw`, decoded into
+    /// `decoded`, with the source's answer to its [`Workload::lookup`] (the
+    /// KV keys found; `None` when it needed none).
+    fn finish(
+        raw: &Self::Raw,
+        decoded: Self::Decoded,
+        answer: Option<&[Vec<u8>]>,
+        path: &Path,
+    ) -> Result<Prepared<Self>>;
 }
 
 /// A decoded source record, ready to write or compare.
