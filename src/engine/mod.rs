@@ -10,6 +10,13 @@
 //! (`verify` on an unfinished migration). No SQL is written here: every
 //! read and write of the native store goes through [`crate::store`], and of
 //! the KV store through [`crate::source`].
+//!
+//! The driver is generic over the workload `W` (`crate::workload`:
+//! [`Migrator`]`<W>`, `Run<'_, W>`, every phase's functions): it names no
+//! workload but the default of [`Migrator::new`] (lnd's invoices), and no
+//! backend: the source and the native store come from `W`'s
+//! [`crate::backends::Backends`] as `dyn Source<W>` and `dyn
+//! NativeStore<W>`.
 
 use std::marker::PhantomData;
 

@@ -1,11 +1,12 @@
 //! The source: the seam between the engine and lnd's KV store.
 //!
 //! The engine ([`crate::engine`]) knows the KV store only as a [`Source`]
-//! (opened by [`open`], the one place a source backend is chosen), the
-//! [`Witness`]es it hands out, and a [`Snapshot`] reader for the catch-up
-//! verification. It never sees a connection, a file layout or SQL. This
-//! module holds the traits and the types that cross them; [`sqlite`] is the
-//! SQLite backend (`channel.sqlite`), which delegates to [`crate::kv`],
+//! (opened by the workload's [`crate::backends::Backends`], the one place
+//! a source backend is chosen), the [`Witness`]es it hands out, and a
+//! [`Snapshot`] reader for the catch-up verification. It never sees a
+//! connection, a file layout or SQL. This module holds the traits and the
+//! types that cross them; [`sqlite`] is the SQLite backend
+//! (`channel.sqlite`), which delegates to [`crate::kv`],
 //! [`crate::reader`], [`crate::identity`], [`crate::holders`] and
 //! [`crate::files`].
 //!
@@ -21,8 +22,10 @@
 //! # Adding a backend
 //!
 //! A module beside [`sqlite`] implementing [`Source`], [`Witness`] and
-//! [`Snapshot`], and a branch in [`open`]. For lnd on Postgres (the KV table
-//! `channeldb_kv` in the same database as the native tables):
+//! [`Snapshot`] (answering the workload's lookups), and a branch in the
+//! workload's [`crate::backends::Backends::open_source`]. For lnd on
+//! Postgres (the KV table `channeldb_kv` in the same database as the
+//! native tables):
 //! [`Source::other_holders`] lists the other sessions in `pg_stat_activity`;
 //! a [`Witness`] is a session that can tell whether anything committed to
 //! the KV table since its snapshot (an xid check); [`Snapshot`] is a

@@ -6,7 +6,8 @@
 //! table, lnd's sequences and tracker). It never sees SQL. This module holds
 //! the trait and the types that cross it; [`sqlite`] is the SQLite backend
 //! (`lnd.sqlite`). Adding a backend means implementing [`NativeStore`] in a
-//! module of its own and opening it where the engine opens [`Target`].
+//! module of its own and opening it in the workload's
+//! [`crate::backends::Backends`], where the engine's store is chosen.
 //!
 //! oneway's bookkeeping, whatever the backend:
 //! - the state row: the machine's state, the source identity, the copy
