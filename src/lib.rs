@@ -78,6 +78,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backends;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod bench;

@@ -9,11 +9,9 @@
 //! [`IN_FLIGHT`] batches wait in the channel, so memory stays bounded by the
 //! batch size, not the store.
 
-use sha2::{Digest, Sha256};
-
 use crate::error::Result;
 use crate::kv::{InvoiceBuckets, KvSource, RawInvoice, SourceDigest};
-use crate::workload::invoices::decode::{decode_raw, finish_prepare, hash_from_found};
+use crate::workload::invoices::PaymentHashOf;
 pub use crate::workload::Prepared;
 use crate::workload::{Invoices, Workload};
 
@@ -181,17 +179,16 @@ impl Decoder {
         self.kv.hashes_for(num)
     }
 
-    /// Decodes one raw invoice into its native rows and source digest.
+    /// Decodes one raw invoice into its native rows and source digest
+    /// ([`Workload::decode`], then [`Workload::finish`]), answering its
+    /// lookup in between, in the current read transaction.
     pub fn prepare(&mut self, raw: &RawInvoice) -> Result<Prepared> {
-        let (inv, sets) = decode_raw(raw, self.kv.path())?;
-        let hash: [u8; 32] = match inv.preimage {
-            Some(p) => Sha256::digest(p).into(),
-            None => {
-                let found = self.hashes_for(raw.num)?;
-                hash_from_found(raw, &found, self.kv.path())?
-            }
+        let decoded = Invoices::decode(raw, self.kv.path())?;
+        let answer = match Invoices::lookup(raw, &decoded) {
+            Some(PaymentHashOf(num)) => Some(self.hashes_for(num)?),
+            None => None,
         };
-        finish_prepare(raw, &inv, hash, &sets, self.kv.path())
+        Invoices::finish(raw, decoded, answer.as_deref(), self.kv.path())
     }
 
     /// Reads and prepares up to `max` invoices after `after`, fewer when

@@ -6,17 +6,18 @@ use std::ops::ControlFlow;
 use super::run::{Prescan, Run};
 use super::verify::{add_store_wide, compare};
 use super::{Phase, VerifyReport};
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::source::{InvoiceBuckets, InvoiceDigests, Prepared, Snapshot};
 use crate::store::{BatchKind, NativeStore};
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// The catch-up verification, when copies were verified before (a
     /// resumed or re-synced run): `None` when there are none yet, or when too
     /// much changed for it.
     pub(super) fn catch_up_first(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
     ) -> Result<Option<VerifyReport>> {
         if !t.any_copy_checked()? {
             return Ok(None);
@@ -51,7 +52,7 @@ impl Run<'_> {
     /// more than a tenth of the invoices need this (a full pass is as cheap
     /// then) or the snapshot holds a row the walk cannot place. The argument is in
     /// `spec/state-machine.md` §7.1.
-    pub(super) fn catch_up(&mut self, t: &mut dyn NativeStore) -> Result<Option<VerifyReport>> {
+    pub(super) fn catch_up(&mut self, t: &mut dyn NativeStore<W>) -> Result<Option<VerifyReport>> {
         if self.buckets.is_none() {
             return Ok(None);
         };
@@ -106,10 +107,10 @@ impl Run<'_> {
     /// digest of one differs from the walk's (trust neither shortcut then).
     fn recopy_changed(
         &mut self,
-        t: &mut dyn NativeStore,
-        dec: &mut dyn Snapshot,
+        t: &mut dyn NativeStore<W>,
+        dec: &mut dyn Snapshot<W>,
         todo: &[(u32, Option<[u8; 32]>)],
-    ) -> Result<Option<Vec<Prepared>>> {
+    ) -> Result<Option<Vec<Prepared<W>>>> {
         let mut prepared = Vec::with_capacity(todo.len());
         for &(num, want) in todo {
             let after = num.checked_sub(1);
@@ -135,7 +136,9 @@ impl Run<'_> {
     /// the scan the tombstone step made (`prescan`) when nothing has been
     /// committed to the KV store since (its snapshot is then this one), or
     /// a new scan.
-    pub(super) fn take_prescan_or_scan(&mut self) -> Result<(Box<dyn Snapshot>, InvoiceDigests)> {
+    pub(super) fn take_prescan_or_scan(
+        &mut self,
+    ) -> Result<(Box<dyn Snapshot<W>>, InvoiceDigests)> {
         if let Some(mut pre) = self.prescan.take() {
             pre.dec.begin_read()?;
             let now = pre.dec.version()?;
@@ -158,7 +161,7 @@ impl Run<'_> {
     /// One snapshot's digests, with the connection kept (outside its read
     /// transaction) so that a later step can tell whether anything was
     /// committed since ([`Prescan`]).
-    pub(super) fn scan_source(&self, buckets: &InvoiceBuckets) -> Result<Prescan> {
+    pub(super) fn scan_source(&self, buckets: &InvoiceBuckets) -> Result<Prescan<W>> {
         let mut dec = self.source.snapshot()?;
         dec.begin_read()?;
         let scan = dec.invoice_digests(buckets)?;
@@ -173,13 +176,13 @@ impl Run<'_> {
     /// meanwhile is not marked).
     pub(super) fn compare_and_mark(
         &self,
-        t: &mut dyn NativeStore,
-        prepared: &[Prepared],
+        t: &mut dyn NativeStore<W>,
+        prepared: &[Prepared<W>],
         report: &mut VerifyReport,
     ) -> Result<()> {
         let ids: Vec<i64> = prepared.iter().map(|p| p.id()).collect();
         let loaded = t.load_invoices(&ids, false)?;
-        let equal: Vec<&Prepared> = prepared
+        let equal: Vec<&Prepared<W>> = prepared
             .iter()
             .filter(|p| compare(&*t, report, p, &loaded))
             .collect();
@@ -191,7 +194,7 @@ impl Run<'_> {
     /// the rows the copies own by the map's per-invoice counts.
     pub(super) fn check_row_counts(
         &self,
-        t: &dyn NativeStore,
+        t: &dyn NativeStore<W>,
         report: &mut VerifyReport,
     ) -> Result<()> {
         let (native_count, map_count) = (t.native_invoices()?, t.copies()?);
@@ -215,7 +218,10 @@ impl Run<'_> {
 /// copies whose invoice is gone). `None` when that is more than a tenth of
 /// the invoices (and more than a thousand).
 #[allow(clippy::type_complexity)]
-fn catch_up_plan(t: &dyn NativeStore, scan: &InvoiceDigests) -> Result<Option<CatchUpPlan>> {
+fn catch_up_plan<W: Workload>(
+    t: &dyn NativeStore<W>,
+    scan: &InvoiceDigests,
+) -> Result<Option<CatchUpPlan>> {
     let limit = (scan.invoices.len() / 10).max(1000);
     let mut plan = CatchUpPlan::default();
     let mut scan_it = scan.invoices.iter().peekable();
@@ -259,3 +265,4 @@ impl CatchUpPlan {
         self.todo.len() + self.gone.len()
     }
 }
+use crate::workload::Workload;

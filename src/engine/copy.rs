@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::run::{load_begun, Native, Run};
 use super::{Phase, VerifyReport};
+use crate::backends::Backends;
 use crate::error::Result;
 use crate::fsm::{Event, State};
 use crate::source::{self, Msg, Prepared};
@@ -29,16 +30,16 @@ struct CopyClock {
     writing: f64,
 }
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// `Fresh → Migrating`: schema, state row and journal in one transaction.
     ///
     /// Crash before the commit: the native file is empty or absent, which
     /// loads as `Fresh`, and the rerun begins again. After: `Migrating` with
     /// no cursor.
-    pub(super) fn begin(&mut self, t: Option<Box<dyn NativeStore>>) -> Result<Native> {
+    pub(super) fn begin(&mut self, t: Option<Box<dyn NativeStore<W>>>) -> Result<Native<W>> {
         let mut t = match t {
             Some(t) => t,
-            None => store::create_with(self.opts())?,
+            None => W::create_store(self.opts())?,
         };
         let identity = self.identity()?;
         let batch_size = self.opts().batch_size as u64;
@@ -69,7 +70,7 @@ impl Run<'_> {
     /// verification passes). Returns the clean verification's report.
     pub(super) fn copy_and_verify(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         row: &Persisted,
     ) -> Result<VerifyReport> {
         let started = Instant::now();
@@ -106,7 +107,7 @@ impl Run<'_> {
     /// twice (the cursor and the copy map say what is there) and nothing is
     /// skipped (keys are read in order, and the verification pass re-reads
     /// them all).
-    fn copy(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+    fn copy(&mut self, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
         let mut cursor = row.cursor;
         let mut stream = self.stream(cursor, source::Kind::Copy)?;
         // Progress starts once the decoder has counted the invoices (after
@@ -155,12 +156,12 @@ impl Run<'_> {
     /// progress when the decoder has counted the invoices.
     fn next_copy_batch(
         &mut self,
-        stream: &mut source::Stream,
+        stream: &mut source::Stream<W>,
         row: &Persisted,
         done: u64,
         counted: &mut bool,
         clock: &mut CopyClock,
-    ) -> Result<Option<Vec<Prepared>>> {
+    ) -> Result<Option<Vec<Prepared<W>>>> {
         self.m.cancel.check()?;
         let started = Instant::now();
         loop {
@@ -194,10 +195,10 @@ impl Run<'_> {
     /// re-copied.
     pub(super) fn write(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         after: Option<u32>,
         last: Option<u32>,
-        invoices: &[Prepared],
+        invoices: &[Prepared<W>],
         kind: BatchKind,
     ) -> Result<BatchOutcome> {
         let batch = Batch {
@@ -216,7 +217,7 @@ impl Run<'_> {
     /// (keys only; nothing is decoded). Each chunk's deletions are one
     /// transaction; a crash between chunks leaves fewer stale copies for
     /// the rerun's sweep.
-    fn sweep_deleted(&mut self, t: &mut dyn NativeStore) -> Result<u64> {
+    fn sweep_deleted(&mut self, t: &mut dyn NativeStore<W>) -> Result<u64> {
         let Some(buckets) = self.buckets else {
             return Ok(0);
         };
@@ -256,7 +257,7 @@ impl Run<'_> {
     /// `copy_and_verify`), so the build gets a small cache and spills sorted
     /// runs to temporary files: the same speed here, and the peak memory
     /// stays within bounds (BENCHMARKS.md).
-    pub(super) fn build_indexes(&mut self, t: &mut dyn NativeStore) -> Result<()> {
+    pub(super) fn build_indexes(&mut self, t: &mut dyn NativeStore<W>) -> Result<()> {
         self.m.progress.start(Phase::Index, 0);
         let mut attempts = 0;
         loop {
@@ -281,7 +282,7 @@ impl Run<'_> {
     /// Re-reads the source invoices `nums` and brings their copies up to
     /// date (re-copied when their source digest changed, removed when they
     /// are gone), each in a repair batch. Returns whether any copy changed.
-    fn recopy_duplicates(&mut self, t: &mut dyn NativeStore, nums: &[u32]) -> Result<bool> {
+    fn recopy_duplicates(&mut self, t: &mut dyn NativeStore<W>, nums: &[u32]) -> Result<bool> {
         let mut changed = false;
         for &num in nums {
             let after = num.checked_sub(1);
@@ -294,7 +295,7 @@ impl Run<'_> {
     }
 
     /// Source invoice `num` as it is now (empty when it is gone).
-    fn read_one(&self, num: u32) -> Result<Vec<Prepared>> {
+    fn read_one(&self, num: u32) -> Result<Vec<Prepared<W>>> {
         // A stream of batches of one: the invoice itself, or the next one.
         let mut stream = self
             .source

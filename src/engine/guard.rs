@@ -4,11 +4,12 @@
 
 use super::identity::check_identity;
 use super::{GuardOutcome, Migrator};
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::fsm::{self, Backend, Refusal, State};
-use crate::store::{self, NativeStore};
+use crate::store::NativeStore;
 
-impl Migrator {
+impl<W: Backends> Migrator<W> {
     /// Decides whether the application may open `backend`.
     ///
     /// A refusal is returned as [`Error::Refused`] (exit code 3), logged as a
@@ -17,7 +18,7 @@ impl Migrator {
     pub fn guard(&self, backend: Backend) -> Result<GuardOutcome> {
         let kv = self.open_source()?;
         let tombstone_present = kv.tombstone_present()?;
-        let target = store::open_with(&self.opts)?;
+        let target = W::open_store(&self.opts)?;
         let persisted = match &target {
             Some(t) => t.load()?,
             None => None,
@@ -84,8 +85,8 @@ pub(super) fn refused(refusal: Refusal, state: Option<State>, tombstone_present:
 }
 
 /// Logs a refused backend request as a security event and journals it.
-pub(super) fn security_event(
-    target: Option<&dyn NativeStore>,
+pub(super) fn security_event<W: Workload>(
+    target: Option<&dyn NativeStore<W>>,
     state: Option<State>,
     request: Request,
     tombstone_present: bool,
@@ -125,8 +126,8 @@ pub(super) fn security_event(
 /// Refuses `operation` on a sealed store for the machine's `refusal` (the
 /// KV store carries the tombstone): logs and journals the security event,
 /// and returns the error.
-pub(super) fn sealed_store_changed(
-    t: &dyn NativeStore,
+pub(super) fn sealed_store_changed<W: Workload>(
+    t: &dyn NativeStore<W>,
     state: State,
     refusal: Refusal,
     operation: &'static str,
@@ -166,3 +167,4 @@ impl std::fmt::Display for Request {
         }
     }
 }
+use crate::workload::Workload;

@@ -3,11 +3,12 @@
 
 use super::run::Run;
 use super::Options;
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::source::{InvoiceBuckets, Source, SourceIdentity};
 use crate::store::Persisted;
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// The identity of the source as it is now.
     pub(super) fn identity(&mut self) -> Result<SourceIdentity> {
         self.source.identity(self.buckets)
@@ -22,8 +23,8 @@ impl Run<'_> {
 /// Refuses a native store that was made from a different KV store, or from
 /// one this KV store cannot be shown to be ([`Source::check_identity`]); the error
 /// carries the state and whether the KV store is tombstoned.
-pub(super) fn check_identity(
-    kv: &dyn Source,
+pub(super) fn check_identity<W: Workload>(
+    kv: &dyn Source<W>,
     buckets: Option<InvoiceBuckets>,
     opts: &Options,
     row: &Persisted,
@@ -52,3 +53,4 @@ pub(super) fn check_identity(
             other => other,
         })
 }
+use crate::workload::Workload;

@@ -10,11 +10,22 @@
 //! (`verify` on an unfinished migration). No SQL is written here: every
 //! read and write of the native store goes through [`crate::store`], and of
 //! the KV store through [`crate::source`].
+//!
+//! The driver is generic over the workload `W` (`crate::workload`:
+//! [`Migrator`]`<W>`, `Run<'_, W>`, every phase's functions): it names no
+//! workload but the default of [`Migrator::new`] (lnd's invoices), and no
+//! backend: the source and the native store come from `W`'s
+//! [`crate::backends::Backends`] as `dyn Source<W>` and `dyn
+//! NativeStore<W>`.
 
+use std::marker::PhantomData;
+
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::fsm::State;
-use crate::source::{self, Source};
+use crate::source::Source;
 use crate::store::{self, RunLock};
+use crate::workload::Invoices;
 
 mod catch_up;
 mod copy;
@@ -33,13 +44,9 @@ pub use report::{Coverage, GuardOutcome, PhaseTimes, Report, Status, VerifyRepor
 
 use run::{Native, Run};
 
-/// The workload the engine migrates: lnd's invoices, the one there is
-/// (`crate::workload`). The engine's comparison helpers are generic over
-/// the workload; the driver instantiates them with this one.
-pub(crate) type Active = crate::workload::Invoices;
-
 /// The library entry point: a migration between one KV store and one native
-/// store.
+/// store, of one workload `W`: lnd's invoices, the default and the one
+/// there is.
 ///
 /// ```
 /// use oneway::{fixture, Migrator, Options, State};
@@ -59,19 +66,28 @@ pub(crate) type Active = crate::workload::Invoices;
 /// assert!(migrator.guard(oneway::Backend::Sql).is_ok());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Migrator {
+pub struct Migrator<W: Backends = Invoices> {
     opts: Options,
     progress: Box<dyn Progress>,
     cancel: CancelHandle,
+    workload: PhantomData<W>,
 }
 
 impl Migrator {
-    /// A migrator that reports no progress.
+    /// A migrator of lnd's invoices that reports no progress.
     pub fn new(opts: Options) -> Migrator {
+        Migrator::of_workload(opts)
+    }
+}
+
+impl<W: Backends> Migrator<W> {
+    /// A migrator of workload `W` that reports no progress.
+    pub(crate) fn of_workload(opts: Options) -> Migrator<W> {
         Migrator {
             opts,
             progress: Box::new(NoProgress),
             cancel: CancelHandle::default(),
+            workload: PhantomData,
         }
     }
 
@@ -82,7 +98,7 @@ impl Migrator {
     }
 
     /// Reports progress to `progress`.
-    pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Migrator {
+    pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Migrator<W> {
         self.progress = progress;
         self
     }
@@ -92,8 +108,8 @@ impl Migrator {
         &self.opts
     }
 
-    fn open_source(&self) -> Result<Box<dyn Source>> {
-        let kv = source::open_with(&self.opts)?;
+    fn open_source(&self) -> Result<Box<dyn Source<W>>> {
+        let kv = W::open_source(&self.opts)?;
         if !self.opts.on_files() {
             return Ok(kv);
         }
@@ -146,7 +162,7 @@ impl Migrator {
             None => 0,
         };
         let tombstone_present = kv.tombstone_present()?;
-        let (persisted, native_invoices, journal_entries) = match Native::open(&self.opts)? {
+        let (persisted, native_invoices, journal_entries) = match Native::<W>::open(&self.opts)? {
             Native::Begun(t, row) => (Some(row), t.native_invoices()?, t.journal_len()?),
             Native::NotBegun(_) => (None, 0, 0),
         };

@@ -10,36 +10,38 @@ use std::time::Instant;
 
 use super::guard::{refused, security_event, Request};
 use super::{Migrator, Options, Report, VerifyReport};
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::fsm::{self, Event, State, Step};
 use crate::lnd_schema;
 use crate::source::{InvoiceBuckets, InvoiceDigests, Snapshot, Source, Version, Witness};
-use crate::store::{self, Effect, NativeStore, Persisted, Verification};
+use crate::store::{Effect, NativeStore, Persisted, Verification};
+use crate::workload::Workload;
 
 /// A scan of the source made by the tombstone step of a resumed run
 /// ([`Snapshot::invoice_digests`]), kept for the catch-up verification that
 /// follows when it found the source changed: one walk of the store instead
 /// of two. Valid only while the store's commit marker is unchanged.
-pub(super) struct Prescan {
-    pub(super) dec: Box<dyn Snapshot>,
+pub(super) struct Prescan<W: Workload> {
+    pub(super) dec: Box<dyn Snapshot<W>>,
     pub(super) scan: InvoiceDigests,
     pub(super) version: Version,
 }
 
 /// The native store as a run sees it.
-pub(super) enum Native {
+pub(super) enum Native<W: Workload> {
     /// No migration recorded yet: no file, an empty one, or an lnd
     /// database to continue into (`Some`).
-    NotBegun(Option<Box<dyn NativeStore>>),
+    NotBegun(Option<Box<dyn NativeStore<W>>>),
     /// A migration under way or done, with its state row (boxed: the row
     /// carries the source identity).
-    Begun(Box<dyn NativeStore>, Box<Persisted>),
+    Begun(Box<dyn NativeStore<W>>, Box<Persisted>),
 }
 
-impl Native {
+impl<W: Backends> Native<W> {
     /// Opens the native store, if there is one, and loads its state.
-    pub(super) fn open(opts: &Options) -> Result<Native> {
-        let Some(t) = store::open_with(opts)? else {
+    pub(super) fn open(opts: &Options) -> Result<Native<W>> {
+        let Some(t) = W::open_store(opts)? else {
             return Ok(Native::NotBegun(None));
         };
         Ok(match t.load()? {
@@ -57,7 +59,7 @@ impl Native {
     }
 
     /// The store, if one is open.
-    pub(super) fn target(&self) -> Option<&dyn NativeStore> {
+    pub(super) fn target(&self) -> Option<&dyn NativeStore<W>> {
         match self {
             Native::NotBegun(t) => t.as_deref(),
             Native::Begun(t, _) => Some(&**t),
@@ -66,9 +68,9 @@ impl Native {
 }
 
 /// One invocation of [`Migrator::run`] (or of the read-only verification).
-pub(super) struct Run<'a> {
-    pub(super) m: &'a Migrator,
-    pub(super) source: Box<dyn Source>,
+pub(super) struct Run<'a, W: Backends> {
+    pub(super) m: &'a Migrator<W>,
+    pub(super) source: Box<dyn Source<W>>,
     pub(super) buckets: Option<InvoiceBuckets>,
     pub(super) report: Report,
     /// Set by a clean verification pass of this run: a witness of the
@@ -79,12 +81,16 @@ pub(super) struct Run<'a> {
     /// Lock step skip a second digest.
     pub(super) seal: Option<Box<dyn Witness>>,
     /// See [`Prescan`].
-    pub(super) prescan: Option<Prescan>,
+    pub(super) prescan: Option<Prescan<W>>,
 }
 
-impl<'a> Run<'a> {
+impl<'a, W: Backends> Run<'a, W> {
     /// A run of `m` over the KV store `source`, reporting from `state`.
-    pub(super) fn new(m: &'a Migrator, source: Box<dyn Source>, state: State) -> Result<Run<'a>> {
+    pub(super) fn new(
+        m: &'a Migrator<W>,
+        source: Box<dyn Source<W>>,
+        state: State,
+    ) -> Result<Run<'a, W>> {
         let buckets = source.invoice_buckets()?;
         Ok(Run {
             m,
@@ -98,7 +104,7 @@ impl<'a> Run<'a> {
     }
 }
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     pub(super) fn opts(&self) -> &Options {
         &self.m.opts
     }
@@ -107,7 +113,7 @@ impl Run<'_> {
     /// a run that must not go on: a native store from another KV store, or
     /// a step the machine refuses ([`fsm::next_step`]). Returns the store
     /// and whether the tombstone is present.
-    pub(super) fn preflight(&mut self) -> Result<(Native, bool)> {
+    pub(super) fn preflight(&mut self) -> Result<(Native<W>, bool)> {
         let tombstone = self.source.tombstone_present()?;
         let native = Native::open(self.opts())?;
         if let Native::Begun(_, row) = &native {
@@ -186,7 +192,7 @@ impl Run<'_> {
     }
 
     /// Takes one step on a begun migration.
-    fn take(&mut self, step: Step, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+    fn take(&mut self, step: Step, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
         match step {
             Step::CopyAndVerify => self.verified_copy(t, row),
             Step::Seal => {
@@ -205,7 +211,7 @@ impl Run<'_> {
     /// `Migrating → Verified`: brings the copy level with the source,
     /// verifies it clean, and records the verification with lnd's settle
     /// sequence and contract in one transition.
-    fn verified_copy(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+    fn verified_copy(&mut self, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
         let report = self.copy_and_verify(t, row)?;
         let details = serde_json::json!({
             "invoices": report.invoices,
@@ -228,7 +234,7 @@ impl Run<'_> {
     }
 
     /// The end of a run on a `Locked` migration.
-    fn finish(&mut self, t: &dyn NativeStore, moved: bool) -> Result<Report> {
+    fn finish(&mut self, t: &dyn NativeStore<W>, moved: bool) -> Result<Report> {
         self.report.state = State::Locked;
         self.report.already_completed = !moved;
         self.report.invoices = t.native_invoices()?;
@@ -247,7 +253,7 @@ impl Run<'_> {
     /// settle index, or the highest settle index a copied invoice or AMP
     /// sub-invoice carries if that is higher (so that lnd's next settlement
     /// never reuses one).
-    pub(super) fn expected_settle_index(&self, t: &dyn NativeStore) -> Result<u64> {
+    pub(super) fn expected_settle_index(&self, t: &dyn NativeStore<W>) -> Result<u64> {
         Ok(self.settle_sequence()?.max(t.highest_settle_index()?))
     }
 
@@ -261,7 +267,7 @@ impl Run<'_> {
 }
 
 /// The state row of a store that has begun; its loss is an error.
-pub(super) fn load_begun(t: &dyn NativeStore) -> Result<Persisted> {
+pub(super) fn load_begun<W: Workload>(t: &dyn NativeStore<W>) -> Result<Persisted> {
     t.load()?.ok_or_else(|| Error::NotOnewayStore {
         path: t.path().to_path_buf(),
         why: "lost its state row during the run: it was tampered with; restore it from backup"

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::guard::{sealed_store_changed, security_event, Request};
 use super::run::{lock_details, Run};
 use super::Phase;
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::fsm::{self, Event, State};
 use crate::source::{OtherHolders, SourceDigest, TombstoneOutcome};
@@ -16,7 +17,7 @@ use crate::store::{Effect, NativeStore, Persisted};
 /// How many looks a holder of the KV store must survive (`held_by_others`).
 const HOLDER_LOOKS: u32 = 3;
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// Before `Lock`: the tombstone must still be there and the invoices
     /// must still be the verified ones. Anything else means something wrote
     /// to a sealed store; that is refused and logged, never papered over.
@@ -24,7 +25,7 @@ impl Run<'_> {
     /// included: the condition for `Lock`. A lost tombstone over unchanged
     /// invoices is written again here (the store is sealed, nobody else
     /// holds it); changed invoices return `false` for a re-sync.
-    pub(super) fn seal_intact(&mut self, t: &dyn NativeStore, row: &Persisted) -> Result<bool> {
+    pub(super) fn seal_intact(&mut self, t: &dyn NativeStore<W>, row: &Persisted) -> Result<bool> {
         // This run sealed the store moments ago and nobody has committed to
         // it since: it is exactly what the tombstone transaction checked.
         if let Some(seal) = self.seal.take() {
@@ -121,7 +122,11 @@ impl Run<'_> {
     /// before it was durable, a restored backup): written again when the
     /// invoices are still exactly what was verified, which loses nothing;
     /// otherwise refused with what is true and what to do.
-    pub(super) fn restore_lost_seal(&mut self, t: &dyn NativeStore, row: &Persisted) -> Result<()> {
+    pub(super) fn restore_lost_seal(
+        &mut self,
+        t: &dyn NativeStore<W>,
+        row: &Persisted,
+    ) -> Result<()> {
         self.refuse_seal_while_held(row, false)?;
         let digest = self.source.digest()?;
         let verified = row.source_digest.clone().unwrap_or_default();
@@ -161,7 +166,7 @@ impl Run<'_> {
     /// the only truth and nothing is lost.
     pub(super) fn resync_under_seal(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         row: &Persisted,
     ) -> Result<()> {
         self.refuse_rolled_back_source(t)?;
@@ -188,7 +193,7 @@ impl Run<'_> {
     /// backup): lnd never lowers its add-index sequence, so a sequence below
     /// an invoice already copied means invoices lnd accepted would be
     /// deleted from the native copy, which may be the last place they are.
-    pub(super) fn refuse_rolled_back_source(&self, t: &dyn NativeStore) -> Result<()> {
+    pub(super) fn refuse_rolled_back_source(&self, t: &dyn NativeStore<W>) -> Result<()> {
         let copied = t.highest_add_index()?;
         let sequence = match self.buckets.and_then(|b| b.add_index) {
             Some(b) => self.source.sequence(b)?,
@@ -223,7 +228,7 @@ impl Run<'_> {
     /// KV commit but before `Tombstoned` is recorded: the rerun is still in
     /// `Verified`, finds the tombstone, checks the digest again, and records
     /// `Tombstoned` without writing anything to the KV store.
-    pub(super) fn tombstone(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+    pub(super) fn tombstone(&mut self, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
         let verified = SourceDigest {
             invoices: row.verified_count.unwrap_or(0),
             sha256: row.source_digest.clone().unwrap_or_default(),
@@ -290,7 +295,7 @@ impl Run<'_> {
     /// before any tombstone.
     pub(super) fn source_changed_since_verified(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         verified: &SourceDigest,
         now: &SourceDigest,
     ) -> Result<()> {
@@ -316,11 +321,11 @@ impl Run<'_> {
     }
 }
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// `Tombstoned → Locked`: only while the KV store is still exactly what
     /// was verified, with its tombstone, and nobody else holds it open; a
     /// store lnd wrote past the seal is re-synced first (`Resynced`).
-    pub(super) fn lock(&mut self, t: &mut dyn NativeStore, row: &Persisted) -> Result<()> {
+    pub(super) fn lock(&mut self, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
         self.refuse_seal_while_held(row, true)?;
         self.m.progress.start(Phase::Lock, 0);
         if !self.seal_intact(t, row)? {
@@ -343,13 +348,13 @@ impl Run<'_> {
     }
 }
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// After a seal the native store took in one transaction with the
     /// tombstone ([`NativeStore::seal_with_source`]): recorded already,
     /// unless the source changed since it was verified.
     fn after_joint_seal(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         verified: &SourceDigest,
         outcome: TombstoneOutcome,
     ) -> Result<()> {
@@ -386,7 +391,10 @@ fn tombstone_details(outcome: &TombstoneOutcome, verified: &SourceDigest) -> ser
 }
 
 /// `Verified → Tombstoned`: records the tombstone (written now, or found).
-fn record_tombstone(t: &mut dyn NativeStore, details: serde_json::Value) -> Result<()> {
+fn record_tombstone<W: Workload>(
+    t: &mut dyn NativeStore<W>,
+    details: serde_json::Value,
+) -> Result<()> {
     t.transition(
         State::Verified,
         Event::TombstoneWritten,
@@ -396,3 +404,4 @@ fn record_tombstone(t: &mut dyn NativeStore, details: serde_json::Value) -> Resu
     )?;
     Ok(())
 }
+use crate::workload::Workload;

@@ -12,22 +12,22 @@
 
 use super::run::Run;
 use super::verify::{add_store_wide, compare, count_invoice, next_batch, stale_copies};
-use super::Active;
 use super::{Coverage, Phase, VerifyReport};
+use crate::backends::Backends;
 use crate::error::Result;
 use crate::fsm::State;
 use crate::source::{self, Prepared};
 use crate::store::{is_current, NativeStore};
 use crate::workload::Workload;
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// The read-only comparison of an unfinished migration. `None` when the
     /// store is no longer unfinished once read in a snapshot (a running
     /// `migrate` reached `Verified` meanwhile): the caller compares it in
     /// full.
     pub(super) fn verify_unfinished(
         &mut self,
-        t: &dyn NativeStore,
+        t: &dyn NativeStore<W>,
     ) -> Result<Option<VerifyReport>> {
         let mut report = None;
         t.in_snapshot(&mut |t| {
@@ -39,7 +39,7 @@ impl Run<'_> {
 
     fn verify_unfinished_in_snapshot(
         &mut self,
-        t: &dyn NativeStore,
+        t: &dyn NativeStore<W>,
     ) -> Result<Option<VerifyReport>> {
         // The first read opens the native snapshot: the state, the cursor,
         // the copy map and the rows below are all of one commit.
@@ -63,7 +63,7 @@ impl Run<'_> {
         let digest = self.first_digest(&mut stream)?;
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut report = VerifyReport::starting(&digest.sha256);
-        let mut children = <Active as Workload>::Children::default();
+        let mut children = <W as Workload>::Children::default();
         let mut prev: Option<u32> = None;
         loop {
             let batch = next_batch(&mut stream, &mut report)?;

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::guard::refused;
 use super::run::{Native, Run};
-use super::Active;
 use super::{Coverage, Migrator, Phase, VerifyReport};
+use crate::backends::Backends;
 use crate::error::{Error, Mismatch, Result};
 use crate::fsm::{Refusal, State};
 use crate::lnd_schema::Stage;
@@ -25,7 +25,7 @@ const MARK_RUN: u32 = 50;
 /// Mismatches listed in a report (the count covers them all).
 pub(super) const MAX_MISMATCHES_SHOWN: usize = 20;
 
-impl Migrator {
+impl<W: Backends> Migrator<W> {
     /// Compares every source invoice with the native store without writing
     /// anything (`oneway verify`).
     ///
@@ -62,7 +62,7 @@ impl Migrator {
 
     /// Why `verify` has nothing to compare (no migration in the native
     /// store at `opts.sql`).
-    fn nothing_to_verify(&self, kv: &dyn Source, opened: bool) -> Result<Error> {
+    fn nothing_to_verify(&self, kv: &dyn Source<W>, opened: bool) -> Result<Error> {
         if !opened && kv.tombstone_present()? {
             // Not a migration yet to run: the store that was made is lost.
             return Ok(refused(Refusal::NativeStoreMissing, None, true));
@@ -83,8 +83,8 @@ impl Migrator {
 }
 
 /// The coverage of a complete comparison (from `Verified` on).
-fn complete_coverage(
-    t: &dyn NativeStore,
+fn complete_coverage<W: Workload>(
+    t: &dyn NativeStore<W>,
     row: &Persisted,
     report: &VerifyReport,
 ) -> Result<Coverage> {
@@ -100,13 +100,13 @@ fn complete_coverage(
     })
 }
 
-impl Run<'_> {
+impl<W: Backends> Run<'_, W> {
     /// What `verify` checks beyond the invoices once they are final: lnd's
     /// schema and bookkeeping (from `Verified` on: the indexes, the settle
     /// sequence; from `Locked` on: the tracker), and the seal.
     fn check_final(
         &self,
-        t: &dyn NativeStore,
+        t: &dyn NativeStore<W>,
         row: &Persisted,
         report: &mut VerifyReport,
     ) -> Result<()> {
@@ -135,8 +135,8 @@ impl Run<'_> {
     /// source since they were copied, until a pass finds nothing to repair.
     pub(super) fn verify_until_clean(
         &mut self,
-        t: &mut dyn NativeStore,
-        mut first: Option<source::Stream>,
+        t: &mut dyn NativeStore<W>,
+        mut first: Option<source::Stream<W>>,
     ) -> Result<VerifyReport> {
         for _ in 0..MAX_VERIFY_PASSES {
             let pass_started = Instant::now();
@@ -193,9 +193,9 @@ impl Run<'_> {
     /// one ahead of time; otherwise one is started here.
     pub(super) fn verify_pass(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         repair: bool,
-        started: Option<source::Stream>,
+        started: Option<source::Stream<W>>,
     ) -> Result<VerifyReport> {
         let mut stream = match started {
             Some(s) => s,
@@ -211,7 +211,7 @@ impl Run<'_> {
     }
 
     /// The source digest a verification stream sends first (its snapshot's).
-    pub(super) fn first_digest(&self, stream: &mut source::Stream) -> Result<SourceDigest> {
+    pub(super) fn first_digest(&self, stream: &mut source::Stream<W>) -> Result<SourceDigest> {
         match stream.next() {
             Some(Ok(Msg::Digest(d))) => Ok(d),
             Some(Err(e)) => Err(e),
@@ -222,7 +222,11 @@ impl Run<'_> {
     }
 
     /// A decoder thread streaming the source after `after`.
-    pub(super) fn stream(&self, after: Option<u32>, kind: source::Kind) -> Result<source::Stream> {
+    pub(super) fn stream(
+        &self,
+        after: Option<u32>,
+        kind: source::Kind,
+    ) -> Result<source::Stream<W>> {
         self.source.stream(self.opts().batch_size, after, kind)
     }
 
@@ -231,10 +235,10 @@ impl Run<'_> {
     /// the store-wide counts.
     fn verify_stream(
         &mut self,
-        t: &mut dyn NativeStore,
+        t: &mut dyn NativeStore<W>,
         repair: bool,
         digest: SourceDigest,
-        stream: &mut source::Stream,
+        stream: &mut source::Stream<W>,
     ) -> Result<VerifyReport> {
         self.m.progress.start(Phase::Verify, digest.invoices);
         let mut pass = Pass::new(&digest);
@@ -250,7 +254,7 @@ impl Run<'_> {
             // copies it reads back while this one is compared.
             if t.reads_ahead() && !batch.is_empty() {
                 let next = next_batch(stream, &mut pass.report)?;
-                t.prefetch(&next.iter().map(|p| p.native.id).collect::<Vec<_>>())?;
+                t.prefetch(&next.iter().map(Prepared::id).collect::<Vec<_>>())?;
                 ahead = Some(next);
             }
             pass.waited += started.elapsed().as_secs_f64();
@@ -291,10 +295,10 @@ impl Run<'_> {
     /// ones are skipped there by their digest).
     fn mark_or_repair(
         &mut self,
-        t: &mut dyn NativeStore,
-        batch: &[Prepared],
+        t: &mut dyn NativeStore<W>,
+        batch: &[Prepared<W>],
         last: Option<u32>,
-        pass: &mut Pass,
+        pass: &mut Pass<W>,
         found: BatchFindings,
     ) -> Result<()> {
         if found.clean && !batch.is_empty() {
@@ -320,7 +324,7 @@ impl Run<'_> {
     /// The end of a pass: the decoder's rows digest arrived, and, when
     /// nothing was outdated, the native store holds exactly the source's
     /// invoices and the child rows they own.
-    fn check_totals(&self, t: &dyn NativeStore, pass: Pass) -> Result<VerifyReport> {
+    fn check_totals(&self, t: &dyn NativeStore<W>, pass: Pass<W>) -> Result<VerifyReport> {
         let mut report = pass.report;
         if report.target_digest.is_empty() {
             // The decoder sends it before the final batch; a stream that
@@ -343,7 +347,7 @@ impl Run<'_> {
         // Referential integrity of the whole store: every child row belongs
         // to a verified invoice when each table holds exactly the rows those
         // invoices own (the argument is on `ChildRows`).
-        let owned = Active::child_tables(&pass.children);
+        let owned = W::child_tables(&pass.children);
         found.extend(t.child_rows_differ(owned, 0, "verified")?);
         add_store_wide(&mut report, found);
         Ok(report)
@@ -351,10 +355,10 @@ impl Run<'_> {
 }
 
 /// A verification pass in progress.
-struct Pass {
+struct Pass<W: Workload> {
     report: VerifyReport,
     /// The child rows the source's invoices own.
-    children: <Active as Workload>::Children,
+    children: <W as Workload>::Children,
     /// Clean batches not marked checked yet: (after, batches).
     marking: Option<(Option<u32>, u32)>,
     /// The last invoice of the batches compared so far.
@@ -364,8 +368,8 @@ struct Pass {
     compared: f64,
 }
 
-impl Pass {
-    fn new(digest: &SourceDigest) -> Pass {
+impl<W: Workload> Pass<W> {
+    fn new(digest: &SourceDigest) -> Pass<W> {
         Pass {
             report: VerifyReport::starting(&digest.sha256),
             children: Default::default(),
@@ -387,10 +391,10 @@ struct BatchFindings {
 
 /// The next batch of a verification stream (empty at its end), taking the
 /// rows digest into `report` on the way.
-pub(super) fn next_batch(
-    stream: &mut source::Stream,
+pub(super) fn next_batch<W: Workload>(
+    stream: &mut source::Stream<W>,
     report: &mut VerifyReport,
-) -> Result<Vec<Prepared>> {
+) -> Result<Vec<Prepared<W>>> {
     loop {
         match stream.next() {
             Some(Ok(Msg::Batch(b))) => return Ok(b),
@@ -405,21 +409,21 @@ pub(super) fn next_batch(
 /// Compares one batch (the source's invoices in `(after, last]`) with the
 /// copies: current copies field by field, the others counted as outdated,
 /// copies whose source is gone as outdated too.
-fn compare_batch(
-    t: &dyn NativeStore,
-    batch: &[Prepared],
+fn compare_batch<W: Workload>(
+    t: &dyn NativeStore<W>,
+    batch: &[Prepared<W>],
     after: Option<u32>,
     last: Option<u32>,
-    pass: &mut Pass,
+    pass: &mut Pass<W>,
 ) -> Result<BatchFindings> {
     let mapped = t.copy_map(after, last)?;
     let stale = stale_copies(&mapped, batch);
     let report = &mut pass.report;
     let mut outdated = 0u64;
-    let mut matched: Vec<&Prepared> = Vec::with_capacity(batch.len());
+    let mut matched: Vec<&Prepared<W>> = Vec::with_capacity(batch.len());
     for p in batch {
         count_invoice(report, p);
-        Active::add_children(&mut pass.children, Active::children(&p.native));
+        W::add_children(&mut pass.children, W::children(&p.native));
         if is_current(&mapped, p) {
             matched.push(p);
         } else {

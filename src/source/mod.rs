@@ -1,11 +1,12 @@
 //! The source: the seam between the engine and lnd's KV store.
 //!
 //! The engine ([`crate::engine`]) knows the KV store only as a [`Source`]
-//! (opened by [`open`], the one place a source backend is chosen), the
-//! [`Witness`]es it hands out, and a [`Snapshot`] reader for the catch-up
-//! verification. It never sees a connection, a file layout or SQL. This
-//! module holds the traits and the types that cross them; [`sqlite`] is the
-//! SQLite backend (`channel.sqlite`), which delegates to [`crate::kv`],
+//! (opened by the workload's [`crate::backends::Backends`], the one place
+//! a source backend is chosen), the [`Witness`]es it hands out, and a
+//! [`Snapshot`] reader for the catch-up verification. It never sees a
+//! connection, a file layout or SQL. This module holds the traits and the
+//! types that cross them; [`sqlite`] is the SQLite backend
+//! (`channel.sqlite`), which delegates to [`crate::kv`],
 //! [`crate::reader`], [`crate::identity`], [`crate::holders`] and
 //! [`crate::files`].
 //!
@@ -21,8 +22,10 @@
 //! # Adding a backend
 //!
 //! A module beside [`sqlite`] implementing [`Source`], [`Witness`] and
-//! [`Snapshot`], and a branch in [`open`]. For lnd on Postgres (the KV table
-//! `channeldb_kv` in the same database as the native tables):
+//! [`Snapshot`] (answering the workload's lookups), and a branch in the
+//! workload's [`crate::backends::Backends::open_source`]. For lnd on
+//! Postgres (the KV table `channeldb_kv` in the same database as the
+//! native tables):
 //! [`Source::other_holders`] lists the other sessions in `pg_stat_activity`;
 //! a [`Witness`] is a session that can tell whether anything committed to
 //! the KV table since its snapshot (an xid check); [`Snapshot`] is a
@@ -46,7 +49,6 @@ use std::fmt;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::options::Options;
 use crate::workload::{Invoices, Workload};
 
 #[cfg(feature = "postgres")]
@@ -63,20 +65,10 @@ pub use sqlite::SqliteSource;
 pub use stream::{spawn, Stream};
 
 /// Opens the SQLite source at `path` with lnd's table prefix `prefix`,
-/// read-only. The engine opens through [`open_with`].
+/// read-only. The engine opens through the workload's
+/// `crate::backends::Backends`.
 pub fn open(path: &Path, prefix: &str) -> Result<Box<dyn Source>> {
     Ok(Box::new(SqliteSource::open(path, prefix)?))
-}
-
-/// Opens the source `opts` names, read-only: the one place the engine's
-/// source is chosen (a SQLite file, or the KV table in the Postgres
-/// database of both stores).
-pub fn open_with(opts: &Options) -> Result<Box<dyn Source>> {
-    #[cfg(feature = "postgres")]
-    if let Some(dsn) = opts.dsn() {
-        return Ok(Box::new(PgSource::open(dsn, &opts.table_prefix, &opts.kv)?));
-    }
-    open(&opts.kv, &opts.table_prefix)
 }
 
 /// lnd's KV store, as the engine reads it and seals it, for the records

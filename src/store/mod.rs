@@ -6,7 +6,8 @@
 //! table, lnd's sequences and tracker). It never sees SQL. This module holds
 //! the trait and the types that cross it; [`sqlite`] is the SQLite backend
 //! (`lnd.sqlite`). Adding a backend means implementing [`NativeStore`] in a
-//! module of its own and opening it where the engine opens [`Target`].
+//! module of its own and opening it in the workload's
+//! [`crate::backends::Backends`], where the engine's store is chosen.
 //!
 //! oneway's bookkeeping, whatever the backend:
 //! - the state row: the machine's state, the source identity, the copy
@@ -45,7 +46,7 @@ pub use sqlite::{Target, NATIVE_CACHE_KIB, NATIVE_PAGE_SIZE, ONEWAY_SCHEMA};
 
 /// Opens the native store at `path`: `None` when there is none (no file,
 /// or an empty one) and `create` is false. SQLite only; the engine opens
-/// through [`open_with`].
+/// through the workload's `crate::backends::Backends`.
 pub fn open(path: &Path, create: bool) -> Result<Option<Box<dyn NativeStore>>> {
     Ok(Target::open(path, create)?.map(|t| Box::new(t) as Box<dyn NativeStore>))
 }
@@ -56,38 +57,15 @@ pub fn check_file(path: &Path) -> Result<()> {
     crate::kv::check_sqlite_file(crate::error::Role::Native, path)
 }
 
-/// Opens the native store `opts` names: `None` when there is none yet. The
-/// one place the engine's native store is chosen (SQLite file, or the
-/// Postgres database of both stores).
-pub fn open_with(opts: &Options) -> Result<Option<Box<dyn NativeStore>>> {
-    #[cfg(feature = "postgres")]
-    if let Some(dsn) = opts.dsn() {
-        let t = PgTarget::open(dsn, &opts.sql, false)?;
-        return Ok(t.map(|t| Box::new(t) as Box<dyn NativeStore>));
-    }
-    open(&opts.sql, false)
-}
-
-/// Creates the native store `opts` names, readable by its owner only (for
-/// SQLite, a file created 0600 before SQLite opens it; SQLite gives its
-/// `-wal` and `-shm` the same mode).
-pub fn create_with(opts: &Options) -> Result<Box<dyn NativeStore>> {
-    #[cfg(feature = "postgres")]
-    if let Some(dsn) = opts.dsn() {
-        return Ok(Box::new(PgTarget::create(dsn, &opts.sql)?));
-    }
-    crate::files::create_native(&opts.sql)?;
-    Ok(Box::new(Target::create(&opts.sql)?))
-}
-
 /// Checks, before any lock is taken or anything created, that the native
 /// store `opts` names can be opened as one: for SQLite, its folder exists,
 /// and a non-empty file there is a oneway or lnd store (a wrong path must
 /// leave nothing behind); for Postgres, the database is reachable and holds
 /// no foreign `oneway_state`.
 pub fn preflight(opts: &Options) -> Result<()> {
-    if !opts.on_files() {
-        open_with(opts)?;
+    #[cfg(feature = "postgres")]
+    if let Some(dsn) = opts.dsn() {
+        PgTarget::open(dsn, &opts.sql, false)?;
         return Ok(());
     }
     if let Some(parent) = opts.sql.parent().filter(|p| !p.as_os_str().is_empty()) {

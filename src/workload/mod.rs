@@ -16,27 +16,47 @@
 //! - lnd's sequence it carries (for invoices, the settle index:
 //!   [`Workload::sequence`]);
 //! - its digest encoding ([`Workload::feed_digest`]) and its comparison for
-//!   verification ([`Workload::diff`]).
+//!   verification ([`Workload::diff`]);
+//! - its decoding, from the bytes a source backend reads
+//!   ([`Workload::Raw`]) to a [`Prepared`] record (see Decoding).
 //!
 //! [`invoices::Invoices`] is the one implementation. Its modules hold the
-//! rest of the invoice workload, which needs a backend: the decoding
-//! (`invoices/decode.rs`, shared by every source backend), and the rows
-//! written and read back per native backend (`invoices/sqlite.rs`; the
-//! Postgres writers are in `crate::postgres::{copy, load}`).
+//! rest of the invoice workload: the decoding (`invoices/decode.rs`), and
+//! the rows written and read back per native backend
+//! (`invoices/sqlite.rs`; the Postgres writers are in
+//! `crate::postgres::{copy, load}`).
+//!
+//! # Decoding
+//!
+//! A record is prepared in two steps, so that a source backend can resolve
+//! in bulk what its records need besides their own bytes:
+//! [`Workload::decode`] decodes the raw record, [`Workload::lookup`] names
+//! what it still needs from the source (for invoices, the payment hash of
+//! an invoice without a preimage: [`invoices::PaymentHashOf`]), and
+//! [`Workload::finish`] maps it, with the source's answer, into a
+//! [`Prepared`] record. A source backend's [`crate::source::Snapshot`]
+//! only answers lookups; how, and inside which read transaction, is its
+//! own rule and part of its consistency argument (`crate::reader::Decoder`
+//! answers each lookup as it comes, the Postgres snapshot those of a whole
+//! page in one query, both by the same rule).
 //!
 //! # Adding a workload
 //!
 //! A module beside [`invoices`] with a type implementing [`Workload`], its
-//! record type and mapping, and per backend its row writer and loader; then
-//! the native store and the source implement their traits for it
-//! (`NativeStore<W>`, `Source<W>`, `Snapshot<W>`, `Stream<W>` take the
-//! workload as a type parameter, [`invoices::Invoices`] by default), and
-//! the engine is instantiated with it.
+//! record type, mapping and decoding, and per backend its row writer and
+//! loader; then the native store and the source implement their traits for
+//! it (`NativeStore<W>`, `Source<W>`, `Snapshot<W>`, `Stream<W>` take the
+//! workload as a type parameter, [`invoices::Invoices`] by default; the
+//! snapshot answers the workload's lookups), the workload implements
+//! [`crate::backends::Backends`] (which opens them from the options), and
+//! the engine, generic over the workload (`Migrator<W>`), is instantiated
+//! with it.
 //!
 //! Invariants every workload keeps (the engine's verification and the
 //! catch-up rest on them, `spec/formats.md` §4 and `spec/state-machine.md`
 //! §7.1):
-//! - no I/O here: decoding and mapping are pure functions of the KV bytes;
+//! - no I/O here: decoding and mapping are pure functions of the KV bytes
+//!   and of the source's answers to the record's lookups;
 //! - equal records give equal digests, and [`Workload::diff`] is empty
 //!   exactly when the two records are equal;
 //! - a record's child rows refer only to the record itself (so counting the
@@ -45,8 +65,11 @@
 //!   fingerprint.
 
 use std::fmt;
+use std::path::Path;
 
 use sha2::Sha256;
+
+use crate::error::Result;
 
 pub mod invoices;
 
@@ -59,6 +82,16 @@ pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
     type Record: Clone + fmt::Debug + PartialEq + Send + Sync + 'static;
     /// How many rows of each child table a set of records owns.
     type Children: Copy + Default + fmt::Debug + Eq + Send + Sync + 'static;
+    /// A record as a source backend reads it from the KV store: its key
+    /// and bytes (for invoices, `crate::kv::RawInvoice`: the value and its
+    /// AMP HTLC sets).
+    type Raw;
+    /// A raw record decoded, before its [`Workload::Lookup`] is answered.
+    type Decoded;
+    /// Something a decoded record needs from the source besides its own
+    /// bytes (for invoices: the payment hash of an invoice without a
+    /// preimage, which only an entry of `invoices/paymenthashes` holds).
+    type Lookup: Copy + fmt::Debug;
 
     /// The KV store's top-level bucket holding the records.
     const BUCKET: &'static [u8];
@@ -98,6 +131,25 @@ pub trait Workload: fmt::Debug + Clone + Copy + Send + Sync + 'static {
     /// (`want`) and its copy read back (`got`), one sentence each; empty
     /// when equal.
     fn diff(want: &Self::Record, got: &Self::Record) -> Vec<String>;
+
+    /// Decodes `raw`, read from the KV store shown as `path`: the first of
+    /// the two steps of preparing a record (see "Decoding" in the module
+    /// documentation).
+    fn decode(raw: &Self::Raw, path: &Path) -> Result<Self::Decoded>;
+
+    /// What `decoded` (decoded from `raw`) needs the source to answer
+    /// before [`Workload::finish`], if anything.
+    fn lookup(raw: &Self::Raw, decoded: &Self::Decoded) -> Option<Self::Lookup>;
+
+    /// The second step: the record prepared from `raw`, decoded into
+    /// `decoded`, with the source's answer to its [`Workload::lookup`] (the
+    /// KV keys found; `None` when it needed none).
+    fn finish(
+        raw: &Self::Raw,
+        decoded: Self::Decoded,
+        answer: Option<&[Vec<u8>]>,
+        path: &Path,
+    ) -> Result<Prepared<Self>>;
 }
 
 /// A decoded source record, ready to write or compare.

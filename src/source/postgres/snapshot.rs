@@ -1,9 +1,9 @@
 //! The Postgres [`Snapshot`]: a session of its own whose reads between
 //! `begin_read` and `end_read` are one `REPEATABLE READ` transaction
 //! (which writes nothing but the session's temporary payment-hash index),
-//! decoding invoices exactly as the SQLite `Decoder` does
-//! (`workload::invoices::decode`: `decode_raw`, `hash_from_found`,
-//! `finish_prepare`).
+//! decoding invoices exactly as the SQLite `Decoder` does (the workload's
+//! `decode` and `finish`), with the lookups of a whole batch answered in
+//! one query.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use postgres::types::Type;
 use postgres::{Client, Statement};
-use sha2::{Digest, Sha256};
 
 use super::reads;
 use super::witness::{self, DbId, Mark, PgWitness};
@@ -20,7 +19,8 @@ use crate::kv::{DigestWalk, InvoiceBuckets, RawInvoice, NEXT_INVOICE_KEY, PAYMEN
 use crate::postgres::Dsn;
 use crate::reader::MAX_BATCH_BYTES;
 use crate::source::{InvoiceDigests, Prepared, Snapshot, SourceDigest, Version, Witness};
-use crate::workload::invoices::decode::{decode_raw, finish_prepare, hash_from_found};
+use crate::workload::invoices::PaymentHashOf;
+use crate::workload::{Invoices, Workload};
 
 /// How a read transaction starts. Not `READ ONLY`: the payment-hash index
 /// is a temporary table of this session, filled inside the transaction so
@@ -216,18 +216,19 @@ impl PgSnapshot {
     }
 
     /// Decodes a page of raw invoices into their native rows and copy
-    /// digests, looking up the payment hashes of those without a preimage
-    /// in one query.
+    /// digests ([`Workload::decode`], then [`Workload::finish`]), answering
+    /// the lookups of the whole page (the payment hashes of the invoices
+    /// without a preimage) in one query.
     fn prepare_all(&mut self, raws: &[RawInvoice]) -> Result<Vec<Prepared>> {
         let decoded = raws
             .iter()
-            .map(|raw| decode_raw(raw, &self.shown))
+            .map(|raw| Invoices::decode(raw, &self.shown))
             .collect::<Result<Vec<_>>>()?;
         let missing: Vec<u32> = raws
             .iter()
             .zip(&decoded)
-            .filter(|(_, (inv, _))| inv.preimage.is_none())
-            .map(|(raw, _)| raw.num)
+            .filter_map(|(raw, d)| Invoices::lookup(raw, d))
+            .map(|PaymentHashOf(num)| num)
             .collect();
         let mut found = if missing.is_empty() {
             Found::new()
@@ -235,16 +236,15 @@ impl PgSnapshot {
             self.lookup(&missing)?
         };
         let mut out = Vec::with_capacity(raws.len());
-        for (raw, (inv, sets)) in raws.iter().zip(decoded) {
-            let hash: [u8; 32] = match inv.preimage {
-                Some(p) => Sha256::digest(p).into(),
-                None => {
-                    let here = found.remove(&raw.num).unwrap_or_default();
-                    let hashes = self.hashes_for(raw.num, here)?;
-                    hash_from_found(raw, &hashes, &self.shown)?
+        for (raw, d) in raws.iter().zip(decoded) {
+            let answer = match Invoices::lookup(raw, &d) {
+                Some(PaymentHashOf(num)) => {
+                    let here = found.remove(&num).unwrap_or_default();
+                    Some(self.hashes_for(num, here)?)
                 }
+                None => None,
             };
-            out.push(finish_prepare(raw, &inv, hash, &sets, &self.shown)?);
+            out.push(Invoices::finish(raw, d, answer.as_deref(), &self.shown)?);
         }
         Ok(out)
     }

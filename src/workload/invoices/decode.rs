@@ -1,7 +1,9 @@
 //! Decoding one KV invoice into the invoice workload's record: the codec
 //! (`crate::codec`), the mapping ([`NativeInvoice::from_kv`]), and the copy
-//! digest of the raw bytes (`spec/formats.md` §4.2). Shared by every source
-//! backend; each resolves the payment hash of an invoice without a
+//! digest of the raw bytes (`spec/formats.md` §4.2): the invoice
+//! workload's [`Workload::decode`](crate::workload::Workload::decode) and
+//! [`Workload::finish`](crate::workload::Workload::finish), shared by every
+//! source backend; each resolves the payment hash of an invoice without a
 //! preimage in its own way (an index of `invoices/paymenthashes`) between
 //! [`decode_raw`] and [`finish_prepare`].
 
@@ -19,13 +21,13 @@ use crate::workload::Prepared;
 /// An invoice's AMP HTLC sets, decoded: (set id, HTLCs) in key order.
 pub(crate) type AmpSets = Vec<([u8; 32], Vec<Htlc>)>;
 
+/// A raw invoice decoded: the invoice and its AMP HTLC sets.
+pub(crate) type Decoded = (crate::model::Invoice, AmpSets);
+
 /// Decodes `raw` (an invoice of the KV store shown as `path`) and its AMP
 /// HTLC sets: the first half of preparing it, for every backend; the
 /// payment hash is resolved by the caller, then [`finish_prepare`].
-pub(crate) fn decode_raw(
-    raw: &RawInvoice,
-    path: &Path,
-) -> Result<(crate::model::Invoice, AmpSets)> {
+pub(super) fn decode_raw(raw: &RawInvoice, path: &Path) -> Result<Decoded> {
     let inv = codec::decode_invoice(&raw.value)
         .map_err(|source| codec_error(raw.key_hex(), source, path))?;
     let mut sets = Vec::with_capacity(raw.amp_sets.len());
@@ -42,7 +44,7 @@ pub(crate) fn decode_raw(
 /// The [`Prepared`] invoice of `raw`, decoded by [`decode_raw`] into `inv`
 /// and `sets`, with payment hash `hash`.
 #[inline]
-pub(crate) fn finish_prepare(
+pub(super) fn finish_prepare(
     raw: &RawInvoice,
     inv: &crate::model::Invoice,
     hash: [u8; 32],
@@ -61,7 +63,7 @@ pub(crate) fn finish_prepare(
 /// The payment hash of `raw`, whose preimage is unknown, from `found`: the
 /// keys of `invoices/paymenthashes` pointing to it (exactly one, of 32
 /// bytes, or the invoice cannot be migrated).
-pub(crate) fn hash_from_found(
+pub(super) fn hash_from_found(
     raw: &RawInvoice,
     found: &[Vec<u8>],
     path: &Path,
