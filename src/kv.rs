@@ -231,28 +231,24 @@ impl KvSource {
         &self.table
     }
 
-    fn err(&self, action: &str, e: rusqlite::Error) -> Error {
-        Error::sqlite(Role::Kv, &self.path, action, e)
-    }
-
     fn check_table(&self) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare("SELECT name FROM pragma_table_info(?1)")
-            .map_err(|e| self.err("reading the schema", e))?;
+            .ctx(Role::Kv, &self.path, "reading the schema")?;
         let cols: Vec<String> = stmt
             .query_map([&self.table], |r| r.get(0))
             .and_then(|rows| rows.collect())
-            .map_err(|e| self.err("reading the schema", e))?;
+            .ctx(Role::Kv, &self.path, "reading the schema")?;
         if cols.is_empty() {
             let mut stmt = self
                 .conn
                 .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-                .map_err(|e| self.err("listing tables", e))?;
+                .ctx(Role::Kv, &self.path, "listing tables")?;
             let tables: Vec<String> = stmt
                 .query_map([], |r| r.get(0))
                 .and_then(|rows| rows.collect())
-                .map_err(|e| self.err("listing tables", e))?;
+                .ctx(Role::Kv, &self.path, "listing tables")?;
             let found = if tables.is_empty() {
                 "the database has no tables".to_string()
             } else {
@@ -287,21 +283,21 @@ impl KvSource {
     pub fn begin_read(&self) -> Result<()> {
         self.conn
             .execute_batch("BEGIN")
-            .map_err(|e| self.err("starting a read transaction", e))
+            .ctx(Role::Kv, &self.path, "starting a read transaction")
     }
 
     /// Ends the read transaction started by [`KvSource::begin_read`].
     pub fn end_read(&self) -> Result<()> {
         self.conn
             .execute_batch("COMMIT")
-            .map_err(|e| self.err("ending a read transaction", e))
+            .ctx(Role::Kv, &self.path, "ending a read transaction")
     }
 
     /// SQLite's `data_version` of this connection: unchanged between two
     /// reads exactly when no other connection committed in between. Inside
     /// a [`KvSource::begin_read`] transaction it belongs to that snapshot.
     pub fn data_version(&self) -> Result<i64> {
-        read_data_version(&self.conn).map_err(|e| self.err("reading data_version", e))
+        read_data_version(&self.conn).ctx(Role::Kv, &self.path, "reading data_version")
     }
 
     /// Keeps this connection as a [`Witness`] of the state it read when
@@ -312,8 +308,11 @@ impl KvSource {
 
     /// The id of bucket `name` under `parent` (top level when `None`).
     pub fn bucket(&self, parent: Option<i64>, name: &[u8]) -> Result<Option<i64>> {
-        bucket_id(&self.conn, &self.table, parent, name)
-            .map_err(|e| self.err("finding a bucket", e))
+        bucket_id(&self.conn, &self.table, parent, name).ctx(
+            Role::Kv,
+            &self.path,
+            "finding a bucket",
+        )
     }
 
     /// The value of `key` in bucket `bucket`; `None` when the key is absent
@@ -330,7 +329,7 @@ impl KvSource {
             )
             .optional()
             .map(Option::flatten)
-            .map_err(|e| self.err("reading a value", e))
+            .ctx(Role::Kv, &self.path, "reading a value")
     }
 
     /// Finds the invoice buckets; `None` when the store has no `invoices`
@@ -362,7 +361,7 @@ impl KvSource {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.err("checking key types", e))?;
+            .ctx(Role::Kv, &self.path, "checking key types")?;
         match bad {
             Some(key) => Err(Error::UnexpectedKey {
                 path: self.path.clone(),
@@ -376,8 +375,11 @@ impl KvSource {
 
     /// True when the invoices bucket carries the tombstone key (any value).
     pub fn tombstone_present(&self) -> Result<bool> {
-        tombstone_present(&self.conn, &self.table)
-            .map_err(|e| self.err("looking for the tombstone", e))
+        tombstone_present(&self.conn, &self.table).ctx(
+            Role::Kv,
+            &self.path,
+            "looking for the tombstone",
+        )
     }
 
     /// The `sequence` of a bucket (0 when unset).
@@ -390,7 +392,7 @@ impl KvSource {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.err("reading a bucket sequence", e))?
+            .ctx(Role::Kv, &self.path, "reading a bucket sequence")?
             .flatten();
         Ok(seq.unwrap_or(0) as u64)
     }
@@ -430,14 +432,16 @@ impl KvSource {
             "SELECT key, value FROM {} WHERE parent_id = ?1 AND key >= ?2 ORDER BY key",
             self.table
         );
-        let mut stmt = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(|e| self.err("reading invoices", e))?;
-        let mut rows = stmt
-            .query(params![buckets.invoices, start_key])
-            .map_err(|e| self.err("reading invoices", e))?;
-        while let Some(row) = rows.next().map_err(|e| self.err("reading invoices", e))? {
+        let mut stmt =
+            self.conn
+                .prepare_cached(&sql)
+                .ctx(Role::Kv, &self.path, "reading invoices")?;
+        let mut rows = stmt.query(params![buckets.invoices, start_key]).ctx(
+            Role::Kv,
+            &self.path,
+            "reading invoices",
+        )?;
+        while let Some(row) = rows.next().ctx(Role::Kv, &self.path, "reading invoices")? {
             let (key, value) = self.invoice_bucket_row(row)?;
             let is_bucket = matches!(value, rusqlite::types::ValueRef::Null);
             match key.len() {
@@ -465,12 +469,12 @@ impl KvSource {
     ) -> Result<(&'r [u8], rusqlite::types::ValueRef<'r>)> {
         let key = row
             .get_ref(0)
-            .map_err(|e| self.err("reading invoices", e))?
+            .ctx(Role::Kv, &self.path, "reading invoices")?
             .as_blob()
             .map_err(|_| self.unexpected_text_key(row))?;
         let value = row
             .get_ref(1)
-            .map_err(|e| self.err("reading invoices", e))?;
+            .ctx(Role::Kv, &self.path, "reading invoices")?;
         Ok((key, value))
     }
 
@@ -572,23 +576,23 @@ impl KvSource {
             "SELECT key, value FROM {} WHERE parent_id = ?1 ORDER BY key",
             self.table
         );
-        let mut stmt = self
-            .conn
-            .prepare(&sql)
-            .map_err(|e| self.err("reading the payment-hash index", e))?;
-        let mut rows = stmt
-            .query([bucket])
-            .map_err(|e| self.err("reading the payment-hash index", e))?;
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| self.err("reading the payment-hash index", e))?
+        let mut stmt =
+            self.conn
+                .prepare(&sql)
+                .ctx(Role::Kv, &self.path, "reading the payment-hash index")?;
+        let mut rows =
+            stmt.query([bucket])
+                .ctx(Role::Kv, &self.path, "reading the payment-hash index")?;
+        while let Some(row) =
+            rows.next()
+                .ctx(Role::Kv, &self.path, "reading the payment-hash index")?
         {
-            let key: Vec<u8> = row
-                .get(0)
-                .map_err(|e| self.err("reading the payment-hash index", e))?;
-            let value: Option<Vec<u8>> = row
-                .get(1)
-                .map_err(|e| self.err("reading the payment-hash index", e))?;
+            let key: Vec<u8> =
+                row.get(0)
+                    .ctx(Role::Kv, &self.path, "reading the payment-hash index")?;
+            let value: Option<Vec<u8>> =
+                row.get(1)
+                    .ctx(Role::Kv, &self.path, "reading the payment-hash index")?;
             if key == NEXT_INVOICE_KEY {
                 continue;
             }
@@ -618,14 +622,14 @@ impl KvSource {
     /// read transaction ([`KvSource::begin_read`]) the index and the mark
     /// belong to that transaction's snapshot.
     pub fn build_hash_index(&self, buckets: &InvoiceBuckets) -> Result<i64> {
-        let e = |err| self.err("building the payment-hash reverse index", err);
+        let action = "building the payment-hash reverse index";
         self.conn
             .execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS oneway_hash_by_num (num BLOB NOT NULL, hash BLOB NOT NULL);
                  DELETE FROM temp.oneway_hash_by_num;",
             )
-            .map_err(e)?;
-        let mark = self.max_row_id().map_err(e)?;
+            .ctx(Role::Kv, &self.path, action)?;
+        let mark = self.max_row_id().ctx(Role::Kv, &self.path, action)?;
         if let Some(bucket) = buckets.payment_hashes {
             self.conn
                 .execute(
@@ -637,11 +641,11 @@ impl KvSource {
                     ),
                     params![bucket, NEXT_INVOICE_KEY, mark],
                 )
-                .map_err(e)?;
+                .ctx(Role::Kv, &self.path, action)?;
         }
         self.conn
             .execute_batch("CREATE INDEX IF NOT EXISTS temp.oneway_hash_by_num_idx ON oneway_hash_by_num (num)")
-            .map_err(e)?;
+            .ctx(Role::Kv, &self.path, action)?;
         Ok(mark)
     }
 
@@ -656,8 +660,8 @@ impl KvSource {
     /// entries stay in the index. A lookup that still fails afterwards must
     /// rebuild before concluding anything (see `reader::Decoder`).
     pub fn extend_hash_index(&self, buckets: &InvoiceBuckets, mark: i64) -> Result<i64> {
-        let e = |err| self.err("extending the payment-hash reverse index", err);
-        let new_mark = self.max_row_id().map_err(e)?;
+        let action = "extending the payment-hash reverse index";
+        let new_mark = self.max_row_id().ctx(Role::Kv, &self.path, action)?;
         if let Some(bucket) = buckets.payment_hashes {
             self.conn
                 .prepare_cached(&format!(
@@ -667,7 +671,7 @@ impl KvSource {
                     self.table
                 ))
                 .and_then(|mut st| st.execute(params![mark, new_mark, bucket, NEXT_INVOICE_KEY]))
-                .map_err(e)?;
+                .ctx(Role::Kv, &self.path, action)?;
         }
         // Lower than `mark` when rows at the top were deleted: ids above it
         // are free again, and whatever takes them later is new.
@@ -686,15 +690,16 @@ impl KvSource {
     /// [`KvSource::build_hash_index`] first). Usually one; none when lnd would
     /// have skipped the invoice; more than one is an inconsistency.
     pub fn hashes_for(&self, num: u32) -> Result<Vec<Vec<u8>>> {
-        let e = |err| self.err("looking up a payment hash", err);
+        let action = "looking up a payment hash";
         let mut st = self
             .conn
             .prepare_cached("SELECT hash FROM temp.oneway_hash_by_num WHERE num = ?1")
-            .map_err(e)?;
+            .ctx(Role::Kv, &self.path, action)?;
         let rows = st
             .query_map([num.to_be_bytes()], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(e)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
+            .ctx(Role::Kv, &self.path, action)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx(Role::Kv, &self.path, action)
     }
 
     /// The invoice numbers present with `lo <= num <= hi`.
@@ -704,14 +709,14 @@ impl KvSource {
         lo: u32,
         hi: u32,
     ) -> Result<std::collections::HashSet<u32>> {
-        let e = |err| self.err("listing invoice keys", err);
+        let action = "listing invoice keys";
         let mut st = self
             .conn
             .prepare_cached(&format!(
                 "SELECT key FROM {} WHERE parent_id = ?1 AND key >= ?2 AND key <= ?3 AND length(key) = 4 AND value IS NOT NULL",
                 self.table
             ))
-            .map_err(e)?;
+            .ctx(Role::Kv, &self.path, action)?;
         let rows = st
             .query_map(
                 params![buckets.invoices, lo.to_be_bytes(), hi.to_be_bytes()],
@@ -720,8 +725,9 @@ impl KvSource {
                     Ok(u32::from_be_bytes([k[0], k[1], k[2], k[3]]))
                 },
             )
-            .map_err(e)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(e)
+            .ctx(Role::Kv, &self.path, action)?;
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx(Role::Kv, &self.path, action)
     }
 
     /// Counts the invoices (4-byte keys with a value) in the invoices bucket.
@@ -736,7 +742,7 @@ impl KvSource {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
-            .map_err(|e| self.err("counting invoices", e))
+            .ctx(Role::Kv, &self.path, "counting invoices")
     }
 
     /// The bytes of the invoice values (and AMP HTLC sets) in the
@@ -753,7 +759,7 @@ impl KvSource {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
-            .map_err(|e| self.err("measuring the invoices", e))
+            .ctx(Role::Kv, &self.path, "measuring the invoices")
     }
 
     /// In one walk of the invoice buckets (inside the caller's read
@@ -769,14 +775,17 @@ impl KvSource {
     pub fn invoice_digests(&self, buckets: &InvoiceBuckets) -> Result<InvoiceDigests> {
         let mut walk = DigestWalk::default();
         let source = walk_invoice_tree(&self.conn, &self.table, |row| walk.visit(buckets, row))
-            .map_err(|e| self.err("digesting the invoices", e))?;
+            .ctx(Role::Kv, &self.path, "digesting the invoices")?;
         Ok(walk.finish(source))
     }
 
     /// Computes the [`SourceDigest`] of the invoice buckets.
     pub fn digest(&self) -> Result<SourceDigest> {
-        source_digest(&self.conn, &self.table)
-            .map_err(|e| self.err("computing the source digest", e))
+        source_digest(&self.conn, &self.table).ctx(
+            Role::Kv,
+            &self.path,
+            "computing the source digest",
+        )
     }
 
     /// Writes the tombstone (`invoice-tombstone` = `1` in the top-level

@@ -22,7 +22,7 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 
-use super::{pg_err, PgTarget};
+use super::PgTarget;
 use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
@@ -65,9 +65,9 @@ impl PgTarget {
     ) -> Result<T> {
         self.discard_prefetch();
         let mut conn = self.conn.borrow_mut();
-        let mut tx = conn.transaction().map_err(pg_err("starting a batch"))?;
+        let mut tx = conn.transaction().pg(Role::Native, "starting a batch")?;
         tx.batch_execute("SET LOCAL synchronous_commit TO off")
-            .map_err(pg_err("starting a batch"))?;
+            .pg(Role::Native, "starting a batch")?;
         let state = self.state_for_update(&mut tx)?;
         fsm::transition(state, Event::BatchCopied).map_err(|refusal| Error::IllegalTransition {
             state,
@@ -82,7 +82,7 @@ impl PgTarget {
         if let Some(name) = failpoint {
             crate::failpoint::hit(&format!("{name}.before_commit"));
         }
-        tx.commit().map_err(pg_err(commit))?;
+        tx.commit().pg(Role::Native, commit)?;
         if let Some(name) = failpoint {
             crate::failpoint::hit(&format!("{name}.after_commit"));
         }
@@ -96,7 +96,7 @@ impl PgTarget {
         let statements = Arc::clone(&self.statements);
         let outcome = self.write(Some("batch"), "committing a batch", |tx| {
             let mapped = copy_map_range(tx, batch.after, batch.last)
-                .map_err(pg_err("reading the copy map"))?;
+                .pg(Role::Native, "reading the copy map")?;
             let present: HashSet<u32> = batch.invoices.iter().map(|p| p.num).collect();
             let gone: Vec<(u32, i64)> = mapped
                 .iter()
@@ -112,8 +112,8 @@ impl PgTarget {
                 .iter()
                 .filter_map(|p| mapped.get(&p.num).map(|(id, _)| (p.num, *id)))
                 .collect();
-            remove(tx, &gone).map_err(pg_err("removing copies of deleted invoices"))?;
-            remove(tx, &outdated).map_err(pg_err("removing outdated copies"))?;
+            remove(tx, &gone).pg(Role::Native, "removing copies of deleted invoices")?;
+            remove(tx, &outdated).pg(Role::Native, "removing outdated copies")?;
             let outcome = BatchOutcome {
                 removed: gone.len() as u64,
                 recopied: outdated.len() as u64,
@@ -139,7 +139,7 @@ impl PgTarget {
                     "SELECT kv_num, invoice_id FROM oneway_invoice_map WHERE kv_num = ANY($1)",
                     &[&nums],
                 )
-                .map_err(pg_err(action))?
+                .pg(Role::Native, action)?
                 .iter()
                 .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
                 .collect();
@@ -153,12 +153,12 @@ impl PgTarget {
                     ),
                 });
             }
-            remove(tx, &found).map_err(pg_err(action))?;
+            remove(tx, &found).pg(Role::Native, action)?;
             tx.execute(
                 "UPDATE oneway_state SET copied = copied - $1 WHERE singleton = 1",
                 &[&(gone.len() as i64)],
             )
-            .map_err(pg_err(action))?;
+            .pg(Role::Native, action)?;
             Ok(gone.len() as u64)
         })
     }
@@ -178,22 +178,22 @@ impl PgTarget {
             .pg(Role::Native, "opening the index build's second session")?;
         self.write_or_roll_back(Some("indexes"), "committing lnd's indexes", |tx| {
             tx.batch_execute(&format!("SET LOCAL maintenance_work_mem TO '{memory}kB'"))
-                .map_err(pg_err("setting maintenance_work_mem"))?;
+                .pg(Role::Native, "setting maintenance_work_mem")?;
             let mut attempt = tx
                 .transaction()
-                .map_err(pg_err("starting lnd's index build"))?;
+                .pg(Role::Native, "starting lnd's index build")?;
             match build(&mut attempt, &mut second, memory) {
                 Ok(()) => {
                     attempt
                         .commit()
-                        .map_err(pg_err("releasing lnd's index build"))?;
+                        .pg(Role::Native, "releasing lnd's index build")?;
                     copy::reset_sequences(tx).pg(Role::Native, "")?;
                     Ok(Finish::Commit(IndexBuild::Built))
                 }
                 Err(err) if is_unique_violation(&err) => {
                     attempt
                         .rollback()
-                        .map_err(pg_err("rolling back lnd's index build"))?;
+                        .pg(Role::Native, "rolling back lnd's index build")?;
                     duplicate(tx, &kv, err).map(Finish::RollBack)
                 }
                 Err(err) => Err(err).pg(Role::Native, ""),
@@ -211,7 +211,7 @@ impl PgTarget {
                  WHERE kv_num > $1 AND kv_num <= $2 AND NOT checked",
                 &[(&lo, Type::INT8), (&hi, Type::INT8)],
             )
-            .map_err(pg_err("marking verified copies"))?;
+            .pg(Role::Native, "marking verified copies")?;
             Ok(())
         })
     }
@@ -228,7 +228,7 @@ impl PgTarget {
                  WHERE m.kv_num = e.kv_num AND m.digest = e.digest",
                 &[&nums, &digests],
             )
-            .map_err(pg_err("marking verified copies"))?;
+            .pg(Role::Native, "marking verified copies")?;
             Ok(())
         })
     }
@@ -301,16 +301,16 @@ fn insert_new(
     }
     let rows: Vec<&NativeInvoice> = new.iter().map(|p| &p.native).collect();
     let first = copy::next_htlc_id(tx).pg(Role::Native, "")?;
-    let mut attempt = tx.transaction().map_err(pg_err("starting the copy"))?;
+    let mut attempt = tx.transaction().pg(Role::Native, "starting the copy")?;
     let bulk = kind == BatchKind::Bulk;
     let copied = copy::copy_invoices_to(&mut attempt, statements, &rows, first, bulk)
         .and_then(|_| copy_map_rows(&mut attempt, statements, new));
     match copied {
-        Ok(()) => attempt.commit().map_err(pg_err("copying invoices"))?,
+        Ok(()) => attempt.commit().pg(Role::Native, "copying invoices")?,
         Err(err) => {
             attempt
                 .rollback()
-                .map_err(pg_err("rolling back a refused copy"))?;
+                .pg(Role::Native, "rolling back a refused copy")?;
             return Err(insert_error(tx, err, kv, new));
         }
     }
@@ -393,7 +393,7 @@ fn move_cursor(
                 (&delta, Type::INT8),
             ],
         )
-        .map_err(pg_err("moving the cursor"))?;
+        .pg(Role::Native, "moving the cursor")?;
     }
     if max_settle > 0 {
         tx.query_typed(
@@ -401,7 +401,7 @@ fn move_cursor(
              WHERE name = 'settle_index'",
             &[(&max_settle, Type::INT8)],
         )
-        .map_err(pg_err("updating the settle index sequence"))?;
+        .pg(Role::Native, "updating the settle index sequence")?;
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::lnd_schema::{Existing, Stage};
 use crate::postgres::lnd_schema::Schema;
-use crate::postgres::{Dsn, PgError};
+use crate::postgres::Dsn;
 use crate::reader::Prepared;
 use crate::source::{SourceDigest, TombstoneOutcome, Witness};
 use crate::store::{
@@ -71,17 +71,6 @@ pub struct PgTarget {
     /// only; shared so that a write's body can hold it while `write`
     /// holds the store).
     statements: std::sync::Arc<crate::postgres::Statements>,
-}
-
-/// Wraps a driver error with what was being done, on the native store.
-fn pg_err(action: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
-    move |source| Error::Postgres {
-        role: Role::Native,
-        source: PgError::Sql {
-            action: action.to_owned(),
-            source,
-        },
-    }
 }
 
 impl PgTarget {
@@ -132,7 +121,7 @@ impl PgTarget {
                  FROM oneway_journal ORDER BY seq",
                 &[],
             )
-            .map_err(pg_err("reading the journal"))?;
+            .pg(Role::Native, "reading the journal")?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -167,7 +156,7 @@ impl PgTarget {
 
     /// Whether the table `name` exists in the session's schema.
     fn has_table(&self, name: &str) -> Result<bool> {
-        schema::has_table(&mut *self.conn.borrow_mut(), name).map_err(pg_err("reading the schema"))
+        schema::has_table(&mut *self.conn.borrow_mut(), name).pg(Role::Native, "reading the schema")
     }
 
     /// A state row's name as a [`State`]; an unknown name is an error,
@@ -187,7 +176,7 @@ impl PgTarget {
                 "SELECT state FROM oneway_state WHERE singleton = 1 FOR UPDATE",
                 &[],
             )
-            .map_err(pg_err("reading the state row"))?;
+            .pg(Role::Native, "reading the state row")?;
         let Some(row) = row else {
             return Err(self.no_state_row());
         };
@@ -239,7 +228,7 @@ impl PgTarget {
         let event = Event::TombstoneWritten;
         let table = crate::postgres::kv::table_name(prefix).pg(Role::Kv, "")?;
         let mut conn = self.conn.borrow_mut();
-        let mut tx = conn.transaction().map_err(pg_err("starting the seal"))?;
+        let mut tx = conn.transaction().pg(Role::Native, "starting the seal")?;
         let from = self.state_for_update(&mut tx)?;
         let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
             state: from,
@@ -299,7 +288,7 @@ impl NativeStore for PgTarget {
                  FROM oneway_state WHERE singleton = 1",
                 &[],
             )
-            .map_err(pg_err("reading the state row"))?;
+            .pg(Role::Native, "reading the state row")?;
         let Some(r) = row else {
             return Err(self.no_state_row());
         };
@@ -353,7 +342,7 @@ impl NativeStore for PgTarget {
         let mut conn = self.conn.borrow_mut();
         let mut tx = conn
             .transaction()
-            .map_err(pg_err("starting a transition"))?;
+            .pg(Role::Native, "starting a transition")?;
         if from != State::Fresh {
             let current = self.state_for_update(&mut tx)?;
             if current != from {
@@ -387,7 +376,7 @@ impl NativeStore for PgTarget {
                  VALUES ($1, 'security', $2, $2, $3, $4)",
                 &[&now_text(), &state, &name, &details.to_string()],
             )
-            .map_err(pg_err("appending a security event to the journal"))?;
+            .pg(Role::Native, "appending a security event to the journal")?;
         Ok(())
     }
 
@@ -486,12 +475,12 @@ fn finish_transition(
     let now = now_text();
     // Durable when it returns, whatever the server's default says.
     tx.batch_execute("SET LOCAL synchronous_commit TO on")
-        .map_err(pg_err("asking for a durable commit"))?;
+        .pg(Role::Native, "asking for a durable commit")?;
     tx.execute(
         "UPDATE oneway_state SET state = $1, updated_at = $2 WHERE singleton = 1",
         &[&to.name(), &now],
     )
-    .map_err(pg_err("updating the state row"))?;
+    .pg(Role::Native, "updating the state row")?;
     tx.execute(
         "INSERT INTO oneway_journal (at, kind, from_state, to_state, event, details)
          VALUES ($1, 'transition', $2, $3, $4, $5)",
@@ -503,9 +492,9 @@ fn finish_transition(
             &details.to_string(),
         ],
     )
-    .map_err(pg_err("appending to the journal"))?;
+    .pg(Role::Native, "appending to the journal")?;
     crate::failpoint::hit(&format!("{failpoint}.before_commit"));
-    tx.commit().map_err(pg_err("committing the transition"))?;
+    tx.commit().pg(Role::Native, "committing the transition")?;
     crate::failpoint::hit(&format!("{failpoint}.after_commit"));
     Ok(())
 }

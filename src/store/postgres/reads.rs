@@ -8,7 +8,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::batch::{bounds, copy_map_range};
 use super::prefetch::Prefetcher;
-use super::{pg_err, PgTarget};
+use super::PgTarget;
 use crate::error::{PgContext, Result, Role};
 use crate::postgres::lnd_schema::{
     self as pg_schema, COPY_FOREIGN_KEYS, COPY_INDEXES, COPY_UNIQUES,
@@ -48,7 +48,8 @@ pub(super) fn load_ids(
 impl PgTarget {
     /// The copy-map rows with `lo < kv_num <= hi` (`None`: unbounded).
     pub(super) fn copy_map(&self, lo: Option<u32>, hi: Option<u32>) -> Result<CopyMap> {
-        copy_map_range(&mut *self.conn.borrow_mut(), lo, hi).map_err(pg_err("reading the copy map"))
+        copy_map_range(&mut *self.conn.borrow_mut(), lo, hi)
+            .pg(Role::Native, "reading the copy map")
     }
 
     /// Up to `limit` copied invoice numbers after `after`, in order.
@@ -61,7 +62,7 @@ impl PgTarget {
                 "SELECT kv_num FROM oneway_invoice_map WHERE kv_num > $1 ORDER BY kv_num LIMIT $2",
                 &[&lo, &(limit as i64)],
             )
-            .map_err(pg_err("reading the copy map"))?
+            .pg(Role::Native, "reading the copy map")?
             .iter()
             .map(|r| r.get::<_, i64>(0) as u32)
             .collect())
@@ -76,7 +77,7 @@ impl PgTarget {
                 "SELECT EXISTS (SELECT 1 FROM oneway_invoice_map WHERE checked)",
                 &[],
             )
-            .map_err(pg_err("reading the copy map"))?
+            .pg(Role::Native, "reading the copy map")?
             .get(0))
     }
 
@@ -91,8 +92,8 @@ impl PgTarget {
                 "SELECT kv_num, digest, checked FROM oneway_invoice_map ORDER BY kv_num",
                 std::iter::empty::<i64>(),
             )
-            .map_err(pg_err(act))?;
-        while let Some(row) = rows.next().map_err(pg_err(act))? {
+            .pg(Role::Native, act)?;
+        while let Some(row) = rows.next().pg(Role::Native, act)? {
             let num = row.get::<_, i64>(0) as u32;
             if f(num, row.get::<_, &[u8]>(1), row.get(2)).is_break() {
                 return Ok(false);
@@ -113,7 +114,7 @@ impl PgTarget {
                  FROM oneway_invoice_map",
                 &[],
             )
-            .map_err(pg_err("summing the copies' rows"))?;
+            .pg(Role::Native, "summing the copies' rows")?;
         let tables = ChildRows::default().tables();
         Ok(std::array::from_fn(|i| {
             (tables[i].0, r.get::<_, i64>(i) as u64)
@@ -126,7 +127,7 @@ impl PgTarget {
             .conn
             .borrow_mut()
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .map_err(pg_err("counting rows"))?
+            .pg(Role::Native, "counting rows")?
             .get::<_, i64>(0) as u64)
     }
 
@@ -149,7 +150,7 @@ impl PgTarget {
                                  coalesce((SELECT max(settle_index) FROM amp_sub_invoices), 0))",
                 &[],
             )
-            .map_err(pg_err("reading the highest settle index"))?
+            .pg(Role::Native, "reading the highest settle index")?
             .get::<_, i64>(0) as u64)
     }
 
@@ -159,7 +160,7 @@ impl PgTarget {
             .conn
             .borrow_mut()
             .query_one("SELECT coalesce(max(id), 0) FROM invoices", &[])
-            .map_err(pg_err("reading the highest copied add index"))?
+            .pg(Role::Native, "reading the highest copied add index")?
             .get::<_, i64>(0) as u64)
     }
 
@@ -230,7 +231,7 @@ impl PgTarget {
                  FROM oneway_amp_staging WHERE invoice_id = ANY($1)",
                 &[&ids],
             )
-            .map_err(pg_err("reading the staged AMP sets"))?;
+            .pg(Role::Native, "reading the staged AMP sets")?;
         let mut touched = HashSet::new();
         for r in rows {
             let id: i64 = r.get(0);
@@ -259,7 +260,7 @@ impl PgTarget {
                        AND relnamespace = current_schema()::regnamespace",
                     &[&name],
                 )
-                .map_err(pg_err(act))?;
+                .pg(Role::Native, act)?;
             if found.is_none() {
                 return Ok(false);
             }
@@ -282,7 +283,7 @@ impl PgTarget {
         self.conn
             .borrow_mut()
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .map_err(pg_err("starting a read"))?;
+            .pg(Role::Native, "starting a read")?;
         self.in_read.set(true);
         let result = read(self);
         self.in_read.set(false);

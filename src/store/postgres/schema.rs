@@ -9,7 +9,6 @@
 
 use postgres::{GenericClient, Transaction};
 
-use super::pg_err;
 use crate::error::{Error, Mismatch, PgContext, Result, Role};
 use crate::identity::SourceIdentity;
 use crate::lnd_schema::{Existing, Stage};
@@ -201,7 +200,7 @@ pub(super) fn apply(
                 &[],
             )
             .map(|_| ())
-            .map_err(pg_err("recording the source change")),
+            .pg(Role::Native, "recording the source change"),
         Effect::RecordMigrated { settle_index } => {
             copy::reset_sequences(tx).pg(Role::Native, "")?;
             pg_schema::record_migrated(tx).pg(Role::Native, "")?;
@@ -225,7 +224,7 @@ fn create_schema(
     pg_schema::drop_copy_foreign_keys(tx).pg(Role::Native, "")?;
     pg_schema::pause_autovacuum(tx).pg(Role::Native, "")?;
     tx.batch_execute(ONEWAY_SCHEMA_PG)
-        .map_err(pg_err("creating oneway's tables"))?;
+        .pg(Role::Native, "creating oneway's tables")?;
     tx.execute(
         "INSERT INTO oneway_state (singleton, state, format_version, source_identity, batch_size, updated_at)
          VALUES (1, 'Fresh', $1, $2, $3, $4)",
@@ -236,7 +235,7 @@ fn create_schema(
             &now_text(),
         ],
     )
-    .map_err(pg_err("inserting the state row"))?;
+    .pg(Role::Native, "inserting the state row")?;
     set_settle_index(tx, settle_index)
 }
 
@@ -246,7 +245,7 @@ fn set_settle_index(tx: &mut Transaction<'_>, settle_index: u64) -> Result<()> {
         &[&(settle_index as i64)],
     )
     .map(|_| ())
-    .map_err(pg_err("setting lnd's settle index sequence"))
+    .pg(Role::Native, "setting lnd's settle index sequence")
 }
 
 /// A clean verification's count and digests in the state row, and lnd's
@@ -257,7 +256,7 @@ fn record_verification(tx: &mut Transaction<'_>, v: &Verification<'_>) -> Result
          WHERE singleton = 1",
         &[&(v.invoices as i64), &v.source_digest, &v.target_digest],
     )
-    .map_err(pg_err("recording the verification"))?;
+    .pg(Role::Native, "recording the verification")?;
     set_settle_index(tx, v.settle_index)
 }
 
