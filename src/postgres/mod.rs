@@ -15,7 +15,6 @@
 //!   buckets in key order, the tombstone write;
 //! - [`copy`]: binary `COPY` of native rows and the `BIGSERIAL` reset;
 //! - [`load`]: the native rows read back, for verification;
-//! - [`statements`]: the statements a session prepares once;
 //! - [`time`]: lnd's timestamps as Postgres stores them (microseconds);
 //! - [`tls`]: the DSN's TLS options and the rustls connector of each
 //!   `sslmode`.
@@ -29,12 +28,10 @@ pub mod lnd_schema;
 /// workload (`crate::workload::invoices::postgres`), under the building
 /// blocks' paths.
 pub use crate::workload::invoices::postgres::{copy, load};
-pub mod statements;
 pub mod time;
 pub mod tls;
 
 pub use dsn::Dsn;
-pub use statements::Statements;
 
 /// Why a Postgres step failed. Every variant names what was being done or
 /// the object concerned; none carries a password (a [`Dsn`] is only ever

@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
@@ -27,7 +26,7 @@ use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
-use crate::postgres::{PgError, PgResult, Statements};
+use crate::postgres::{PgError, PgResult};
 use crate::reader::Prepared;
 use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
 use crate::workload::invoices::NativeInvoice;
@@ -93,7 +92,6 @@ impl PgTarget {
     /// from the range and outdated copies, copies the rest that is not
     /// current, and for a [`BatchKind::Bulk`] moves the cursor to `last`.
     pub(super) fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {
-        let statements = Arc::clone(&self.statements);
         let outcome = self.write(Some("batch"), "committing a batch", |tx| {
             let mapped = copy_map_range(tx, batch.after, batch.last)
                 .pg(Role::Native, "reading the copy map")?;
@@ -119,7 +117,7 @@ impl PgTarget {
                 recopied: outdated.len() as u64,
                 written: new.len() as u64,
             };
-            let max_settle = insert_new(tx, &statements, kv, &new, batch.kind)?;
+            let max_settle = insert_new(tx, kv, &new, batch.kind)?;
             move_cursor(tx, batch, &outcome, max_settle)?;
             Ok(outcome)
         })?;
@@ -291,7 +289,6 @@ fn remove(
 /// stages its AMP sets. Returns the highest settle index written.
 fn insert_new(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     kv: &Path,
     new: &[&Prepared],
     kind: BatchKind,
@@ -303,8 +300,8 @@ fn insert_new(
     let first = copy::next_htlc_id(tx).pg(Role::Native, "")?;
     let mut attempt = tx.transaction().pg(Role::Native, "starting the copy")?;
     let bulk = kind == BatchKind::Bulk;
-    let copied = copy::copy_invoices_to(&mut attempt, statements, &rows, first, bulk)
-        .and_then(|_| copy_map_rows(&mut attempt, statements, new));
+    let copied = copy::copy_invoices_to(&mut attempt, &rows, first, bulk)
+        .and_then(|_| copy_map_rows(&mut attempt, new));
     match copied {
         Ok(()) => attempt.commit().pg(Role::Native, "copying invoices")?,
         Err(err) => {
@@ -322,20 +319,14 @@ fn insert_new(
 }
 
 /// The map rows of `new`, with binary `COPY`.
-fn copy_map_rows(
-    tx: &mut Transaction<'_>,
-    statements: &Statements,
-    new: &[&Prepared],
-) -> PgResult<()> {
+fn copy_map_rows(tx: &mut Transaction<'_>, new: &[&Prepared]) -> PgResult<()> {
     let act = "copying rows into oneway_invoice_map";
-    let copy = statements
-        .get(
-            tx,
+    let sink = tx
+        .copy_in(
             "COPY oneway_invoice_map (kv_num, invoice_id, digest, features, htlcs,
                  custom_records, amp_sets, amp_htlcs) FROM STDIN (FORMAT binary)",
         )
         .map_err(crate::postgres::sql(act))?;
-    let sink = tx.copy_in(&copy).map_err(crate::postgres::sql(act))?;
     let types = [
         Type::INT8,
         Type::INT8,

@@ -67,10 +67,6 @@ pub struct PgTarget {
     prefetch: RefCell<Option<prefetch::Prefetcher>>,
     /// Inside [`NativeStore::in_snapshot`]: no read-ahead.
     in_read: std::cell::Cell<bool>,
-    /// The copy's `COPY` statements, prepared once on `conn` (its session
-    /// only; shared so that a write's body can hold it while `write`
-    /// holds the store).
-    statements: std::sync::Arc<crate::postgres::Statements>,
 }
 
 impl PgTarget {
@@ -95,7 +91,6 @@ impl PgTarget {
             expected: std::cell::OnceCell::new(),
             prefetch: RefCell::new(None),
             in_read: std::cell::Cell::new(false),
-            statements: Default::default(),
         }))
     }
 

@@ -29,7 +29,7 @@ use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 
 use crate::postgres::time::PgTimestamp;
-use crate::postgres::{sql, PgError, PgResult, Statements};
+use crate::postgres::{sql, PgError, PgResult};
 use crate::workload::invoices::{NativeHtlc, NativeInvoice};
 
 /// `invoices`' columns in COPY order.
@@ -145,16 +145,17 @@ fn check(inv: &NativeInvoice) -> PgResult<Checked<'_>> {
 /// `rows` feeds to the writer.
 fn copy_table(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     table: &str,
     columns: &str,
     types: &[Type],
     rows: impl FnOnce(&mut BinaryCopyInWriter<'_>) -> Result<(), postgres::Error>,
 ) -> PgResult<u64> {
     let action = || format!("copying rows into {table}");
-    let copy = format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)");
-    let statement = statements.get(tx, &copy).map_err(sql(action()))?;
-    let sink = tx.copy_in(&statement).map_err(sql(action()))?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .map_err(sql(action()))?;
     let mut w = BinaryCopyInWriter::new(sink, types);
     rows(&mut w).map_err(sql(action()))?;
     w.finish().map_err(sql(action()))
@@ -202,7 +203,7 @@ pub fn copy_invoices(
     first_htlc_id: i64,
 ) -> PgResult<Copied> {
     let refs: Vec<&NativeInvoice> = invoices.iter().collect();
-    copy_invoices_to(tx, &Statements::default(), &refs, first_htlc_id, false)
+    copy_invoices_to(tx, &refs, first_htlc_id, false)
 }
 
 /// [`copy_invoices`] of borrowed invoices; with `stage_amp_sets`, the AMP
@@ -213,7 +214,6 @@ pub fn copy_invoices(
 /// ([`crate::postgres::lnd_schema::drop_copy_foreign_keys`]).
 pub fn copy_invoices_to(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     invoices: &[&NativeInvoice],
     first_htlc_id: i64,
     stage_amp_sets: bool,
@@ -231,27 +231,21 @@ pub fn copy_invoices_to(
         next_htlc_id: first_htlc_id,
         ..Copied::default()
     };
-    out.invoices = copy_invoice_rows(tx, statements, &checked)?;
-    out.invoice_features = copy_invoice_features(tx, statements, &checked)?;
-    out.amp_sub_invoices = copy_amp_sub_invoices(tx, statements, &checked, amp_sets_table)?;
-    out.invoice_htlcs = copy_invoice_htlcs(tx, statements, &checked, first_htlc_id)?;
+    out.invoices = copy_invoice_rows(tx, &checked)?;
+    out.invoice_features = copy_invoice_features(tx, &checked)?;
+    out.amp_sub_invoices = copy_amp_sub_invoices(tx, &checked, amp_sets_table)?;
+    out.invoice_htlcs = copy_invoice_htlcs(tx, &checked, first_htlc_id)?;
     out.invoice_htlc_custom_records =
-        copy_invoice_htlc_custom_records(tx, statements, &checked, first_htlc_id)?;
-    out.amp_sub_invoice_htlcs =
-        copy_amp_sub_invoice_htlcs(tx, statements, &checked, first_htlc_id)?;
+        copy_invoice_htlc_custom_records(tx, &checked, first_htlc_id)?;
+    out.amp_sub_invoice_htlcs = copy_amp_sub_invoice_htlcs(tx, &checked, first_htlc_id)?;
     out.next_htlc_id = first_htlc_id + out.invoice_htlcs as i64;
     Ok(out)
 }
 
 /// The `invoices` rows.
-fn copy_invoice_rows(
-    tx: &mut Transaction<'_>,
-    statements: &Statements,
-    checked: &[Checked<'_>],
-) -> PgResult<u64> {
+fn copy_invoice_rows(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> PgResult<u64> {
     copy_table(
         tx,
-        statements,
         "invoices",
         INVOICE_COLUMNS,
         &[
@@ -305,14 +299,9 @@ fn copy_invoice_rows(
 }
 
 /// The `invoice_features` rows.
-fn copy_invoice_features(
-    tx: &mut Transaction<'_>,
-    statements: &Statements,
-    checked: &[Checked<'_>],
-) -> PgResult<u64> {
+fn copy_invoice_features(tx: &mut Transaction<'_>, checked: &[Checked<'_>]) -> PgResult<u64> {
     copy_table(
         tx,
-        statements,
         "invoice_features",
         "feature, invoice_id",
         &[Type::INT4, Type::INT8],
@@ -330,13 +319,11 @@ fn copy_invoice_features(
 /// The `amp_sub_invoices` rows (AMP sets), into `table`.
 fn copy_amp_sub_invoices(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     checked: &[Checked<'_>],
     table: &str,
 ) -> PgResult<u64> {
     copy_table(
         tx,
-        statements,
         table,
         "set_id, state, created_at, settled_at, settle_index, invoice_id",
         &[
@@ -368,13 +355,11 @@ fn copy_amp_sub_invoices(
 /// The `invoice_htlcs` rows, ids from `first_htlc_id` in order.
 fn copy_invoice_htlcs(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     checked: &[Checked<'_>],
     first_htlc_id: i64,
 ) -> PgResult<u64> {
     copy_table(
         tx,
-        statements,
         "invoice_htlcs",
         "id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height, accept_time, \
      expiry_height, state, resolve_time, invoice_id",
@@ -432,13 +417,11 @@ fn numbered_htlcs<'c>(
 /// The custom records of the HTLCs, by the ids `copy_htlcs` gave them.
 fn copy_invoice_htlc_custom_records(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     checked: &[Checked<'_>],
     first_htlc_id: i64,
 ) -> PgResult<u64> {
     copy_table(
         tx,
-        statements,
         "invoice_htlc_custom_records",
         "key, value, htlc_id",
         &[Type::INT8, Type::BYTEA, Type::INT8],
@@ -456,13 +439,11 @@ fn copy_invoice_htlc_custom_records(
 /// The AMP parts of the HTLCs, by the ids `copy_htlcs` gave them.
 fn copy_amp_sub_invoice_htlcs(
     tx: &mut Transaction<'_>,
-    statements: &Statements,
     checked: &[Checked<'_>],
     first_htlc_id: i64,
 ) -> PgResult<u64> {
     copy_table(
         tx,
-        statements,
         "amp_sub_invoice_htlcs",
         "invoice_id, set_id, htlc_id, root_share, child_index, hash, preimage",
         &[
