@@ -10,15 +10,15 @@
 //! on SQLite none is journaled, and a crash before a commit loses the whole
 //! write (a batch and the cursor past it go together).
 //!
-//! Rows go in with binary `COPY` ([`crate::postgres::copy`]) and leave with
-//! one `DELETE … = ANY(…)` per table: no statement per invoice.
+//! Rows go in with one statement per table, binary `COPY` or an array per
+//! column ([`crate::postgres::copy`]), and leave with one
+//! `DELETE … = ANY(…)` per table: no statement per invoice.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
+use postgres::types::Type;
 use postgres::Transaction;
 
 use super::PgTarget;
@@ -318,49 +318,45 @@ fn insert_new(
         .unwrap_or(0))
 }
 
-/// The map rows of `new`, with binary `COPY`.
+/// The map rows of `new`, one array per column in one statement
+/// ([`copy::insert_columns`]: the map is one of the narrow tables).
 fn copy_map_rows(tx: &mut Transaction<'_>, new: &[&Prepared]) -> PgResult<()> {
-    let act = "copying rows into oneway_invoice_map";
-    let sink = tx
-        .copy_in(
-            "COPY oneway_invoice_map (kv_num, invoice_id, digest, features, htlcs,
-                 custom_records, amp_sets, amp_htlcs) FROM STDIN (FORMAT binary)",
-        )
-        .map_err(crate::postgres::sql(act))?;
-    let types = [
-        Type::INT8,
-        Type::INT8,
-        Type::BYTEA,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-    ];
-    let mut w = BinaryCopyInWriter::new(sink, &types);
+    let mut columns: [Vec<i64>; 7] = Default::default();
+    let mut digests: Vec<&[u8]> = Vec::with_capacity(new.len());
     for p in new {
         let c = p.native.child_rows();
-        let counts = [
+        let row = [
+            i64::from(p.num),
+            p.native.id,
             c.invoice_features as i64,
             c.invoice_htlcs as i64,
             c.invoice_htlc_custom_records as i64,
             c.amp_sub_invoices as i64,
             c.amp_sub_invoice_htlcs as i64,
         ];
-        let num = i64::from(p.num);
-        let row: [&(dyn ToSql + Sync); 8] = [
-            &num,
-            &p.native.id,
-            &p.digest.as_slice(),
-            &counts[0],
-            &counts[1],
-            &counts[2],
-            &counts[3],
-            &counts[4],
-        ];
-        w.write(&row).map_err(crate::postgres::sql(act))?;
+        for (column, v) in columns.iter_mut().zip(row) {
+            column.push(v);
+        }
+        digests.push(p.digest.as_slice());
     }
-    w.finish().map_err(crate::postgres::sql(act))?;
+    let [nums, ids, features, htlcs, custom, sets, amp_htlcs] = &columns;
+    let int8 = Type::INT8_ARRAY;
+    copy::insert_columns(
+        tx,
+        "oneway_invoice_map",
+        "kv_num, invoice_id, features, htlcs, custom_records, amp_sets, amp_htlcs, digest",
+        new.len(),
+        &[
+            (nums, int8.clone()),
+            (ids, int8.clone()),
+            (features, int8.clone()),
+            (htlcs, int8.clone()),
+            (custom, int8.clone()),
+            (sets, int8.clone()),
+            (amp_htlcs, int8),
+            (&digests, Type::BYTEA_ARRAY),
+        ],
+    )?;
     Ok(())
 }
 
