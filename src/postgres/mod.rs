@@ -103,6 +103,21 @@ pub enum PgError {
 /// `Result` of this module.
 pub type PgResult<T> = std::result::Result<T, PgError>;
 
+/// The typed parameters `$1` and `$2` of a query over an id range (two
+/// `BIGINT`s), for the driver's one-round-trip `query_typed`.
+pub(crate) fn id_range<'a>(
+    lo: &'a i64,
+    hi: &'a i64,
+) -> [(
+    &'a (dyn postgres::types::ToSql + Sync),
+    postgres::types::Type,
+); 2] {
+    [
+        (lo, postgres::types::Type::INT8),
+        (hi, postgres::types::Type::INT8),
+    ]
+}
+
 /// Wraps a driver error with the action it interrupted.
 pub(crate) fn sql(action: impl Into<String>) -> impl FnOnce(postgres::Error) -> PgError {
     let action = action.into();

@@ -26,7 +26,7 @@ use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
-use crate::postgres::{PgError, PgResult};
+use crate::postgres::{id_range, PgError, PgResult};
 use crate::reader::Prepared;
 use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
 use crate::workload::invoices::NativeInvoice;
@@ -207,7 +207,7 @@ impl PgTarget {
             tx.query_typed(
                 "UPDATE oneway_invoice_map SET checked = true
                  WHERE kv_num > $1 AND kv_num <= $2 AND NOT checked",
-                &[(&lo, Type::INT8), (&hi, Type::INT8)],
+                &id_range(&lo, &hi),
             )
             .pg(Role::Native, "marking verified copies")?;
             Ok(())
@@ -248,7 +248,7 @@ pub(super) fn copy_map_range(
         .query_typed(
             "SELECT kv_num, invoice_id, digest FROM oneway_invoice_map
              WHERE kv_num > $1 AND kv_num <= $2",
-            &[(&lo, Type::INT8), (&hi, Type::INT8)],
+            &id_range(&lo, &hi),
         )?
         .iter()
         .map(|r| (r.get::<_, i64>(0) as u32, (r.get(1), r.get(2))))

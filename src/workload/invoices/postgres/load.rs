@@ -16,7 +16,7 @@ use postgres::types::Type;
 use postgres::GenericClient;
 
 use crate::postgres::time::PgTimestamp;
-use crate::postgres::{sql, PgResult};
+use crate::postgres::{id_range, sql, PgResult};
 use crate::workload::invoices::{
     self as native, NativeAmpHtlc, NativeAmpSet, NativeHtlc, NativeInvoice,
 };
@@ -78,7 +78,7 @@ fn invoice_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult
                     expiry, payment_addr, payment_request, payment_request_hash, state,
                     amount_paid_msat, is_amp, is_hodl, is_keysend, created_at
              FROM invoices WHERE id BETWEEN $1 AND $2 ORDER BY id",
-            &[(&from, Type::INT8), (&to, Type::INT8)],
+            &id_range(&from, &to),
         )
         .map_err(sql(ACT))?
     {
@@ -126,7 +126,7 @@ fn add_features(
         .query_typed(
             "SELECT invoice_id, feature FROM invoice_features
              WHERE invoice_id BETWEEN $1 AND $2 ORDER BY invoice_id, feature",
-            &[(&from, Type::INT8), (&to, Type::INT8)],
+            &id_range(&from, &to),
         )
         .map_err(sql(ACT))?
     {
@@ -148,7 +148,7 @@ fn add_amp_sets(
         .query_typed(
             "SELECT invoice_id, set_id, state, created_at, settled_at, settle_index
              FROM amp_sub_invoices WHERE invoice_id BETWEEN $1 AND $2 ORDER BY invoice_id, set_id",
-            &[(&from, Type::INT8), (&to, Type::INT8)],
+            &id_range(&from, &to),
         )
         .map_err(sql(ACT))?
     {
@@ -182,7 +182,7 @@ fn htlc_rows(client: &mut impl GenericClient, from: i64, to: i64) -> PgResult<Ht
             "SELECT id, invoice_id, chan_id, htlc_id, amount_msat, total_mpp_msat, accept_height,
                     accept_time, expiry_height, state, resolve_time
              FROM invoice_htlcs WHERE invoice_id BETWEEN $1 AND $2",
-            &[(&from, Type::INT8), (&to, Type::INT8)],
+            &id_range(&from, &to),
         )
         .map_err(sql(ACT))?
     {
@@ -242,8 +242,11 @@ fn by_htlc(
     let query = format!("{select} htlc_id BETWEEN $1 AND $2");
     let mut rows = Vec::new();
     for (lo, hi) in runs {
-        let bounds = [(&lo as _, Type::INT8), (&hi as _, Type::INT8)];
-        rows.extend(client.query_typed(&query, &bounds).map_err(sql(ACT))?);
+        rows.extend(
+            client
+                .query_typed(&query, &id_range(&lo, &hi))
+                .map_err(sql(ACT))?,
+        );
     }
     Ok(rows)
 }
