@@ -10,7 +10,8 @@
 //!   rerun, ends in the same stores (canonical dump) as an uncrashed run;
 //! * random `SIGKILL`s of oneway, rerun until done: the same stores;
 //! * a dropped connection (the server ends oneway's sessions mid-copy and
-//!   mid-seal): a clear error, and a rerun completes;
+//!   mid-seal): a clear error, and a rerun completes; one batch's session
+//!   ended while the next is in flight on the other: the next rolls back;
 //! * the advisory lock: a second migrator exits 4;
 //! * a session of another program on the database: the seal is refused
 //!   (exit 5) and the rerun after it leaves completes;
@@ -309,6 +310,68 @@ fn a_dropped_connection_fails_clearly_and_the_rerun_completes() {
         pg_migrate(&db.dsn, BATCH, &[]).assert_ok(&format!("rerun after {point}"));
         assert_pg_dump_eq(&pg_dump(&mut db.client()), &want, point);
     }
+}
+
+/// The bulk copy writes on two sessions (`src/store/postgres/lanes.rs`):
+/// while the third batch waits before its commit, the fourth has its rows
+/// inserted on the other session and waits for the third. The server ends
+/// the third batch's session only; the fourth must then roll back, not
+/// commit past the gap, and the rerun ends in the uncrashed run's store.
+#[test]
+fn a_failed_batch_rolls_back_the_batch_in_flight_after_it() {
+    let Some(db) = store(INVOICES, 5) else { return };
+    let want = reference(INVOICES, 5, BATCH);
+    let paused = Paused::start_with(
+        &pg_args("migrate", &db.dsn, &["--batch-size", "50", "--json"]),
+        "batch.before_commit:3",
+    );
+    let mut admin = db.client();
+    let sessions = |admin: &mut postgres::Client, last: &str| -> Vec<i32> {
+        admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND state = 'idle in transaction' \
+                 AND query LIKE $1",
+                &[&last],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    // The fourth batch: its rows in (the savepoint around them released),
+    // waiting for the third.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sessions(&mut admin, "RELEASE %").is_empty() {
+        assert!(Instant::now() < deadline, "no batch in flight on a second session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The third batch: paused after moving the cursor, before its commit.
+    let third = sessions(&mut admin, "UPDATE %");
+    assert_eq!(third.len(), 1, "the third batch's session: {third:?}");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&third[0]])
+        .unwrap();
+    let out = paused.resume();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.error().contains("PostgreSQL"), "{out:?}");
+    let row = admin
+        .query_one(
+            "SELECT copied, (SELECT count(*) FROM invoices), \
+                    (SELECT count(*) FROM oneway_invoice_map) FROM oneway_state",
+            &[],
+        )
+        .unwrap();
+    let found: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        found,
+        (100, 100, 100),
+        "only the first two batches may have committed (copied, invoices, map rows)"
+    );
+    // The seal refuses while another session is on the database.
+    drop(admin);
+    pg_migrate(&db.dsn, BATCH, &[]).assert_ok("rerun after the failed batch");
+    assert_pg_dump_eq(&pg_dump(&mut db.client()), &want, "rerun");
 }
 
 #[test]

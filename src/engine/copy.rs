@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::fsm::{Event, State};
 use crate::source::{self, Msg, Prepared};
 use crate::store::{
-    self, Batch, BatchKind, BatchOutcome, Effect, IndexBuild, NativeStore, Persisted,
+    self, Batch, BatchKind, BatchOutcome, Committed, Effect, IndexBuild, NativeStore, Persisted,
 };
 
 /// Page cache, in KiB, while lnd's indexes are built (see `build_indexes`).
@@ -106,7 +106,11 @@ impl<W: Backends> Run<'_, W> {
     /// again; after the commit, the rerun starts after it. Nothing is copied
     /// twice (the cursor and the copy map say what is there) and nothing is
     /// skipped (keys are read in order, and the verification pass re-reads
-    /// them all).
+    /// them all). A store may have batches in flight while this thread
+    /// takes the next from the decoder ([`NativeStore::submit_bulk`]); it
+    /// commits them in order, so a crash loses the batches in flight with
+    /// the cursor that would have skipped them, and the rerun copies them
+    /// again. Every batch has committed when this returns.
     fn copy(&mut self, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
         let mut cursor = row.cursor;
         let mut stream = self.stream(cursor, source::Kind::Copy)?;
@@ -121,20 +125,16 @@ impl<W: Backends> Run<'_, W> {
             let Some(last) = batch.last().map(|b| b.num) else {
                 break;
             };
-            let n = batch.len() as u64;
             let started = Instant::now();
-            let outcome = self.write(t, cursor, Some(last), &batch, BatchKind::Bulk)?;
+            let committed = t.submit_bulk(cursor, last, batch, &self.m.opts.kv)?;
             clock.writing += started.elapsed().as_secs_f64();
-            stream.recycle(batch);
-            debug_assert!(outcome.written <= n);
-            self.report.copied_this_run += outcome.written;
+            self.count_committed(committed, &stream, counted, &mut done);
             cursor = Some(last);
-            if counted {
-                self.m.progress.advance(n);
-            } else {
-                done += n;
-            }
         }
+        let started = Instant::now();
+        let committed = t.finish_bulk()?;
+        clock.writing += started.elapsed().as_secs_f64();
+        self.count_committed(committed, &stream, counted, &mut done);
         if !counted {
             // Nothing to copy after the cursor: the stream ended at once.
             self.progress_from(Phase::Copy, done, row.copied, done);
@@ -150,6 +150,30 @@ impl<W: Backends> Run<'_, W> {
         self.write(t, cursor, None, &[], BatchKind::Bulk)?;
         self.m.progress.finish();
         Ok(())
+    }
+
+    /// Counts the bulk batches that have committed (in the report and the
+    /// progress, or in `done` before the progress has started) and hands
+    /// their records back to the decoder.
+    fn count_committed(
+        &mut self,
+        committed: Vec<Committed<W>>,
+        stream: &source::Stream<W>,
+        counted: bool,
+        done: &mut u64,
+    ) {
+        for c in committed {
+            let n = c.invoices.len() as u64;
+            debug_assert!(c.outcome.written <= n);
+            self.report.copied_this_run += c.outcome.written;
+            self.report.resynced += c.outcome.recopied;
+            if counted {
+                self.m.progress.advance(n);
+            } else {
+                *done += n;
+            }
+            stream.recycle(c.invoices);
+        }
     }
 
     /// The next batch of the copy stream (`None` at its end); starts the

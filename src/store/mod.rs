@@ -230,6 +230,15 @@ pub struct Batch<'a, W: Workload = Invoices> {
     pub kind: BatchKind,
 }
 
+/// A bulk batch of the copy that has committed, with its records handed
+/// back ([`NativeStore::submit_bulk`]).
+pub struct Committed<W: Workload = Invoices> {
+    /// What it changed.
+    pub outcome: BatchOutcome,
+    /// Its records, for the caller to free or reuse.
+    pub invoices: Vec<Prepared<W>>,
+}
+
 /// What a batch changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -342,6 +351,39 @@ pub trait NativeStore<W: Workload = Invoices>: Send {
     /// Writes one batch (deletes, re-copies, inserts, cursor) in one
     /// transaction; `kv` names the source in a refused insert.
     fn write_batch(&mut self, batch: &Batch<'_, W>, kv: &Path) -> Result<BatchOutcome>;
+
+    /// The copy's next bulk batch, the records after `after` up to `last`:
+    /// written as [`NativeStore::write_batch`] writes a [`BatchKind::Bulk`]
+    /// batch, but the call may return before the batch commits. A store
+    /// that overlaps its batches (Postgres, `postgres/lanes.rs`) commits
+    /// them in the order given, each with the cursor past it, and never one
+    /// before the one it follows. Returns the batches committed since the
+    /// last call, oldest first. A batch in flight that fails makes a later
+    /// call, or [`NativeStore::finish_bulk`], fail, and no batch after it
+    /// commits. The default writes the batch at once.
+    fn submit_bulk(
+        &mut self,
+        after: Option<u32>,
+        last: u32,
+        invoices: Vec<Prepared<W>>,
+        kv: &Path,
+    ) -> Result<Vec<Committed<W>>> {
+        let batch = Batch {
+            after,
+            last: Some(last),
+            invoices: &invoices,
+            kind: BatchKind::Bulk,
+        };
+        let outcome = self.write_batch(&batch, kv)?;
+        Ok(vec![Committed { outcome, invoices }])
+    }
+
+    /// Waits until every batch [`NativeStore::submit_bulk`] has in flight
+    /// has committed; returns them, oldest first. Every other write of the
+    /// store also waits for them first.
+    fn finish_bulk(&mut self) -> Result<Vec<Committed<W>>> {
+        Ok(Vec::new())
+    }
 
     /// Removes the copies of the invoices `gone`, in one transaction.
     fn remove_copies(&mut self, gone: &[u32]) -> Result<u64>;

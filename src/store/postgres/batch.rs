@@ -21,14 +21,15 @@ use postgres::error::SqlState;
 use postgres::types::Type;
 use postgres::Transaction;
 
-use super::PgTarget;
+use super::lanes::Lanes;
+use super::{BulkCopy, PgTarget};
 use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
 use crate::postgres::{id_range, PgError, PgResult};
 use crate::reader::Prepared;
-use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
+use crate::store::{is_current, Batch, BatchKind, BatchOutcome, Committed, CopyMap, IndexBuild};
 use crate::workload::invoices::NativeInvoice;
 
 /// How [`PgTarget::write_or_roll_back`] ends its transaction.
@@ -63,6 +64,9 @@ impl PgTarget {
         body: impl FnOnce(&mut Transaction<'_>) -> Result<Finish<T>>,
     ) -> Result<T> {
         self.discard_prefetch();
+        if !matches!(self.bulk, BulkCopy::Single) {
+            self.end_bulk();
+        }
         let mut conn = self.conn.borrow_mut();
         let mut tx = conn.transaction().pg(Role::Native, "starting a batch")?;
         tx.batch_execute("SET LOCAL synchronous_commit TO off")
@@ -86,6 +90,71 @@ impl PgTarget {
             crate::failpoint::hit(&format!("{name}.after_commit"));
         }
         Ok(out)
+    }
+
+    /// The copy's next bulk batch ([`NativeStore::submit_bulk`]): on the
+    /// lanes when the copy may use them (`lanes.rs`), else at once.
+    pub(super) fn submit_bulk(
+        &mut self,
+        after: Option<u32>,
+        last: u32,
+        invoices: Vec<Prepared>,
+        kv: &Path,
+    ) -> Result<Vec<Committed>> {
+        if matches!(self.bulk, BulkCopy::Idle) {
+            self.bulk = self.start_bulk(after, kv)?;
+        }
+        let BulkCopy::Lanes(lanes) = &mut self.bulk else {
+            let batch = Batch {
+                after,
+                last: Some(last),
+                invoices: &invoices,
+                kind: BatchKind::Bulk,
+            };
+            let outcome = self.write_batch(&batch, kv)?;
+            return Ok(vec![Committed { outcome, invoices }]);
+        };
+        let submitted = lanes.submit(after, last, invoices);
+        if submitted.is_err() {
+            self.end_bulk();
+        }
+        submitted
+    }
+
+    /// Waits for the copy's batches in flight ([`NativeStore::finish_bulk`]).
+    pub(super) fn finish_bulk(&mut self) -> Result<Vec<Committed>> {
+        match std::mem::replace(&mut self.bulk, BulkCopy::Idle) {
+            BulkCopy::Lanes(mut lanes) => lanes.finish(),
+            BulkCopy::Idle | BulkCopy::Single => Ok(Vec::new()),
+        }
+    }
+
+    /// Ends the copy's use of the lanes, waiting for its batches in flight
+    /// (what they commit is a prefix of the copy; see `lanes.rs`). Every
+    /// other write does this first.
+    pub(super) fn end_bulk(&mut self) {
+        self.bulk = BulkCopy::Idle;
+    }
+
+    /// How the copy starting after `after` writes its bulk batches: on the
+    /// lanes, unless copies lie beyond `after` (`lanes.rs` says why).
+    fn start_bulk(&mut self, after: Option<u32>, kv: &Path) -> Result<BulkCopy> {
+        self.discard_prefetch();
+        let (lo, _) = bounds(after, None);
+        let row = self
+            .conn
+            .borrow_mut()
+            .query_typed_one(
+                "SELECT EXISTS (SELECT 1 FROM oneway_invoice_map WHERE kv_num > $1),
+                        (SELECT coalesce(max(id), 0) + 1 FROM invoice_htlcs)",
+                &[(&lo, Type::INT8)],
+            )
+            .pg(Role::Native, "starting the bulk copy")?;
+        if row.get::<_, bool>(0) {
+            return Ok(BulkCopy::Single);
+        }
+        let lanes = Lanes::start(&self.dsn, &self.path, kv, row.get(1))?;
+        Ok(BulkCopy::Lanes(lanes))
     }
 
     /// Writes one batch in one transaction: removes copies of invoices gone
@@ -117,7 +186,8 @@ impl PgTarget {
                 recopied: outdated.len() as u64,
                 written: new.len() as u64,
             };
-            let max_settle = insert_new(tx, kv, &new, batch.kind)?;
+            let first = copy::next_htlc_id(tx).pg(Role::Native, "")?;
+            let max_settle = insert_new(tx, kv, &new, batch.kind, first)?;
             move_cursor(tx, batch, &outcome, max_settle)?;
             Ok(outcome)
         })?;
@@ -285,19 +355,20 @@ fn remove(
     Ok(())
 }
 
-/// Copies the rows of `new` and their map rows (unchecked); a bulk batch
-/// stages its AMP sets. Returns the highest settle index written.
-fn insert_new(
+/// Copies the rows of `new` and their map rows (unchecked), HTLC ids from
+/// `first` on; a bulk batch stages its AMP sets. Returns the highest settle
+/// index written.
+pub(super) fn insert_new(
     tx: &mut Transaction<'_>,
     kv: &Path,
     new: &[&Prepared],
     kind: BatchKind,
+    first: i64,
 ) -> Result<i64> {
     if new.is_empty() {
         return Ok(0);
     }
     let rows: Vec<&NativeInvoice> = new.iter().map(|p| &p.native).collect();
-    let first = copy::next_htlc_id(tx).pg(Role::Native, "")?;
     let mut attempt = tx.transaction().pg(Role::Native, "starting the copy")?;
     let bulk = kind == BatchKind::Bulk;
     let copied = copy::copy_invoices_to(&mut attempt, &rows, first, bulk)

@@ -26,6 +26,7 @@
 //! Postgres never applies a later commit without an earlier one.
 
 mod batch;
+mod lanes;
 mod prefetch;
 mod reads;
 mod schema;
@@ -44,8 +45,8 @@ use crate::postgres::Dsn;
 use crate::reader::Prepared;
 use crate::source::{SourceDigest, TombstoneOutcome, Witness};
 use crate::store::{
-    now_text, Batch, BatchOutcome, CopyMap, CopyVisitor, Effect, IndexBuild, JournalEntry,
-    NativeStore, Persisted, Sealed, SourceIdentity, FORMAT_VERSION,
+    now_text, Batch, BatchOutcome, Committed, CopyMap, CopyVisitor, Effect, IndexBuild,
+    JournalEntry, NativeStore, Persisted, Sealed, SourceIdentity, FORMAT_VERSION,
 };
 use crate::workload::invoices::NativeInvoice;
 
@@ -67,6 +68,19 @@ pub struct PgTarget {
     prefetch: RefCell<Option<prefetch::Prefetcher>>,
     /// Inside [`NativeStore::in_snapshot`]: no read-ahead.
     in_read: std::cell::Cell<bool>,
+    /// How the copy in progress writes its bulk batches.
+    bulk: BulkCopy,
+}
+
+/// How [`NativeStore::submit_bulk`] writes the batches of a copy.
+enum BulkCopy {
+    /// No copy in progress: the next batch decides.
+    Idle,
+    /// One batch at a time on the store's session (copies lie beyond the
+    /// copy's start; see `lanes.rs`).
+    Single,
+    /// On the lanes.
+    Lanes(lanes::Lanes),
 }
 
 impl PgTarget {
@@ -91,6 +105,7 @@ impl PgTarget {
             expected: std::cell::OnceCell::new(),
             prefetch: RefCell::new(None),
             in_read: std::cell::Cell::new(false),
+            bulk: BulkCopy::Idle,
         }))
     }
 
@@ -329,6 +344,7 @@ impl NativeStore for PgTarget {
         effect: Effect<'_>,
     ) -> Result<State> {
         self.discard_prefetch();
+        self.end_bulk();
         let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
             state: from,
             event,
@@ -377,6 +393,20 @@ impl NativeStore for PgTarget {
 
     fn write_batch(&mut self, batch: &Batch<'_>, kv: &Path) -> Result<BatchOutcome> {
         PgTarget::write_batch(self, batch, kv)
+    }
+
+    fn submit_bulk(
+        &mut self,
+        after: Option<u32>,
+        last: u32,
+        invoices: Vec<Prepared>,
+        kv: &Path,
+    ) -> Result<Vec<Committed>> {
+        PgTarget::submit_bulk(self, after, last, invoices, kv)
+    }
+
+    fn finish_bulk(&mut self) -> Result<Vec<Committed>> {
+        PgTarget::finish_bulk(self)
     }
 
     fn remove_copies(&mut self, gone: &[u32]) -> Result<u64> {
