@@ -343,7 +343,10 @@ fn a_failed_batch_rolls_back_the_batch_in_flight_after_it() {
     // waiting for the third.
     let deadline = Instant::now() + Duration::from_secs(60);
     while sessions(&mut admin, "RELEASE %").is_empty() {
-        assert!(Instant::now() < deadline, "no batch in flight on a second session");
+        assert!(
+            Instant::now() < deadline,
+            "no batch in flight on a second session"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // The third batch: paused after moving the cursor, before its commit.

@@ -239,6 +239,26 @@ pub struct Committed<W: Workload = Invoices> {
     pub invoices: Vec<Prepared<W>>,
 }
 
+/// Writes the bulk batch `(after, last]` at once through
+/// [`NativeStore::write_batch`]: [`NativeStore::submit_bulk`] of a store
+/// that keeps no batch in flight.
+pub fn write_bulk_now<W: Workload, S: NativeStore<W> + ?Sized>(
+    store: &mut S,
+    after: Option<u32>,
+    last: u32,
+    invoices: Vec<Prepared<W>>,
+    kv: &Path,
+) -> Result<Vec<Committed<W>>> {
+    let batch = Batch {
+        after,
+        last: Some(last),
+        invoices: &invoices,
+        kind: BatchKind::Bulk,
+    };
+    let outcome = store.write_batch(&batch, kv)?;
+    Ok(vec![Committed { outcome, invoices }])
+}
+
 /// What a batch changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -368,14 +388,7 @@ pub trait NativeStore<W: Workload = Invoices>: Send {
         invoices: Vec<Prepared<W>>,
         kv: &Path,
     ) -> Result<Vec<Committed<W>>> {
-        let batch = Batch {
-            after,
-            last: Some(last),
-            invoices: &invoices,
-            kind: BatchKind::Bulk,
-        };
-        let outcome = self.write_batch(&batch, kv)?;
-        Ok(vec![Committed { outcome, invoices }])
+        write_bulk_now(self, after, last, invoices, kv)
     }
 
     /// Waits until every batch [`NativeStore::submit_bulk`] has in flight

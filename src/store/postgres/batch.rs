@@ -29,7 +29,7 @@ use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
 use crate::postgres::{id_range, PgError, PgResult};
 use crate::reader::Prepared;
-use crate::store::{is_current, Batch, BatchKind, BatchOutcome, Committed, CopyMap, IndexBuild};
+use crate::store::{is_current, Batch, BatchKind, BatchOutcome, CopyMap, IndexBuild};
 use crate::workload::invoices::NativeInvoice;
 
 /// How [`PgTarget::write_or_roll_back`] ends its transaction.
@@ -92,43 +92,6 @@ impl PgTarget {
         Ok(out)
     }
 
-    /// The copy's next bulk batch ([`NativeStore::submit_bulk`]): on the
-    /// lanes when the copy may use them (`lanes.rs`), else at once.
-    pub(super) fn submit_bulk(
-        &mut self,
-        after: Option<u32>,
-        last: u32,
-        invoices: Vec<Prepared>,
-        kv: &Path,
-    ) -> Result<Vec<Committed>> {
-        if matches!(self.bulk, BulkCopy::Idle) {
-            self.bulk = self.start_bulk(after, kv)?;
-        }
-        let BulkCopy::Lanes(lanes) = &mut self.bulk else {
-            let batch = Batch {
-                after,
-                last: Some(last),
-                invoices: &invoices,
-                kind: BatchKind::Bulk,
-            };
-            let outcome = self.write_batch(&batch, kv)?;
-            return Ok(vec![Committed { outcome, invoices }]);
-        };
-        let submitted = lanes.submit(after, last, invoices);
-        if submitted.is_err() {
-            self.end_bulk();
-        }
-        submitted
-    }
-
-    /// Waits for the copy's batches in flight ([`NativeStore::finish_bulk`]).
-    pub(super) fn finish_bulk(&mut self) -> Result<Vec<Committed>> {
-        match std::mem::replace(&mut self.bulk, BulkCopy::Idle) {
-            BulkCopy::Lanes(mut lanes) => lanes.finish(),
-            BulkCopy::Idle | BulkCopy::Single => Ok(Vec::new()),
-        }
-    }
-
     /// Ends the copy's use of the lanes, waiting for its batches in flight
     /// (what they commit is a prefix of the copy; see `lanes.rs`). Every
     /// other write does this first.
@@ -138,7 +101,7 @@ impl PgTarget {
 
     /// How the copy starting after `after` writes its bulk batches: on the
     /// lanes, unless copies lie beyond `after` (`lanes.rs` says why).
-    fn start_bulk(&mut self, after: Option<u32>, kv: &Path) -> Result<BulkCopy> {
+    pub(super) fn start_bulk(&mut self, after: Option<u32>, kv: &Path) -> Result<BulkCopy> {
         self.discard_prefetch();
         let (lo, _) = bounds(after, None);
         let row = self
@@ -453,6 +416,11 @@ fn move_cursor(
         )
         .pg(Role::Native, "moving the cursor")?;
     }
+    raise_settle_sequence(tx, max_settle)
+}
+
+/// Raises lnd's settle-index sequence to `max_settle` (nothing for 0).
+pub(super) fn raise_settle_sequence(tx: &mut Transaction<'_>, max_settle: i64) -> Result<()> {
     if max_settle > 0 {
         tx.query_typed(
             "UPDATE invoice_sequences SET current_value = greatest(current_value, $1)

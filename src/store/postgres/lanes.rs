@@ -57,7 +57,7 @@ use std::thread::JoinHandle;
 use postgres::types::Type;
 use postgres::Client;
 
-use super::batch::insert_new;
+use super::batch::{insert_new, raise_settle_sequence};
 use crate::error::{Error, PgContext, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::postgres::Dsn;
@@ -268,14 +268,7 @@ fn write(client: &mut Client, job: &Job, names: &Names) -> Result<BatchOutcome> 
         ..BatchOutcome::default()
     };
     move_cursor(&mut tx, job, &outcome, names)?;
-    if max_settle > 0 {
-        tx.query_typed(
-            "UPDATE invoice_sequences SET current_value = greatest(current_value, $1)
-             WHERE name = 'settle_index'",
-            &[(&max_settle, Type::INT8)],
-        )
-        .pg(Role::Native, "updating the settle index sequence")?;
-    }
+    raise_settle_sequence(&mut tx, max_settle)?;
     crate::failpoint::hit("batch.before_commit");
     tx.commit().pg(Role::Native, "committing a batch")?;
     crate::failpoint::hit("batch.after_commit");

@@ -45,7 +45,7 @@ use crate::postgres::Dsn;
 use crate::reader::Prepared;
 use crate::source::{SourceDigest, TombstoneOutcome, Witness};
 use crate::store::{
-    now_text, Batch, BatchOutcome, Committed, CopyMap, CopyVisitor, Effect, IndexBuild,
+    self, now_text, Batch, BatchOutcome, Committed, CopyMap, CopyVisitor, Effect, IndexBuild,
     JournalEntry, NativeStore, Persisted, Sealed, SourceIdentity, FORMAT_VERSION,
 };
 use crate::workload::invoices::NativeInvoice;
@@ -402,11 +402,25 @@ impl NativeStore for PgTarget {
         invoices: Vec<Prepared>,
         kv: &Path,
     ) -> Result<Vec<Committed>> {
-        PgTarget::submit_bulk(self, after, last, invoices, kv)
+        // On the lanes when the copy may use them (`lanes.rs`), else at once.
+        if matches!(self.bulk, BulkCopy::Idle) {
+            self.bulk = self.start_bulk(after, kv)?;
+        }
+        let BulkCopy::Lanes(lanes) = &mut self.bulk else {
+            return store::write_bulk_now(self, after, last, invoices, kv);
+        };
+        let submitted = lanes.submit(after, last, invoices);
+        if submitted.is_err() {
+            self.end_bulk();
+        }
+        submitted
     }
 
     fn finish_bulk(&mut self) -> Result<Vec<Committed>> {
-        PgTarget::finish_bulk(self)
+        match std::mem::replace(&mut self.bulk, BulkCopy::Idle) {
+            BulkCopy::Lanes(mut lanes) => lanes.finish(),
+            BulkCopy::Idle | BulkCopy::Single => Ok(Vec::new()),
+        }
     }
 
     fn remove_copies(&mut self, gone: &[u32]) -> Result<u64> {
