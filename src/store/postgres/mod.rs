@@ -18,7 +18,10 @@
 //! by [`NativeStore::build_indexes`] over the copied rows; until then the
 //! structural check ([`NativeStore::contract`]) names each missing object.
 //!
-//! One connection serves the store. Transitions commit with
+//! One connection serves the store, but for the copy's bulk batches, which
+//! go through two sessions of their own and commit in order (`lanes.rs`),
+//! for the index build's second session and for verification's read-ahead
+//! (`prefetch.rs`). Transitions commit with
 //! `synchronous_commit` on (the server's default): a transition is durable
 //! when it returns. Batches and marks commit with `synchronous_commit` off:
 //! a server crash can lose only the last of them, together with the cursor
