@@ -11,9 +11,9 @@
 //!
 //! # Why the cursor still only covers committed batches
 //!
-//! The invariant of `spec/state-machine.md` §6.1 is that the persisted
-//! cursor covers exactly the batches whose rows are committed. A lane keeps
-//! it by two rules:
+//! The invariant of `spec/state-machine.md` §6.3 (item 2) is that the
+//! persisted cursor covers exactly the batches whose rows are committed. A
+//! lane keeps it by two rules:
 //!
 //! 1. **It moves the cursor only after the batch before has committed.**
 //!    Each batch carries the receiving end of a channel whose sender the
