@@ -603,3 +603,20 @@ fn snake(name: &str) -> String {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Starts the thread `name` running `f`; a failure to start it is an
+/// [`Error::Io`] naming it as `what` ("the decoder thread").
+pub(crate) fn spawn_thread<T: Send + 'static>(
+    name: String,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| Error::Io {
+            path: PathBuf::from(format!("({what})")),
+            action: format!("starting the {what}"),
+            source: e,
+        })
+}

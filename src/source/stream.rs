@@ -2,14 +2,13 @@
 //! [`Snapshot`] on a thread of their own, so that decoding overlaps the
 //! native store's writes. Backend-neutral: any [`Snapshot`] feeds it.
 
-use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
 use super::{Snapshot, Witness};
-use crate::error::{Error, Result};
+use crate::error::{spawn_thread, Result};
 use crate::reader::{Kind, Msg, Prepared, IN_FLIGHT};
 use crate::workload::{Invoices, Workload};
 
@@ -88,19 +87,12 @@ pub fn spawn<W: Workload>(
         batch_size,
         kind,
     };
-    let handle = std::thread::Builder::new()
-        .name("oneway-decoder".into())
-        .spawn(move || {
-            producer.run(snapshot, after).unwrap_or_else(|e| {
-                let _ = producer.tx.send(Err(e));
-                None
-            })
+    let handle = spawn_thread("oneway-decoder".into(), "decoder thread", move || {
+        producer.run(snapshot, after).unwrap_or_else(|e| {
+            let _ = producer.tx.send(Err(e));
+            None
         })
-        .map_err(|e| Error::Io {
-            path: PathBuf::from("(decoder thread)"),
-            action: "starting the decoder thread".into(),
-            source: e,
-        })?;
+    })?;
     Ok(Stream {
         rx: Some(rx),
         back,

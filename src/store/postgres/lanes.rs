@@ -58,7 +58,7 @@ use postgres::types::Type;
 use postgres::Client;
 
 use super::batch::{insert_new, raise_settle_sequence};
-use crate::error::{Error, PgContext, Result, Role};
+use crate::error::{spawn_thread, Error, PgContext, Result, Role};
 use crate::fsm::{self, Event, State};
 use crate::postgres::Dsn;
 use crate::reader::Prepared;
@@ -224,21 +224,14 @@ impl Lane {
     fn start(i: usize, mut client: Client, names: Names) -> Result<Lane> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (result, results) = mpsc::channel::<Done>();
-        let worker = std::thread::Builder::new()
-            .name(format!("oneway-lane-{i}"))
-            .spawn(move || {
-                for job in queue {
-                    let outcome = write(&mut client, &job, &names);
-                    if result.send((outcome, job.invoices)).is_err() {
-                        break;
-                    }
+        let worker = spawn_thread(format!("oneway-lane-{i}"), "bulk copy thread", move || {
+            for job in queue {
+                let outcome = write(&mut client, &job, &names);
+                if result.send((outcome, job.invoices)).is_err() {
+                    break;
                 }
-            })
-            .map_err(|e| Error::Io {
-                path: PathBuf::from("(bulk copy thread)"),
-                action: "starting a thread of the bulk copy".into(),
-                source: e,
-            })?;
+            }
+        })?;
         Ok(Lane {
             jobs: Some(jobs),
             results,

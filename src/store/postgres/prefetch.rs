@@ -18,11 +18,10 @@
 //! step.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use crate::error::{Error, PgContext, Result, Role};
+use crate::error::{spawn_thread, PgContext, Result, Role};
 use crate::postgres::{Dsn, PgResult};
 use crate::workload::invoices::NativeInvoice;
 
@@ -53,23 +52,16 @@ impl Prefetcher {
             .pg(Role::Native, "opening the read-ahead session")?;
         let (requests, asked) = mpsc::channel::<Vec<i64>>();
         let (answer, answers) = mpsc::channel();
-        let worker = std::thread::Builder::new()
-            .name("oneway-read-ahead".into())
-            .spawn(move || {
-                for ids in asked {
-                    if answer
-                        .send(super::reads::load_ids(&mut client, &ids))
-                        .is_err()
-                    {
-                        break;
-                    }
+        let worker = spawn_thread("oneway-read-ahead".into(), "read-ahead thread", move || {
+            for ids in asked {
+                if answer
+                    .send(super::reads::load_ids(&mut client, &ids))
+                    .is_err()
+                {
+                    break;
                 }
-            })
-            .map_err(|e| Error::Io {
-                path: PathBuf::from("(read-ahead thread)"),
-                action: "starting the read-ahead thread".into(),
-                source: e,
-            })?;
+            }
+        })?;
         Ok(Prefetcher {
             requests: Some(requests),
             answers,
