@@ -4,8 +4,8 @@
 //!
 //! Every one of them goes through [`PgTarget::write`], the one checked
 //! path: one transaction with `synchronous_commit` off, the persisted state
-//! read under a row lock and put to the machine ([`fsm::transition`] with
-//! [`Event::BatchCopied`]), the body, and the commit between the failpoints
+//! read under a row lock and put to the machine ([`crate::fsm::transition`] with
+//! [`crate::fsm::Event::BatchCopied`]), the body, and the commit between the failpoints
 //! `<name>.before_commit` and `<name>.after_commit` when it has a name. As
 //! on SQLite none is journaled, and a crash before a commit loses the whole
 //! write (a batch and the cursor past it go together).
@@ -22,9 +22,8 @@ use postgres::types::Type;
 use postgres::Transaction;
 
 use super::lanes::Lanes;
-use super::{BulkCopy, PgTarget};
+use super::{accepts_batch, BulkCopy, PgTarget};
 use crate::error::{Error, PgContext, Result, Role};
-use crate::fsm::{self, Event};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
 use crate::postgres::{id_range, PgError, PgResult};
@@ -71,12 +70,7 @@ impl PgTarget {
         let mut tx = conn.transaction().pg(Role::Native, "starting a batch")?;
         tx.batch_execute("SET LOCAL synchronous_commit TO off")
             .pg(Role::Native, "starting a batch")?;
-        let state = self.state_for_update(&mut tx)?;
-        fsm::transition(state, Event::BatchCopied).map_err(|refusal| Error::IllegalTransition {
-            state,
-            event: Event::BatchCopied,
-            refusal,
-        })?;
+        accepts_batch(self.state_for_update(&mut tx)?)?;
         let out = match body(&mut tx)? {
             Finish::Commit(out) => out,
             // Dropping the transaction rolls it back.

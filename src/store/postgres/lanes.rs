@@ -28,7 +28,7 @@
 //!    would find the cursor elsewhere, change nothing, and the batch would
 //!    roll back with an error instead of moving the cursor over a gap. The
 //!    same update returns the state, which must still accept
-//!    [`Event::BatchCopied`] (the check the single-session path makes
+//!    [`crate::fsm::Event::BatchCopied`] (the check the single-session path makes
 //!    first, under the row lock).
 //!
 //! A crash at any point leaves committed batches `1..=j` with the cursor
@@ -58,8 +58,8 @@ use postgres::types::Type;
 use postgres::Client;
 
 use super::batch::{insert_new, raise_settle_sequence};
+use super::{accepts_batch, state_named};
 use crate::error::{spawn_thread, Error, PgContext, Result, Role};
-use crate::fsm::{self, Event, State};
 use crate::postgres::Dsn;
 use crate::reader::Prepared;
 use crate::store::{BatchKind, BatchOutcome, Committed};
@@ -301,17 +301,7 @@ fn move_cursor(
             ),
         });
     };
-    let name: &str = row.get(0);
-    let state = State::from_name(name).ok_or_else(|| Error::NotOnewayStore {
-        path: names.store.clone(),
-        why: format!("records an unknown state {name:?}"),
-    })?;
-    fsm::transition(state, Event::BatchCopied).map_err(|refusal| Error::IllegalTransition {
-        state,
-        event: Event::BatchCopied,
-        refusal,
-    })?;
-    Ok(())
+    accepts_batch(state_named(&names.store, row.get(0))?)
 }
 
 fn lane_ended() -> Error {

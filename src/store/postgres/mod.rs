@@ -175,10 +175,7 @@ impl PgTarget {
     /// A state row's name as a [`State`]; an unknown name is an error,
     /// never taken for a known state.
     fn state_named(&self, name: &str) -> Result<State> {
-        State::from_name(name).ok_or_else(|| Error::NotOnewayStore {
-            path: self.path.clone(),
-            why: format!("records an unknown state {name:?}"),
-        })
+        state_named(&self.path, name)
     }
 
     /// The persisted state read inside `tx`, locking the state row until the
@@ -204,6 +201,27 @@ impl PgTarget {
                     .into(),
         }
     }
+}
+
+/// The state row's name `name` as a [`State`] of the store at `path`; an
+/// unknown name is an error, never taken for a known state.
+fn state_named(path: &Path, name: &str) -> Result<State> {
+    State::from_name(name).ok_or_else(|| Error::NotOnewayStore {
+        path: path.to_path_buf(),
+        why: format!("records an unknown state {name:?}"),
+    })
+}
+
+/// Refuses a batch (or any write between transitions) in a `state` that
+/// does not accept [`Event::BatchCopied`].
+fn accepts_batch(state: State) -> Result<()> {
+    fsm::transition(state, Event::BatchCopied)
+        .map(|_| ())
+        .map_err(|refusal| Error::IllegalTransition {
+            state,
+            event: Event::BatchCopied,
+            refusal,
+        })
 }
 
 /// Refuses a database with no oneway state that oneway may not continue
