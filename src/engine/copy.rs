@@ -9,7 +9,7 @@ use super::{Phase, VerifyReport};
 use crate::backends::Backends;
 use crate::error::Result;
 use crate::fsm::{Event, State};
-use crate::source::{self, Msg, Prepared};
+use crate::source::{self, Msg, Prepared, Snapshot};
 use crate::store::{
     self, Batch, BatchKind, BatchOutcome, Committed, Effect, IndexBuild, NativeStore, Persisted,
 };
@@ -83,13 +83,20 @@ impl<W: Backends> Run<'_, W> {
             // were copied must go before anything new is inserted or indexed.
             self.sweep_deleted(t)?;
         }
-        self.copy(t, row)?;
+        let reader = self.copy(t, row)?;
         // The first verification pass's decoder starts now, so that it
         // digests the source and decodes its first batches on the second
         // core while this thread builds lnd's indexes. Its snapshot begins
         // after the copy; what the pass proves does not depend on when it
-        // began.
-        let first = self.stream(None, source::Kind::Verify)?;
+        // began. It reads on the copy's reader when the copy's stream
+        // ended cleanly: no new session, and the payment-hash index the
+        // copy built serves it by the reader's own rule (an answer from an
+        // index built in an earlier snapshot is taken only when it is one
+        // 32-byte hash, as within one stream).
+        let first = match reader {
+            Some(r) => source::spawn(r, self.opts().batch_size, None, source::Kind::Verify)?,
+            None => self.stream(None, source::Kind::Verify)?,
+        };
         self.build_indexes(t)?;
         self.report.seconds.copy += started.elapsed().as_secs_f64();
         let started = Instant::now();
@@ -110,8 +117,13 @@ impl<W: Backends> Run<'_, W> {
     /// takes the next from the decoder ([`NativeStore::submit_bulk`]); it
     /// commits them in order, so a crash loses the batches in flight with
     /// the cursor that would have skipped them, and the rerun copies them
-    /// again. Every batch has committed when this returns.
-    fn copy(&mut self, t: &mut dyn NativeStore<W>, row: &Persisted) -> Result<()> {
+    /// again. Every batch has committed when this returns, with the
+    /// stream's reader when the stream was read to its end.
+    fn copy(
+        &mut self,
+        t: &mut dyn NativeStore<W>,
+        row: &Persisted,
+    ) -> Result<Option<Box<dyn Snapshot<W>>>> {
         let mut cursor = row.cursor;
         let mut stream = self.stream(cursor, source::Kind::Copy)?;
         // Progress starts once the decoder has counted the invoices (after
@@ -149,7 +161,7 @@ impl<W: Backends> Run<'_, W> {
         // rows beyond the last source key; drop them.
         self.write(t, cursor, None, &[], BatchKind::Bulk)?;
         self.m.progress.finish();
-        Ok(())
+        Ok(stream.into_reader())
     }
 
     /// Counts the bulk batches that have committed (in the report and the

@@ -17,7 +17,15 @@ pub struct Stream<W: Workload = Invoices> {
     rx: Option<Receiver<Result<Msg<W>>>>,
     /// Batches handed back to the decoder thread to be freed there.
     back: Sender<Vec<Prepared<W>>>,
-    handle: Option<JoinHandle<Option<Box<dyn Witness>>>>,
+    handle: Option<JoinHandle<Option<Left<W>>>>,
+}
+
+/// What the decoder thread hands back once its stream was read to its end.
+enum Left<W: Workload> {
+    /// A [`Kind::Verify`] stream's reader, kept as a witness of its snapshot.
+    Witness(Box<dyn Witness>),
+    /// A [`Kind::Copy`] stream's reader, for the next stream to read on.
+    Reader(Box<dyn Snapshot<W>>),
 }
 
 impl<W: Workload> Stream<W> {
@@ -33,7 +41,28 @@ impl<W: Workload> Stream<W> {
     /// Ends the stream and, for a [`Kind::Verify`] stream read to its end,
     /// returns the snapshot reader as a [`Witness`] of the snapshot:
     /// untouched while nobody else commits to the KV store.
-    pub fn finish(mut self) -> Option<Box<dyn Witness>> {
+    pub fn finish(self) -> Option<Box<dyn Witness>> {
+        match self.left()? {
+            Left::Witness(w) => Some(w),
+            Left::Reader(_) => None,
+        }
+    }
+
+    /// Ends the stream and, for a [`Kind::Copy`] stream read to its end,
+    /// returns its reader, to start the next stream on
+    /// ([`spawn`]) without a new connection and with what the reader
+    /// keeps between read transactions (a payment-hash index it built).
+    /// The reader is idle: no read transaction is open on it.
+    pub fn into_reader(self) -> Option<Box<dyn Snapshot<W>>> {
+        match self.left()? {
+            Left::Reader(r) => Some(r),
+            Left::Witness(_) => None,
+        }
+    }
+
+    /// Ends the stream: what the decoder thread handed back, if it read
+    /// the stream to its end.
+    fn left(mut self) -> Option<Left<W>> {
         self.rx.take();
         self.handle.take().and_then(|h| h.join().ok().flatten())
     }
@@ -111,13 +140,10 @@ struct Producer<W: Workload> {
 
 impl<W: Workload> Producer<W> {
     /// Sends every message of the stream over the invoices after `after`;
-    /// for a [`Kind::Verify`] stream read to its end, returns the witness.
-    /// Stops early, without error, once the receiver is gone.
-    fn run(
-        &self,
-        mut d: Box<dyn Snapshot<W>>,
-        after: Option<u32>,
-    ) -> Result<Option<Box<dyn Witness>>> {
+    /// for a stream read to its end, returns the witness ([`Kind::Verify`])
+    /// or the reader ([`Kind::Copy`]). Stops early, without error, once the
+    /// receiver is gone.
+    fn run(&self, mut d: Box<dyn Snapshot<W>>, after: Option<u32>) -> Result<Option<Left<W>>> {
         let mut version = None;
         if self.kind == Kind::Verify {
             d.begin_read()?;
@@ -135,9 +161,9 @@ impl<W: Workload> Producer<W> {
         match version {
             Some(v) => {
                 d.end_read()?;
-                Ok(Some(d.into_witness(v)))
+                Ok(Some(Left::Witness(d.into_witness(v))))
             }
-            None => Ok(None),
+            None => Ok(Some(Left::Reader(d))),
         }
     }
 
