@@ -233,4 +233,12 @@ pub trait Snapshot<W: Workload = Invoices>: Send {
 
     /// Keeps this reader as a [`Witness`] of the state it read at `at`.
     fn into_witness(self: Box<Self>, at: Version) -> Box<dyn Witness>;
+
+    /// Whether a copy stream read to its end hands this reader back for
+    /// the next stream ([`Stream::into_reader`]) instead of closing it: for
+    /// a backend whose reader is costly to open again and keeps something
+    /// the next stream can use. False by default.
+    fn carries_over(&self) -> bool {
+        false
+    }
 }

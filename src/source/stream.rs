@@ -48,8 +48,9 @@ impl<W: Workload> Stream<W> {
         }
     }
 
-    /// Ends the stream and, for a [`Kind::Copy`] stream read to its end,
-    /// returns its reader, to start the next stream on
+    /// Ends the stream and, for a [`Kind::Copy`] stream read to its end
+    /// whose reader [carries over](Snapshot::carries_over), returns that
+    /// reader, to start the next stream on
     /// ([`spawn`]) without a new connection and with what the reader
     /// keeps between read transactions (a payment-hash index it built).
     /// The reader is idle: no read transaction is open on it.
@@ -163,7 +164,8 @@ impl<W: Workload> Producer<W> {
                 d.end_read()?;
                 Ok(Some(Left::Witness(d.into_witness(v))))
             }
-            None => Ok(Some(Left::Reader(d))),
+            None if d.carries_over() => Ok(Some(Left::Reader(d))),
+            None => Ok(None),
         }
     }
 

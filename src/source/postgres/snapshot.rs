@@ -370,6 +370,15 @@ impl Snapshot for PgSnapshot {
         Ok(version)
     }
 
+    /// A session of its own is a connection (TLS, authentication) and a
+    /// payment-hash index built on the server: the first verification
+    /// pass reads on the copy's, by the index's own rule (module docs).
+    /// (SQLite's decoder does not carry over: its connection's page cache
+    /// would stay beside the index build, for no measurable gain.)
+    fn carries_over(&self) -> bool {
+        true
+    }
+
     /// A witness of the state read at `at`; one that always says "touched"
     /// when `at` was not read by this snapshot.
     fn into_witness(self: Box<Self>, at: Version) -> Box<dyn Witness> {
