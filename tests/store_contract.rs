@@ -259,6 +259,17 @@ fn batches_are_refused_outside_migrating_in(p: &Pair, t: &mut dyn NativeStore) {
     assert!(matches!(err, Error::IllegalTransition { .. }), "{err}");
     let err = t.mark_checked(None, None).unwrap_err();
     assert!(matches!(err, Error::IllegalTransition { .. }), "{err}");
+    // A store that marks in the background while it reads ahead
+    // (Postgres) refuses at its next read of the marks at the latest.
+    t.prefetch(&[1]).unwrap();
+    let refused = match t.mark_checked(None, None) {
+        Err(e) => Some(e),
+        Ok(()) => t.any_copy_checked().err(),
+    };
+    assert!(
+        matches!(refused, Some(Error::IllegalTransition { .. })),
+        "{refused:?}"
+    );
     assert_eq!(t.copies().unwrap(), copies);
 }
 
@@ -334,4 +345,37 @@ fn a_batch_writes_together_in(p: &Pair, t: &mut dyn NativeStore) {
     let outcome = t.write_batch(&only_first, &p.kv).unwrap();
     assert_eq!((outcome.written, outcome.recopied), (1, 1));
     assert!(!t.any_copy_checked().unwrap(), "a re-copy is unchecked");
+    // A mark made while the store reads ahead (on Postgres, committed in
+    // the background) is there for the next read of the marks, and for
+    // the next write: the re-copy after it drops it again.
+    t.prefetch(&[1, 2]).unwrap();
+    t.mark_checked(None, last).unwrap();
+    assert!(t.any_copy_checked().unwrap());
+    let mut marks = Vec::new();
+    t.for_each_copy(&mut |num, _, checked| {
+        marks.push((num, checked));
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(marks.len(), 10);
+    assert!(marks.iter().all(|(_, checked)| *checked), "{marks:?}");
+    let mut again = changed.clone();
+    again.digest[1] ^= 1;
+    let outcome = t
+        .write_batch(
+            &Batch {
+                invoices: std::slice::from_ref(&again),
+                ..only_first
+            },
+            &p.kv,
+        )
+        .unwrap();
+    assert_eq!(outcome.recopied, 1);
+    let mut unchecked = 0;
+    t.for_each_copy(&mut |_, _, checked| {
+        unchecked += u32::from(!checked);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(unchecked, 1, "the re-copy after the mark is unchecked");
 }

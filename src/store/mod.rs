@@ -405,7 +405,11 @@ pub trait NativeStore<W: Workload = Invoices>: Send {
     /// transaction, with a page cache of `cache_kib` where that applies.
     fn build_indexes(&mut self, cache_kib: i64, kv: &Path) -> Result<IndexBuild>;
 
-    /// Marks the copies in `(after, last]` checked.
+    /// Marks the copies in `(after, last]` checked. A store may commit the
+    /// mark after this returns (Postgres, while it reads ahead); the mark
+    /// is then committed, or its failure returned, before the store's next
+    /// write and before its next read of the marks ([`NativeStore::any_copy_checked`],
+    /// [`NativeStore::for_each_copy`], [`NativeStore::in_snapshot`]).
     fn mark_checked(&mut self, after: Option<u32>, last: Option<u32>) -> Result<()>;
 
     /// Marks each of `equal` checked if its map row still has its digest.

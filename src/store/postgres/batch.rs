@@ -22,7 +22,7 @@ use postgres::types::Type;
 use postgres::Transaction;
 
 use super::lanes::Lanes;
-use super::{accepts_batch, BulkCopy, PgTarget};
+use super::{begin_write, BulkCopy, PgTarget};
 use crate::error::{Error, PgContext, Result, Role};
 use crate::postgres::copy::{self, AMP_STAGING_TABLE};
 use crate::postgres::lnd_schema as pg_schema;
@@ -62,15 +62,12 @@ impl PgTarget {
         commit: &str,
         body: impl FnOnce(&mut Transaction<'_>) -> Result<Finish<T>>,
     ) -> Result<T> {
-        self.discard_prefetch();
+        self.settle_read_ahead()?;
         if !matches!(self.bulk, BulkCopy::Single) {
             self.end_bulk();
         }
         let mut conn = self.conn.borrow_mut();
-        let mut tx = conn.transaction().pg(Role::Native, "starting a batch")?;
-        tx.batch_execute("SET LOCAL synchronous_commit TO off")
-            .pg(Role::Native, "starting a batch")?;
-        accepts_batch(self.state_for_update(&mut tx)?)?;
+        let mut tx = begin_write(&mut conn, &self.path)?;
         let out = match body(&mut tx)? {
             Finish::Commit(out) => out,
             // Dropping the transaction rolls it back.
@@ -96,7 +93,7 @@ impl PgTarget {
     /// How the copy starting after `after` writes its bulk batches: on the
     /// lanes, unless copies lie beyond `after` (`lanes.rs` says why).
     pub(super) fn start_bulk(&mut self, after: Option<u32>, kv: &Path) -> Result<BulkCopy> {
-        self.discard_prefetch();
+        self.settle_read_ahead()?;
         let (lo, _) = bounds(after, None);
         let row = self
             .conn
@@ -226,19 +223,19 @@ impl PgTarget {
         })
     }
 
-    /// Marks the copies in `(after, last]` checked. Its own transaction.
+    /// Marks the copies in `(after, last]` checked, in a transaction of its
+    /// own: while the store reads ahead, by the read-ahead's marks worker
+    /// on a session of its own, without waiting for it (`prefetch.rs` says
+    /// why that is sound), else on the store's session.
     pub(super) fn mark_checked(&mut self, after: Option<u32>, last: Option<u32>) -> Result<()> {
         let (lo, _) = bounds(after, None);
         let hi = last.map_or(-1, i64::from);
-        self.write(None, "marking verified copies", |tx| {
-            tx.query_typed(
-                "UPDATE oneway_invoice_map SET checked = true
-                 WHERE kv_num > $1 AND kv_num <= $2 AND NOT checked",
-                &id_range(&lo, &hi),
-            )
-            .pg(Role::Native, "marking verified copies")?;
-            Ok(())
-        })
+        if !self.in_read.get() {
+            if let Some(p) = self.prefetch.get_mut().as_mut() {
+                return p.mark(lo, hi);
+            }
+        }
+        self.write(None, MARKING, |tx| mark_range(tx, lo, hi))
     }
 
     /// Marks each of `equal` checked if its map row still has that digest,
@@ -257,6 +254,21 @@ impl PgTarget {
             Ok(())
         })
     }
+}
+
+/// What marking verified copies is called in errors.
+pub(super) const MARKING: &str = "marking verified copies";
+
+/// Marks the copies with `lo < kv_num <= hi` checked, inside `tx` (which
+/// holds the state row).
+pub(super) fn mark_range(tx: &mut Transaction<'_>, lo: i64, hi: i64) -> Result<()> {
+    tx.query_typed(
+        "UPDATE oneway_invoice_map SET checked = true
+         WHERE kv_num > $1 AND kv_num <= $2 AND NOT checked",
+        &id_range(&lo, &hi),
+    )
+    .pg(Role::Native, MARKING)?;
+    Ok(())
 }
 
 /// `lo < kv_num <= hi` as SQL bounds (`None`: unbounded).

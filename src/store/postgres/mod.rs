@@ -181,25 +181,46 @@ impl PgTarget {
     /// The persisted state read inside `tx`, locking the state row until the
     /// transaction ends.
     fn state_for_update(&self, tx: &mut impl GenericClient) -> Result<State> {
-        let row = tx
-            .query_typed_opt(
-                "SELECT state FROM oneway_state WHERE singleton = 1 FOR UPDATE",
-                &[],
-            )
-            .pg(Role::Native, "reading the state row")?;
-        let Some(row) = row else {
-            return Err(self.no_state_row());
-        };
-        self.state_named(row.get(0))
+        state_for_update(tx, &self.path)
     }
 
     fn no_state_row(&self) -> Error {
-        Error::NotOnewayStore {
-            path: self.path.clone(),
-            why:
-                "has oneway's tables but no state row: it was tampered with; restore it from backup"
-                    .into(),
-        }
+        no_state_row(&self.path)
+    }
+}
+
+/// A transaction for a write between transitions on `conn`: commits with
+/// `synchronous_commit` off, holds the state row, and is refused unless
+/// the state accepts such a write (`path` names the store in errors).
+fn begin_write<'c>(conn: &'c mut Client, path: &Path) -> Result<postgres::Transaction<'c>> {
+    let mut tx = conn.transaction().pg(Role::Native, "starting a batch")?;
+    tx.batch_execute("SET LOCAL synchronous_commit TO off")
+        .pg(Role::Native, "starting a batch")?;
+    accepts_batch(state_for_update(&mut tx, path)?)?;
+    Ok(tx)
+}
+
+/// The persisted state read inside `tx`, locking the state row until the
+/// transaction ends (`path` names the store in errors).
+fn state_for_update(tx: &mut impl GenericClient, path: &Path) -> Result<State> {
+    let row = tx
+        .query_typed_opt(
+            "SELECT state FROM oneway_state WHERE singleton = 1 FOR UPDATE",
+            &[],
+        )
+        .pg(Role::Native, "reading the state row")?;
+    let Some(row) = row else {
+        return Err(no_state_row(path));
+    };
+    state_named(path, row.get(0))
+}
+
+/// The error for a store with oneway's tables but no state row.
+fn no_state_row(path: &Path) -> Error {
+    Error::NotOnewayStore {
+        path: path.to_path_buf(),
+        why: "has oneway's tables but no state row: it was tampered with; restore it from backup"
+            .into(),
     }
 }
 
@@ -255,7 +276,7 @@ impl PgTarget {
         since: Option<&dyn Witness>,
         details: &dyn Fn(&TombstoneOutcome) -> serde_json::Value,
     ) -> Result<Sealed> {
-        self.discard_prefetch();
+        self.settle_read_ahead()?;
         let event = Event::TombstoneWritten;
         let table = crate::postgres::kv::table_name(prefix).pg(Role::Kv, "")?;
         let mut conn = self.conn.borrow_mut();
@@ -364,7 +385,7 @@ impl NativeStore for PgTarget {
         failpoint: &str,
         effect: Effect<'_>,
     ) -> Result<State> {
-        self.discard_prefetch();
+        self.settle_read_ahead()?;
         self.end_bulk();
         let to = fsm::transition(from, event).map_err(|refusal| Error::IllegalTransition {
             state: from,

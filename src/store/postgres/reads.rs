@@ -70,6 +70,7 @@ impl PgTarget {
 
     /// Whether any copy was read back equal already (`checked`).
     pub(super) fn any_copy_checked(&self) -> Result<bool> {
+        self.settle_marks()?;
         Ok(self
             .conn
             .borrow_mut()
@@ -85,6 +86,7 @@ impl PgTarget {
     /// it breaks, streaming the rows (the driver reads them from the socket
     /// as `f` consumes them); returns whether it ran to the end.
     pub(super) fn for_each_copy(&self, f: &mut CopyVisitor<'_>) -> Result<bool> {
+        self.settle_marks()?;
         let act = "reading the copy map";
         let mut conn = self.conn.borrow_mut();
         let mut rows = conn
@@ -202,7 +204,7 @@ impl PgTarget {
         }
         let mut slot = self.prefetch.borrow_mut();
         if slot.is_none() {
-            *slot = Some(Prefetcher::start(&self.dsn)?);
+            *slot = Some(Prefetcher::start(&self.dsn, &self.path)?);
         }
         if let Some(p) = slot.as_mut() {
             p.ask(ids.to_vec());
@@ -210,10 +212,23 @@ impl PgTarget {
         Ok(())
     }
 
-    /// Drops a read-ahead answer still owed: called before every write.
-    pub(super) fn discard_prefetch(&self) {
+    /// Drops the read-ahead answers still owed and waits for the marks
+    /// made meanwhile ([`PgTarget::settle_marks`]): called before every
+    /// write.
+    pub(super) fn settle_read_ahead(&self) -> Result<()> {
         if let Some(p) = self.prefetch.borrow_mut().as_mut() {
             p.discard();
+        }
+        self.settle_marks()
+    }
+
+    /// Waits for the marks committed in the background, failing with the
+    /// first that failed: called before every read of the marks (and, by
+    /// [`PgTarget::settle_read_ahead`], before every write).
+    pub(super) fn settle_marks(&self) -> Result<()> {
+        match self.prefetch.borrow_mut().as_mut() {
+            Some(p) => p.settle(),
+            None => Ok(()),
         }
     }
 
@@ -280,6 +295,7 @@ impl PgTarget {
         &self,
         read: &mut dyn FnMut(&dyn NativeStore) -> Result<()>,
     ) -> Result<()> {
+        self.settle_marks()?;
         self.conn
             .borrow_mut()
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
