@@ -116,12 +116,11 @@ impl Prefetcher {
     /// checked, after the marks before; fails with the failure of an
     /// earlier mark already answered.
     pub(super) fn mark(&mut self, lo: i64, hi: i64) -> Result<()> {
-        if self.marker.is_none() {
-            self.marker = Some(Marker::start(&self.dsn, &self.store)?);
-        }
-        let Some(m) = self.marker.as_mut() else {
-            return Err(worker_ended());
+        let m = match self.marker.take() {
+            Some(m) => m,
+            None => Marker::start(&self.dsn, &self.store)?,
         };
+        let m = self.marker.insert(m);
         while m.owed > 0 {
             match m.done.try_recv() {
                 Ok(outcome) => {
