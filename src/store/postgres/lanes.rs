@@ -52,14 +52,14 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::thread::JoinHandle;
 
 use postgres::types::Type;
 use postgres::Client;
 
 use super::batch::{insert_new, raise_settle_sequence};
+use super::worker::Worker;
 use super::{accepts_batch, state_named};
-use crate::error::{spawn_thread, Error, PgContext, Result, Role};
+use crate::error::{Error, PgContext, Result, Role};
 use crate::postgres::Dsn;
 use crate::reader::Prepared;
 use crate::store::{BatchKind, BatchOutcome, Committed};
@@ -85,11 +85,10 @@ pub(super) struct Lanes {
 }
 
 /// One lane: a worker thread with its own session.
-struct Lane {
-    jobs: Option<Sender<Job>>,
-    results: Receiver<Done>,
-    worker: Option<JoinHandle<()>>,
-}
+type Lane = Worker<Job, Done>;
+
+/// The lanes' thread in errors, and what waiting for one is called.
+const LANE: (&str, &str) = ("bulk copy thread", "waiting for a batch of the bulk copy");
 
 /// A batch for a lane.
 struct Job {
@@ -125,7 +124,16 @@ impl Lanes {
             let client = dsn
                 .connect()
                 .pg(Role::Native, "opening a session of the bulk copy")?;
-            lanes.push(Lane::start(i, client, names.clone())?);
+            let names = names.clone();
+            lanes.push(Worker::start(
+                format!("oneway-lane-{i}"),
+                LANE,
+                client,
+                move |client, job: Job| {
+                    let outcome = write(client, &job, &names);
+                    (outcome, job.invoices)
+                },
+            )?);
         }
         Ok(Lanes {
             lanes,
@@ -162,13 +170,7 @@ impl Lanes {
             committed,
         };
         self.next_htlc_id += htlcs as i64;
-        let sent = self.lanes[lane]
-            .jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok());
-        if !sent {
-            return Err(lane_ended());
-        }
+        self.lanes[lane].ask(job)?;
         self.in_flight.push_back(lane);
         self.sent += 1;
         Ok(done)
@@ -195,8 +197,10 @@ impl Lanes {
 
     /// The oldest batch in flight, once its lane is done with it.
     fn receive_oldest(&mut self) -> Result<Committed> {
-        let lane = self.in_flight.pop_front().ok_or_else(lane_ended)?;
-        let (result, invoices) = self.lanes[lane].results.recv().map_err(|_| lane_ended())?;
+        let Some(lane) = self.in_flight.pop_front() else {
+            return Err(self.lanes[0].ended());
+        };
+        let (result, invoices) = self.lanes[lane].answer()?;
         Ok(Committed {
             outcome: result?,
             invoices,
@@ -209,34 +213,8 @@ impl Drop for Lanes {
     /// own), then closes the lanes and waits for their workers.
     fn drop(&mut self) {
         let _ = self.finish();
-        for lane in &mut self.lanes {
-            lane.jobs = None;
-        }
-        for lane in &mut self.lanes {
-            if let Some(worker) = lane.worker.take() {
-                let _ = worker.join();
-            }
-        }
-    }
-}
-
-impl Lane {
-    fn start(i: usize, mut client: Client, names: Names) -> Result<Lane> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let (result, results) = mpsc::channel::<Done>();
-        let worker = spawn_thread(format!("oneway-lane-{i}"), "bulk copy thread", move || {
-            for job in queue {
-                let outcome = write(&mut client, &job, &names);
-                if result.send((outcome, job.invoices)).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(Lane {
-            jobs: Some(jobs),
-            results,
-            worker: Some(worker),
-        })
+        // Then each lane's `Worker` closes its requests and waits for its
+        // thread, idle now.
     }
 }
 
@@ -302,12 +280,4 @@ fn move_cursor(
         });
     };
     accepts_batch(state_named(&names.store, row.get(0))?)
-}
-
-fn lane_ended() -> Error {
-    Error::Io {
-        path: PathBuf::from("(bulk copy thread)"),
-        action: "waiting for a batch of the bulk copy".into(),
-        source: std::io::Error::other("the thread ended before answering"),
-    }
 }

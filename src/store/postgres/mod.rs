@@ -33,6 +33,7 @@ mod lanes;
 mod prefetch;
 mod reads;
 mod schema;
+mod worker;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -39,12 +39,11 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::thread::JoinHandle;
 
 use postgres::Client;
 
-use crate::error::{spawn_thread, Error, PgContext, Result, Role};
+use super::worker::Worker;
+use crate::error::{PgContext, Result, Role};
 use crate::postgres::{Dsn, PgResult};
 use crate::workload::invoices::NativeInvoice;
 
@@ -55,15 +54,19 @@ type Loaded = BTreeMap<i64, NativeInvoice>;
 /// next one.
 const MAX_PENDING: usize = 2;
 
+/// What the read-ahead's thread is called in errors, and waiting for it.
+const READ_AHEAD: (&str, &str) = ("read-ahead thread", "reading verified copies back");
+
+/// What the marks' thread is called in errors, and waiting for it.
+const MARKS: (&str, &str) = ("marks thread", super::batch::MARKING);
+
 /// A worker thread with its own session that reads back the invoices of a
 /// request, and the marks' worker (see the module documentation).
 pub(super) struct Prefetcher {
-    requests: Option<Sender<Vec<i64>>>,
-    answers: Receiver<PgResult<Loaded>>,
+    worker: Worker<Vec<i64>, PgResult<Loaded>>,
     /// The ids of each request the worker owes an answer for, oldest
     /// first; answers come in the same order.
     pending: VecDeque<HashSet<i64>>,
-    worker: Option<JoinHandle<()>>,
     /// For the marks' worker's session.
     dsn: Dsn,
     /// Names the store in the marks' errors.
@@ -72,13 +75,10 @@ pub(super) struct Prefetcher {
     marker: Option<Marker>,
 }
 
-/// The marks' worker: its requests, their outcomes in the order asked,
-/// and how many are owed.
+/// The marks' worker and how many of its answers are owed.
 struct Marker {
-    requests: Option<Sender<(i64, i64)>>,
-    done: Receiver<Result<()>>,
+    worker: Worker<(i64, i64), Result<()>>,
     owed: usize,
-    worker: Option<JoinHandle<()>>,
 }
 
 impl Prefetcher {
@@ -86,26 +86,18 @@ impl Prefetcher {
     /// connect is the caller's error) and starts the worker; `store` names
     /// the store in the marks' errors.
     pub(super) fn start(dsn: &Dsn, store: &Path) -> Result<Prefetcher> {
-        let mut client = dsn
+        let client = dsn
             .connect()
             .pg(Role::Native, "opening the read-ahead session")?;
-        let (requests, asked) = mpsc::channel::<Vec<i64>>();
-        let (answer, answers) = mpsc::channel();
-        let worker = spawn_thread("oneway-read-ahead".into(), "read-ahead thread", move || {
-            for ids in asked {
-                if answer
-                    .send(super::reads::load_ids(&mut client, &ids))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        })?;
+        let worker = Worker::start(
+            "oneway-read-ahead".into(),
+            READ_AHEAD,
+            client,
+            |client, ids: Vec<i64>| super::reads::load_ids(client, &ids),
+        )?;
         Ok(Prefetcher {
-            requests: Some(requests),
-            answers,
+            worker,
             pending: VecDeque::new(),
-            worker: Some(worker),
             dsn: dsn.clone(),
             store: store.to_path_buf(),
             marker: None,
@@ -122,20 +114,13 @@ impl Prefetcher {
         };
         let m = self.marker.insert(m);
         while m.owed > 0 {
-            match m.done.try_recv() {
-                Ok(outcome) => {
-                    m.owed -= 1;
-                    outcome?;
-                }
-                Err(_) => break,
-            }
+            let Some(outcome) = m.worker.answer_now()? else {
+                break;
+            };
+            m.owed -= 1;
+            outcome?;
         }
-        if m.requests
-            .as_ref()
-            .is_none_or(|r| r.send((lo, hi)).is_err())
-        {
-            return Err(worker_ended());
-        }
+        m.worker.ask((lo, hi))?;
         m.owed += 1;
         Ok(())
     }
@@ -147,7 +132,7 @@ impl Prefetcher {
         };
         let mut first = Ok(());
         while m.owed > 0 {
-            let outcome = m.done.recv().map_err(|_| worker_ended());
+            let outcome = m.worker.answer();
             m.owed -= 1;
             if first.is_ok() {
                 first = outcome.and_then(|o| o);
@@ -163,7 +148,7 @@ impl Prefetcher {
             self.drop_oldest();
         }
         let wanted: HashSet<i64> = ids.iter().copied().collect();
-        if self.requests.as_ref().is_some_and(|r| r.send(ids).is_ok()) {
+        if self.worker.ask(ids).is_ok() {
             self.pending.push_back(wanted);
         }
     }
@@ -180,7 +165,7 @@ impl Prefetcher {
             self.drop_oldest();
         }
         self.pending.pop_front();
-        self.answers.recv().ok()
+        self.worker.answer().ok()
     }
 
     /// Receives and drops every answer owed.
@@ -192,21 +177,17 @@ impl Prefetcher {
 
     fn drop_oldest(&mut self) {
         if self.pending.pop_front().is_some() {
-            let _ = self.answers.recv();
+            let _ = self.worker.answer();
         }
     }
 }
 
 impl Drop for Prefetcher {
-    /// Closes the request channel, which ends the worker, and waits for it
-    /// (and for the marks' worker, which ends once it has committed or
-    /// failed the marks asked).
+    /// Receives the answers owed; then the workers close and wait for
+    /// their threads (the marks' once it has committed or failed the
+    /// marks asked).
     fn drop(&mut self) {
         self.discard();
-        self.requests = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
     }
 }
 
@@ -214,35 +195,17 @@ impl Marker {
     /// Opens the marks' session (on this thread, so that a failure to
     /// connect is the caller's error) and starts their worker.
     fn start(dsn: &Dsn, store: &Path) -> Result<Marker> {
-        let mut client = dsn
+        let client = dsn
             .connect()
             .pg(Role::Native, "opening the session of the marks")?;
-        let (requests, asked) = mpsc::channel::<(i64, i64)>();
-        let (outcome, done) = mpsc::channel();
         let store = store.to_path_buf();
-        let worker = spawn_thread("oneway-marks".into(), "marks thread", move || {
-            for (lo, hi) in asked {
-                if outcome.send(mark(&mut client, &store, lo, hi)).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(Marker {
-            requests: Some(requests),
-            done,
-            owed: 0,
-            worker: Some(worker),
-        })
-    }
-}
-
-impl Drop for Marker {
-    /// Closes the request channel and waits for the worker.
-    fn drop(&mut self) {
-        self.requests = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
+        let worker = Worker::start(
+            "oneway-marks".into(),
+            MARKS,
+            client,
+            move |client, (lo, hi)| mark(client, &store, lo, hi),
+        )?;
+        Ok(Marker { worker, owed: 0 })
     }
 }
 
@@ -252,13 +215,4 @@ fn mark(client: &mut Client, store: &Path, lo: i64, hi: i64) -> Result<()> {
     let mut tx = super::begin_write(client, store)?;
     super::batch::mark_range(&mut tx, lo, hi)?;
     tx.commit().pg(Role::Native, super::batch::MARKING)
-}
-
-/// The error for a marks' worker that ended before answering.
-fn worker_ended() -> Error {
-    Error::Io {
-        path: PathBuf::from("(marks thread)"),
-        action: super::batch::MARKING.into(),
-        source: std::io::Error::other("the thread ended before answering"),
-    }
 }
